@@ -1,0 +1,1 @@
+//! hy-quant: offline quantization of translation LLMs.
