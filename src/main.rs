@@ -1,1 +1,217 @@
-fn main() {}
+//! The `hy-quant` binary: argument parsing and printing only; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use hy_quant::dtype::DType;
+use hy_quant::model::hub::resolve_model;
+use hy_quant::model::synth::{self, Preset, SynthOptions};
+use hy_quant::progress::Console;
+use hy_quant::quant::pipeline::{self, Method, QuantizeOptions};
+use hy_quant::quant::QuantScheme;
+
+#[derive(Parser)]
+#[command(name = "hy-quant", version, about = "Quantize translation LLMs (HY-MT, Llama, Qwen2) and measure what it costs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Quantize every linear layer and write a GPTQ v1 checkpoint.
+    Quantize(QuantizeArgs),
+    /// Write a random-weight checkpoint with a real model's names, shapes and sharding.
+    Synth(SynthArgs),
+    /// Print architecture, dtype, size and quantization settings of a checkpoint.
+    Inspect {
+        dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash an output directory against its manifest.json; exit 1 on any mismatch.
+    Verify {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// Model directory or Hugging Face id (resolved through the local hub cache).
+    #[arg(long)]
+    model: String,
+    /// Output directory (written as <out>.hyq-partial, renamed when complete).
+    #[arg(long)]
+    out: PathBuf,
+    /// rtn | gptq | awq
+    #[arg(long, default_value = "rtn")]
+    method: String,
+    /// 4 or 8.
+    #[arg(long, default_value_t = 4)]
+    bits: u8,
+    /// Input columns per group: 32, 64, 128, ... or -1 for one group per row.
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
+    group_size: i64,
+    /// Symmetric grid (default; the only one vLLM's marlin kernels take).
+    #[arg(long, conflicts_with = "asym")]
+    sym: bool,
+    /// Asymmetric grid with a zero point per group.
+    #[arg(long)]
+    asym: bool,
+    /// Replace --out even if it was not written by hy-quant.
+    #[arg(long)]
+    force: bool,
+    /// Largest shard when the input is sharded, e.g. 5GB, 500MB or a byte count.
+    #[arg(long, default_value = "5GB")]
+    max_shard_size: String,
+    /// Print a JSON summary on stdout at the end.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    /// Only hunyuan-dense for now.
+    #[arg(long, default_value = "hunyuan-dense")]
+    arch: String,
+    /// tiny | hy-mt1.5-1.8b | hy-mt1.5-7b
+    #[arg(long)]
+    preset: String,
+    /// bf16 | f16 | f32
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    force: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = [("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("GiB", (1u64 << 30) as f64), ("MiB", (1u64 << 20) as f64)]
+        .iter()
+        .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+        .unwrap_or((s, 1.0));
+    let n: f64 = num.trim().parse().with_context(|| format!("--max-shard-size {s:?}: expected e.g. 5GB"))?;
+    if n <= 0.0 {
+        bail!("--max-shard-size must be positive");
+    }
+    Ok((n * mult) as u64)
+}
+
+fn run_quantize(a: QuantizeArgs) -> Result<()> {
+    let model = resolve_model(&a.model)?;
+    let opts = QuantizeOptions {
+        model,
+        out: a.out,
+        method: Method::parse(&a.method)?,
+        scheme: QuantScheme::new(a.bits, a.group_size, !a.asym)?,
+        force: a.force,
+        max_shard_bytes: parse_size(&a.max_shard_size)?,
+        command: std::env::args().collect(),
+    };
+    let _ = a.sym;
+    let report = pipeline::quantize(&opts, &Console::new())?;
+    let m = &report.manifest;
+    if a.json {
+        let worst = m.tensors.iter().map(|t| t.error.rel_fro).fold(0.0, f64::max);
+        let summary = serde_json::json!({
+            "out": report.out_dir,
+            "method": m.method, "bits": m.bits, "group_size": m.group_size, "sym": m.sym,
+            "linears": m.tensors.len(),
+            "worst_rel_fro_error": worst,
+            "output_bytes": m.outputs.iter().map(|o| o.bytes).sum::<u64>(),
+            "input_bytes": m.inputs.iter().map(|o| o.bytes).sum::<u64>(),
+            "wall_seconds": m.wall_seconds,
+            "phases": m.phases,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        let out_bytes: u64 = m.outputs.iter().map(|o| o.bytes).sum();
+        let in_bytes: u64 = m.inputs.iter().map(|o| o.bytes).sum();
+        let mean_err = m.tensors.iter().map(|t| t.error.rel_fro).sum::<f64>() / m.tensors.len().max(1) as f64;
+        println!(
+            "wrote {} ({} linears, {:.2} GB -> {:.2} GB, mean rel. error {:.4}) in {:.1}s",
+            report.out_dir.display(),
+            m.tensors.len(),
+            in_bytes as f64 / 1e9,
+            out_bytes as f64 / 1e9,
+            mean_err,
+            m.wall_seconds
+        );
+    }
+    Ok(())
+}
+
+fn run_synth(a: SynthArgs) -> Result<()> {
+    if a.arch != "hunyuan-dense" {
+        bail!("--arch {:?}: only hunyuan-dense is synthesized", a.arch);
+    }
+    let dtype = DType::from_torch_name(&a.dtype)
+        .with_context(|| format!("--dtype {:?}: expected bf16, f16 or f32", a.dtype))?;
+    let out = synth::synth(
+        &SynthOptions {
+            preset: Preset::parse(&a.preset)?,
+            dtype,
+            seed: a.seed,
+            out: a.out,
+            force: a.force,
+        },
+        &Console::new(),
+    )?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<bool> {
+    match cli.command {
+        Command::Quantize(a) => run_quantize(a)?,
+        Command::Synth(a) => run_synth(a)?,
+        Command::Inspect { dir, json } => {
+            let r = hy_quant::inspect::inspect(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{r}");
+            }
+        }
+        Command::Verify { dir, json } => {
+            let r = hy_quant::manifest::verify(&dir)?;
+            if json {
+                println!("{}", serde_json::json!({"checked": r.checked, "problems": r.problems}));
+            } else {
+                for p in &r.problems {
+                    println!("MISMATCH {p}");
+                }
+                println!("{} files checked, {} problem(s)", r.checked, r.problems.len());
+            }
+            return Ok(r.problems.is_empty());
+        }
+    }
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            let mut msg = format!("error: {e}");
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !msg.contains(&cause) {
+                    msg.push_str(&format!("\n  caused by: {cause}"));
+                }
+            }
+            eprintln!("{msg}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The quantize command: stream a checkpoint layer by layer, quantize every linear, and write
+//! a GPTQ v1 checkpoint into a staged directory that only becomes `--out` when complete.
+//!
+//! Memory stays at about one linear in f32 (plus the output buffers of one layer): input
+//! tensors are read through mmap and output shards are written as tensors are produced.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::dtype::DType;
+use crate::error::{Error, IoContext, Result};
+use crate::export::gptq_v1;
+use crate::io::staged_dir::write_file;
+use crate::io::st_writer::index_json;
+use crate::io::{plan_shards, FileDigest, PlannedTensor, ShardPlan, ShardWriter, StagedDir};
+use crate::manifest::{Manifest, PhaseTime, TensorRecord, MANIFEST_FILE};
+use crate::model::checkpoint::INDEX_FILE;
+use crate::model::Checkpoint;
+use crate::progress::Progress;
+use crate::quant::rtn::Rtn;
+use crate::quant::stats::ErrorStats;
+use crate::quant::{QuantMethod, QuantScheme, Weight};
+
+/// Which algorithm solves each linear.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Rtn,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "rtn" => Ok(Method::Rtn),
+            "gptq" | "awq" => Err(Error::flag(
+                "--method",
+                format!("{s} is not implemented yet in this build; available: rtn"),
+            )),
+            _ => Err(Error::flag("--method", format!("unknown method {s:?}; expected rtn, gptq or awq"))),
+        }
+    }
+}
+
+pub struct QuantizeOptions {
+    pub model: PathBuf,
+    pub out: PathBuf,
+    pub method: Method,
+    pub scheme: QuantScheme,
+    pub force: bool,
+    /// Largest data size of one output shard when the input was sharded.
+    pub max_shard_bytes: u64,
+    /// argv recorded in the manifest.
+    pub command: Vec<String>,
+}
+
+pub struct QuantizeReport {
+    pub out_dir: PathBuf,
+    pub manifest: Manifest,
+}
+
+/// A unit of streaming work: copy one tensor as is, or quantize one decoder layer.
+enum Unit {
+    Copy(String),
+    /// Quantize the layer's linears, then copy its other tensors (norms, biases) in order.
+    Layer { layer: usize, copies: Vec<String> },
+}
+
+struct Timer {
+    phases: Vec<PhaseTime>,
+    mark: Instant,
+}
+
+impl Timer {
+    fn new() -> Self {
+        Timer {
+            phases: Vec::new(),
+            mark: Instant::now(),
+        }
+    }
+    fn lap(&mut self, phase: &str) {
+        let now = Instant::now();
+        let seconds = (now - self.mark).as_secs_f64();
+        match self.phases.iter_mut().find(|p| p.phase == phase) {
+            Some(p) => p.seconds += seconds,
+            None => self.phases.push(PhaseTime {
+                phase: phase.to_string(),
+                seconds,
+            }),
+        }
+        self.mark = now;
+    }
+}
+
+/// Dtype scales are stored in: the model's half type (f16 for an f32 model; vLLM's GPTQ
+/// kernels require half activations).
+pub fn scale_dtype(model: DType) -> DType {
+    match model {
+        DType::BF16 => DType::BF16,
+        _ => DType::F16,
+    }
+}
+
+pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<QuantizeReport> {
+    let started = Instant::now();
+    let mut timer = Timer::new();
+    let ckpt = Checkpoint::open(&opts.model)?;
+    ckpt.validate()?;
+    let scale_dtype = scale_dtype(ckpt.model_dtype()?);
+    let method: Box<dyn QuantMethod> = match opts.method {
+        Method::Rtn => Box::new(Rtn { scheme: opts.scheme }),
+    };
+    for layer in 0..ckpt.arch.num_layers() {
+        for lin in ckpt.arch.layer_linears(layer) {
+            opts.scheme.check_shape(&lin.weight_name(), lin.out_features, lin.in_features)?;
+        }
+    }
+    let staged = StagedDir::prepare(&opts.out, opts.force, &[&opts.model])?;
+
+    let (units, planned) = plan_outputs(&ckpt, &opts.scheme, scale_dtype)?;
+    let shards = plan_shards(planned, opts.max_shard_bytes, !ckpt.sharded);
+    timer.lap("plan");
+
+    // Input hashes are computed on a side thread while the main work streams.
+    let input_files = input_file_names(&ckpt)?;
+    let (inputs, streamed) = std::thread::scope(|scope| {
+        let hasher = scope.spawn(|| {
+            input_files
+                .iter()
+                .map(|rel| FileDigest::of(&ckpt.dir, rel))
+                .collect::<Result<Vec<_>>>()
+        });
+        let streamed = stream_units(&ckpt, &units, shards.clone(), method.as_ref(), scale_dtype, staged.path(), progress);
+        let inputs = hasher.join().map_err(|_| Error::Io {
+            path: ckpt.dir.clone(),
+            source: std::io::Error::other("input hashing thread panicked"),
+        });
+        (inputs, streamed)
+    });
+    let (mut outputs, tensors) = streamed?;
+    let inputs = inputs??;
+    timer.lap("quantize+write");
+
+    // Companion files, config with quantization_config, index.
+    for src in ckpt.companion_files()? {
+        let name = src.file_name().expect("file has a name").to_string_lossy().into_owned();
+        let dst = staged.path().join(&name);
+        std::fs::copy(&src, &dst).at(&dst)?;
+        std::fs::File::open(&dst).and_then(|f| f.sync_all()).at(&dst)?;
+        outputs.push(FileDigest::of(staged.path(), &name)?);
+    }
+    let mut config = ckpt.config.raw.clone();
+    config.insert(
+        "quantization_config".into(),
+        gptq_v1::quantization_config(&opts.scheme, method.name(), 0.01, false),
+    );
+    write_json(staged.path(), "config.json", &Value::Object(config), &mut outputs)?;
+    if ckpt.sharded {
+        write_json(staged.path(), INDEX_FILE, &index_json(&shards), &mut outputs)?;
+    }
+    outputs.sort_by(|a, b| a.path.cmp(&b.path));
+    timer.lap("finalize");
+
+    let mut manifest = Manifest {
+        tool: "hy-quant".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        command: opts.command.clone(),
+        method: method.name().into(),
+        bits: opts.scheme.bits,
+        group_size: opts.scheme.group_size_i64(),
+        sym: opts.scheme.sym,
+        format: "gptq-v1".into(),
+        input_dir: std::fs::canonicalize(&opts.model).unwrap_or_else(|_| opts.model.clone()),
+        inputs,
+        outputs,
+        tensors,
+        phases: Vec::new(),
+        wall_seconds: 0.0,
+    };
+    timer.lap("finalize");
+    manifest.phases = timer.phases;
+    manifest.wall_seconds = started.elapsed().as_secs_f64();
+    write_file(&staged.path().join(MANIFEST_FILE), &manifest.to_json_bytes())?;
+    let out_dir = staged.commit()?;
+    Ok(QuantizeReport { out_dir, manifest })
+}
+
+fn write_json(dir: &Path, name: &str, value: &Value, outputs: &mut Vec<FileDigest>) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(value).expect("JSON value serializes");
+    bytes.push(b'\n');
+    write_file(&dir.join(name), &bytes)?;
+    outputs.push(FileDigest::of(dir, name)?);
+    Ok(())
+}
+
+/// Files of the input that the manifest records: config, index, shards, companions.
+fn input_file_names(ckpt: &Checkpoint) -> Result<Vec<String>> {
+    let mut names = vec!["config.json".to_string()];
+    if ckpt.dir.join(INDEX_FILE).is_file() && ckpt.sharded {
+        names.push(INDEX_FILE.to_string());
+    }
+    for p in ckpt.shard_paths() {
+        names.push(p.file_name().expect("shard has a name").to_string_lossy().into_owned());
+    }
+    for p in ckpt.companion_files()? {
+        names.push(p.file_name().expect("file has a name").to_string_lossy().into_owned());
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+fn copy_planned(ckpt: &Checkpoint, name: &str) -> Result<PlannedTensor> {
+    let info = ckpt.info(name).ok_or_else(|| Error::tensor(name, "missing from the checkpoint"))?;
+    Ok(PlannedTensor {
+        name: name.to_string(),
+        dtype: info.dtype_name.clone(),
+        shape: info.shape.clone(),
+        nbytes: info.end - info.start,
+    })
+}
+
+/// The streaming order and the full list of output tensors, in write order.
+fn plan_outputs(ckpt: &Checkpoint, scheme: &QuantScheme, scale_dtype: DType) -> Result<(Vec<Unit>, Vec<PlannedTensor>)> {
+    let arch = &ckpt.arch;
+    let mut quantized: BTreeSet<String> = BTreeSet::new();
+    for layer in 0..arch.num_layers() {
+        for lin in arch.layer_linears(layer) {
+            quantized.insert(lin.weight_name());
+        }
+    }
+    let mut units = Vec::new();
+    let mut planned = Vec::new();
+    let mut global: Vec<String> = Vec::new();
+    let mut per_layer: Vec<Vec<String>> = vec![Vec::new(); arch.num_layers()];
+    for name in ckpt.tensor_names() {
+        if quantized.contains(name) {
+            continue;
+        }
+        let layer = name
+            .strip_prefix("model.layers.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .filter(|i| *i < arch.num_layers());
+        match layer {
+            Some(i) => per_layer[i].push(name.to_string()),
+            None => global.push(name.to_string()),
+        }
+    }
+    // Embeddings first, then layers, then the rest (final norm, lm_head, extras) by name.
+    let embed = arch.embed_tokens().name;
+    units.push(Unit::Copy(embed.clone()));
+    planned.push(copy_planned(ckpt, &embed)?);
+    for (layer, copies) in per_layer.into_iter().enumerate() {
+        for lin in arch.layer_linears(layer) {
+            planned.extend(gptq_v1::planned_tensors(&lin.prefix, scheme, lin.out_features, lin.in_features, scale_dtype));
+        }
+        for name in &copies {
+            planned.push(copy_planned(ckpt, name)?);
+        }
+        units.push(Unit::Layer { layer, copies });
+    }
+    for name in global.into_iter().filter(|n| *n != embed) {
+        planned.push(copy_planned(ckpt, &name)?);
+        units.push(Unit::Copy(name));
+    }
+    Ok((units, planned))
+}
+
+/// Receives tensors in plan order and spreads them over the shard writers.
+struct ShardSink<'a> {
+    dir: &'a Path,
+    pending: std::vec::IntoIter<ShardPlan>,
+    current: Option<ShardWriter>,
+    done: Vec<FileDigest>,
+}
+
+impl ShardSink<'_> {
+    fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        if self.current.as_ref().is_none_or(|w| w.is_full()) {
+            if let Some(w) = self.current.take() {
+                self.done.push(w.finish()?);
+            }
+            let plan = self
+                .pending
+                .next()
+                .ok_or_else(|| Error::tensor(name, "internal: no shard planned for this tensor"))?;
+            self.current = Some(ShardWriter::create(self.dir, plan)?);
+        }
+        self.current.as_mut().expect("writer open").write(name, bytes)
+    }
+
+    fn finish(mut self) -> Result<Vec<FileDigest>> {
+        if let Some(w) = self.current.take() {
+            self.done.push(w.finish()?);
+        }
+        if let Some(p) = self.pending.next() {
+            return Err(Error::tensor(&p.file_name, "internal: shard planned but never written"));
+        }
+        Ok(self.done)
+    }
+}
+
+fn stream_units(
+    ckpt: &Checkpoint,
+    units: &[Unit],
+    shards: Vec<ShardPlan>,
+    method: &dyn QuantMethod,
+    scale_dtype: DType,
+    dir: &Path,
+    progress: &dyn Progress,
+) -> Result<(Vec<FileDigest>, Vec<TensorRecord>)> {
+    let mut sink = ShardSink {
+        dir,
+        pending: shards.into_iter(),
+        current: None,
+        done: Vec::new(),
+    };
+    let mut records = Vec::new();
+    let total: u64 = ckpt.weight_bytes();
+    progress.begin("quantize", units.len() as u64, total);
+    for unit in units {
+        match unit {
+            Unit::Copy(name) => {
+                let view = ckpt.tensor(name)?;
+                if view.info.dtype.is_some_and(|d| d.is_float()) {
+                    view.to_f32_finite()?;
+                }
+                sink.write(name, view.bytes)?;
+                progress.step(view.bytes.len() as u64, name);
+            }
+            Unit::Layer { layer, copies } => {
+                let mut bytes_in = 0u64;
+                for lin in ckpt.arch.layer_linears(*layer) {
+                    let name = lin.weight_name();
+                    let view = ckpt.tensor(&name)?;
+                    bytes_in += view.bytes.len() as u64;
+                    let data = view.to_f32_finite()?;
+                    let weight = Weight {
+                        name: &name,
+                        data: &data,
+                        out_features: lin.out_features,
+                        in_features: lin.in_features,
+                        scale_dtype,
+                    };
+                    let ql = method.quantize(&weight)?;
+                    let error = ErrorStats::between(&data, &ql.dequantize());
+                    let packed = gptq_v1::pack(&ql, scale_dtype);
+                    sink.write(&format!("{}.g_idx", lin.prefix), &crate::dtype::i32_bytes(&packed.g_idx))?;
+                    sink.write(&format!("{}.qweight", lin.prefix), &crate::dtype::i32_bytes(&packed.qweight))?;
+                    sink.write(&format!("{}.qzeros", lin.prefix), &crate::dtype::i32_bytes(&packed.qzeros))?;
+                    sink.write(&format!("{}.scales", lin.prefix), &packed.scales)?;
+                    records.push(TensorRecord {
+                        name,
+                        shape: vec![lin.out_features, lin.in_features],
+                        error,
+                    });
+                }
+                for name in copies {
+                    let view = ckpt.tensor(name)?;
+                    if view.info.dtype.is_some_and(|d| d.is_float()) {
+                        view.to_f32_finite()?;
+                    }
+                    bytes_in += view.bytes.len() as u64;
+                    sink.write(name, view.bytes)?;
+                }
+                progress.step(bytes_in, &format!("layer {layer}"));
+            }
+        }
+    }
+    progress.end();
+    Ok((sink.finish()?, records))
+}
