@@ -9,10 +9,20 @@ use crate::error::{Error, IoContext, Result};
 pub const PARTIAL_SUFFIX: &str = ".hyq-partial";
 const OLD_SUFFIX: &str = ".hyq-old";
 
-/// A directory being written. Dropping it without `commit` leaves `<out>` untouched.
+/// A directory being written. Dropping it without `commit` (an error on the way) removes the
+/// partial directory and leaves `<out>` untouched.
 pub struct StagedDir {
     target: PathBuf,
     partial: PathBuf,
+    committed: bool,
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.partial);
+        }
+    }
 }
 
 /// True when `dir` holds a manifest written by hy-quant.
@@ -77,6 +87,7 @@ impl StagedDir {
         Ok(StagedDir {
             target: out,
             partial,
+            committed: false,
         })
     }
 
@@ -91,7 +102,7 @@ impl StagedDir {
 
     /// Fsyncs the partial directory and renames it onto the target, replacing an old output
     /// only after the new one is in place.
-    pub fn commit(self) -> Result<PathBuf> {
+    pub fn commit(mut self) -> Result<PathBuf> {
         fsync_dir(&self.partial)?;
         let old = with_suffix(&self.target, OLD_SUFFIX);
         let had_old = self.target.exists();
@@ -103,18 +114,19 @@ impl StagedDir {
         }
         if let Err(e) = fs::rename(&self.partial, &self.target) {
             if had_old {
-                // Put the previous output back; the new one stays in the partial directory.
+                // Put the previous output back.
                 let _ = fs::rename(&old, &self.target);
             }
             return Err(Error::io(&self.target, e));
         }
+        self.committed = true;
         if let Some(parent) = self.target.parent().filter(|p| !p.as_os_str().is_empty()) {
             fsync_dir(parent)?;
         }
         if had_old {
             fs::remove_dir_all(&old).at(&old)?;
         }
-        Ok(self.target)
+        Ok(self.target.clone())
     }
 }
 
