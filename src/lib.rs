@@ -5,6 +5,7 @@
 //! `quant` (methods, layer-streaming pipeline) -> `export` (file formats) -> `io` (staged,
 //! hashed output) + `manifest`.
 
+pub mod dequantize;
 pub mod dtype;
 pub mod error;
 pub mod export;

@@ -32,6 +32,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the full-precision weights a GPTQ loader reconstructs from a quantized checkpoint.
+    Dequantize {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
     /// Re-hash an output directory against its manifest.json; exit 1 on any mismatch.
     Verify {
         dir: PathBuf,
@@ -181,6 +190,10 @@ fn run(cli: Cli) -> Result<bool> {
             } else {
                 print!("{r}");
             }
+        }
+        Command::Dequantize { model, out, force } => {
+            let out = hy_quant::dequantize::dequantize(&model, &out, force, &Console::new())?;
+            println!("wrote {}", out.display());
         }
         Command::Verify { dir, json } => {
             let r = hy_quant::manifest::verify(&dir)?;

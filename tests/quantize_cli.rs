@@ -275,3 +275,32 @@ fn hub_id_resolves_offline_from_a_cache_directory() {
     assert_ne!(code, 0);
     assert!(err.contains("tencent/absent") && err.contains("cache"), "{err}");
 }
+
+#[test]
+fn dequantize_writes_exactly_what_the_format_decodes_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = synth_tiny(tmp.path(), "tiny", 9);
+    let q = tmp.path().join("q");
+    let d = tmp.path().join("d");
+    ok(&["quantize", "--model", model.to_str().unwrap(), "--out", q.to_str().unwrap(), "--bits", "4", "--group-size", "32", "--asym"]);
+    ok(&["dequantize", "--model", q.to_str().unwrap(), "--out", d.to_str().unwrap()]);
+    let qt = read_st(&q.join("model.safetensors"));
+    let dt = read_st(&d.join("model.safetensors"));
+    let prefix = "model.layers.1.mlp.down_proj";
+    let (n, k) = (128, 384);
+    let w = dequant_v1(
+        &i32s(&qt[&format!("{prefix}.qweight")].2),
+        &i32s(&qt[&format!("{prefix}.qzeros")].2),
+        &bf16s(&qt[&format!("{prefix}.scales")].2),
+        &i32s(&qt[&format!("{prefix}.g_idx")].2),
+        4,
+        n,
+        k,
+    );
+    let ours = bf16s(&dt[&format!("{prefix}.weight")].2);
+    assert_eq!(dt[&format!("{prefix}.weight")].1, vec![n, k]);
+    for (a, b) in w.iter().zip(&ours) {
+        assert_eq!(half::bf16::from_f32(*a).to_f32(), *b);
+    }
+    assert!(config(&d).get("quantization_config").is_none());
+}
