@@ -1,1 +1,2 @@
 //! hy-quant: offline quantization of translation LLMs.
+pub mod eval;

@@ -1,0 +1,6 @@
+//! Translation-quality evaluation.
+//!
+//! * [`metrics`]: sacrebleu-compatible corpus/sentence BLEU and chrF/chrF++,
+//!   plus paired bootstrap resampling.
+
+pub mod metrics;
