@@ -74,7 +74,7 @@ impl Checker {
         if d > self.max_diff {
             self.max_diff = d;
         }
-        if !(d <= TOL) {
+        if d.is_nan() || d > TOL {
             self.errors
                 .push(format!("{}: got {got:?}, want {want:?}", what()));
         }
