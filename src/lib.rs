@@ -3,11 +3,12 @@
 //!
 //! Data flows one way (see DESIGN.md): `model` (checkpoint on disk, architecture) ->
 //! `quant` (methods, layer-streaming pipeline) -> `export` (file formats) -> `io` (staged,
-//! hashed output) + `manifest`.
+//! hashed output) + `manifest`; `eval` scores translations.
 
 pub mod dequantize;
 pub mod dtype;
 pub mod error;
+pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod io;

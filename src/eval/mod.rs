@@ -1,0 +1,7 @@
+//! Translation-quality evaluation.
+//!
+//! * [`metrics`]: sacrebleu-compatible corpus/sentence BLEU and chrF/chrF++,
+//!   plus paired bootstrap resampling.
+
+pub mod metrics;
+pub mod testset;
