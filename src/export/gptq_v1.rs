@@ -6,6 +6,7 @@
 //! - `qzeros` int32 [G, N*bits/32], packed along N the same way, stored as zero - 1.
 //! - `scales` [G, N] in the model dtype; `g_idx` int32 [K].
 
+use rayon::prelude::*;
 use serde_json::{json, Value};
 
 use crate::dtype::{self, DType};
@@ -53,16 +54,24 @@ pub fn pack(ql: &QuantizedLinear, scale_dtype: DType) -> PackedGptq {
     let (n_out, k_in) = (ql.out_features, ql.in_features);
     let groups = ql.num_groups();
 
-    let mut qweight = vec![0i32; k_in / pf * n_out];
-    for (r, word_row) in qweight.chunks_mut(n_out).enumerate() {
-        for (n, word) in word_row.iter_mut().enumerate() {
-            let mut w = 0u32;
-            for j in 0..pf {
-                w |= (ql.q[n * k_in + r * pf + j] as u32 & mask) << (bits * j);
-            }
-            *word = w as i32;
+    // Build the words row by row of q (contiguous reads), then transpose into [K/pf, N].
+    let words_per_row = k_in / pf;
+    let mut by_row = vec![0u32; n_out * words_per_row];
+    by_row.par_chunks_mut(words_per_row).enumerate().for_each(|(n, row_words)| {
+        let levels = &ql.q[n * k_in..(n + 1) * k_in];
+        for (word, chunk) in row_words.iter_mut().zip(levels.chunks_exact(pf)) {
+            *word = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |w, (j, &q)| w | ((q as u32 & mask) << (bits * j)));
         }
-    }
+    });
+    let mut qweight = vec![0i32; words_per_row * n_out];
+    qweight.par_chunks_mut(n_out).enumerate().for_each(|(r, out_row)| {
+        for (n, word) in out_row.iter_mut().enumerate() {
+            *word = by_row[n * words_per_row + r] as i32;
+        }
+    });
     let mut qzeros = vec![0i32; groups * n_out / pf];
     for g in 0..groups {
         for c in 0..n_out / pf {

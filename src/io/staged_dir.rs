@@ -73,12 +73,7 @@ impl StagedDir {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        if !parent.is_dir() {
-            return Err(Error::flag(
-                "--out",
-                format!("parent directory {} does not exist", parent.display()),
-            ));
-        }
+        fs::create_dir_all(&parent).at(&parent)?;
         let partial = with_suffix(&out, PARTIAL_SUFFIX);
         if partial.exists() {
             fs::remove_dir_all(&partial).at(&partial)?;
