@@ -1,1 +1,3 @@
 //! hy-quant: offline quantization of translation LLMs.
+pub mod convert;
+pub mod gguf;
