@@ -5,11 +5,13 @@
 //! `quant` (methods, layer-streaming pipeline) -> `export` (file formats) -> `io` (staged,
 //! hashed output) + `manifest`; `eval` scores translations.
 
+pub mod convert;
 pub mod dequantize;
 pub mod dtype;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod gguf;
 pub mod inspect;
 pub mod io;
 pub mod manifest;
@@ -18,3 +20,6 @@ pub mod progress;
 pub mod quant;
 
 pub use error::{Error, Result};
+//! hy-quant: offline quantization of translation LLMs.
+pub mod convert;
+pub mod gguf;
