@@ -20,6 +20,3 @@ pub mod progress;
 pub mod quant;
 
 pub use error::{Error, Result};
-//! hy-quant: offline quantization of translation LLMs.
-pub mod convert;
-pub mod gguf;
