@@ -25,6 +25,18 @@ enum Command {
     Quantize(QuantizeArgs),
     /// Write a random-weight checkpoint with a real model's names, shapes and sharding.
     Synth(SynthArgs),
+    /// Turn a GGUF file into a Hugging Face checkpoint directory (safetensors + tokenizer).
+    Convert {
+        #[arg(long = "from-gguf")]
+        from_gguf: PathBuf,
+        /// bf16 | f16
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
     /// Print architecture, dtype, size and quantization settings of a checkpoint.
     Inspect {
         dir: PathBuf,
@@ -190,6 +202,21 @@ fn run(cli: Cli) -> Result<bool> {
             } else {
                 print!("{r}");
             }
+        }
+        Command::Convert { from_gguf, dtype, out, force } => {
+            let opts = hy_quant::convert::ConvertOptions {
+                dtype: dtype.parse().map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
+                force,
+                max_shard_bytes: None,
+            };
+            let r = hy_quant::convert::convert_gguf(&from_gguf, &out, &opts)?;
+            println!(
+                "wrote {} ({}, {} tensors, {:.2} GB)",
+                r.out_dir.display(),
+                r.architecture,
+                r.tensors_written,
+                r.bytes_written as f64 / 1e9
+            );
         }
         Command::Dequantize { model, out, force } => {
             let out = hy_quant::dequantize::dequantize(&model, &out, force, &Console::new())?;
