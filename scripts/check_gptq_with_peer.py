@@ -57,12 +57,34 @@ def peer_linear(QuantLinear, qc, q, prefix, device):
     n = qweight.shape[1]
     gs = qc["group_size"] if qc["group_size"] != -1 else k
     assert torch.equal(g_idx, torch.arange(k, dtype=torch.int32) // gs), f"{prefix}: g_idx is not trivial"
-    lin = QuantLinear(bits, gs, k, n, bias=False, weight_dtype=scales.dtype)
+    bias = q.get(f"{prefix}.bias")
+    lin = QuantLinear(bits, gs, k, n, bias=bias is not None, weight_dtype=scales.dtype)
+    if bias is not None:
+        lin.bias = bias.clone()
     lin.qweight.copy_(qweight)
     lin.qzeros.copy_(qzeros)
     lin.scales = scales.clone()
     lin.g_idx.copy_(g_idx)
     return lin.to(device)
+
+
+def peer_weight(lin, device):
+    """The [N, K] weight AutoGPTQ's forward multiplies by: its pure-PyTorch path ends in
+    `torch.matmul(x, weight)`; a spy on torch.matmul captures `weight` during one forward."""
+    captured = {}
+    real = torch.matmul
+
+    def spy(a, b, *rest, **kw):
+        captured["w"] = b
+        return real(a, b, *rest, **kw)
+
+    torch.matmul = spy
+    try:
+        with torch.no_grad():
+            lin(torch.zeros(1, lin.infeatures, dtype=lin.scales.dtype, device=device))
+    finally:
+        torch.matmul = real
+    return captured["w"].T.contiguous().cpu()
 
 
 def logits_of(model, ids):
@@ -94,10 +116,7 @@ def main():
     mismatched = 0
     for p in prefixes:
         lin = peer_linear(QuantLinear, qc, q, p, device)
-        k = lin.infeatures
-        eye = torch.eye(k, dtype=lin.scales.dtype, device=device)
-        with torch.no_grad():
-            w_peer = lin(eye).T.contiguous().cpu()  # [N, K]
+        w_peer = peer_weight(lin, device)
         w_ours = deq[f"{p}.weight"]
         if not torch.equal(w_peer, w_ours):
             mismatched += 1
