@@ -97,3 +97,52 @@ impl Translator {
             .collect()
     }
 }
+
+/// Writes what `scripts/check_runner_with_transformers.py` compares against: `dir/meta.json`
+/// (prompts, prompt ids, greedy outputs, per-step logit margins) and `dir/logits.f32` (the
+/// first generated position's logits, [n_prompts, vocab] little-endian f32, in `items` order).
+/// `outputs` must come from a `translate_batch` run with `options.keep_first_logits` set.
+pub fn write_logit_dump(
+    dir: &Path,
+    model_dir: &Path,
+    tr: &Translator,
+    prompts: &[Prompt],
+    outputs: &[Output],
+) -> Result<()> {
+    use crate::error::{Error, IoContext};
+    use serde_json::json;
+    std::fs::create_dir_all(dir).at(dir)?;
+    let vocab = tr.model.dims.vocab;
+    let mut raw = Vec::with_capacity(outputs.len() * vocab * 4);
+    let mut items = Vec::with_capacity(outputs.len());
+    for (p, o) in prompts.iter().zip(outputs) {
+        let logits = o.first_logits.as_ref().ok_or_else(|| Error::Runner {
+            msg: "logit dump asked for, but the run did not keep first-step logits".into(),
+        })?;
+        raw.extend(logits.iter().flat_map(|v| v.to_le_bytes()));
+        items.push(json!({
+            "source": p.text,
+            "source_lang": p.source_lang,
+            "target_lang": p.target_lang,
+            "prompt_text": tr.prompt_text(p)?,
+            "prompt_ids": o.prompt_ids,
+            "output_ids": o.token_ids,
+            "output_text": o.text,
+            "finish": format!("{:?}", o.finish),
+            "margins": o.margins,
+        }));
+    }
+    let meta = json!({
+        "model_dir": model_dir,
+        "vocab": vocab,
+        "template": format!("{:?}", tr.template),
+        "stop_ids": tr.options.stop_ids,
+        "max_new_tokens": tr.options.max_new_tokens,
+        "logits_file": "logits.f32",
+        "items": items,
+    });
+    let mut text = serde_json::to_vec_pretty(&meta).expect("JSON values serialize");
+    text.push(b'\n');
+    crate::io::staged_dir::write_file(&dir.join("meta.json"), &text)?;
+    crate::io::staged_dir::write_file(&dir.join("logits.f32"), &raw)
+}
