@@ -258,12 +258,15 @@ fn run_translate(a: TranslateArgs) -> Result<()> {
     }
     let s = &tr.last_stats;
     eprintln!(
-        "{} segments: {} prompt + {} generated tokens in {:.1}s ({:.2} generated tokens/s, batch {})",
+        "{} segments: {} prompt + {} generated tokens in {:.1}s ({:.2} generated tokens/s overall; \
+         steps with prefill {:.1}s, decode-only steps {:.2} tokens/s; batch {})",
         prompts.len(),
         s.prompt_tokens,
         s.generated_tokens,
         s.seconds,
         s.tokens_per_second(),
+        s.prefill_step_seconds,
+        s.decode_tokens_per_second(),
         a.batch_size
     );
     if let Some(dir) = &a.dump_logits {

@@ -22,7 +22,13 @@ fn write_tokenizer(dir: &std::path::Path) {
         );
     }
     for i in specials.len()..1024 {
-        vocab.insert(format!("w{i}"), json!(i));
+        // An ordinary entry spelled like a stop token must not stop generation.
+        let word = if i == 1000 {
+            "</s>".to_string()
+        } else {
+            format!("w{i}")
+        };
+        vocab.insert(word, json!(i));
     }
     let tok = json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,

@@ -57,12 +57,22 @@ pub struct GenerateStats {
     pub generated_tokens: usize,
     pub forward_calls: usize,
     pub seconds: f64,
+    /// Wall time of steps that prefilled at least one prompt.
+    pub prefill_step_seconds: f64,
+    /// Wall time and tokens of steps that only decoded.
+    pub decode_step_seconds: f64,
+    pub decode_step_tokens: usize,
 }
 
 impl GenerateStats {
     /// Generated tokens per second of wall time (prefill included in the time).
     pub fn tokens_per_second(&self) -> f64 {
         self.generated_tokens as f64 / self.seconds.max(1e-9)
+    }
+
+    /// Tokens per second of the decode-only steps (no prompt processing in them).
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        self.decode_step_tokens as f64 / self.decode_step_seconds.max(1e-9)
     }
 }
 
@@ -133,6 +143,8 @@ pub fn generate(
             }
             continue;
         }
+        let step_start = Instant::now();
+        let prefilling = active.iter().any(|a| a.out.margins.is_empty());
         let logits = {
             let mut steps: Vec<SeqStep<'_>> = active
                 .iter_mut()
@@ -144,6 +156,13 @@ pub fn generate(
             model.forward(&mut steps)?
         };
         stats.forward_calls += 1;
+        let dt = step_start.elapsed().as_secs_f64();
+        if prefilling {
+            stats.prefill_step_seconds += dt;
+        } else {
+            stats.decode_step_seconds += dt;
+            stats.decode_step_tokens += active.len();
+        }
         let mut still = Vec::with_capacity(active.len());
         for (mut a, lg) in active.drain(..).zip(logits) {
             let (tok, margin) = argmax_with_margin(&lg);

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::error::{Error, IoContext, Result};
 
 /// Token spellings that end an assistant turn in the supported families. Each is used only if
-/// the tokenizer knows it.
+/// the tokenizer has it as an added (special) token.
 pub const STOP_TOKEN_TEXTS: &[&str] = &[
     "<|im_end|>",    // ChatML (Qwen2)
     "<|endoftext|>", // Qwen2 / GPT-2 style end of document
@@ -67,6 +67,16 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// Id of `token` only when it is an added (special) token, not an ordinary vocabulary
+    /// entry that happens to be spelled the same (Qwen2's BPE vocabulary holds a plain "</s>").
+    pub fn special_token_id(&self, token: &str) -> Option<u32> {
+        let id = self.inner.token_to_id(token)?;
+        self.inner
+            .get_added_tokens_decoder()
+            .contains_key(&id)
+            .then_some(id)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
@@ -88,7 +98,8 @@ fn ids_of(v: Option<&Value>) -> Vec<u32> {
 }
 
 /// Ids that end generation: `eos_token_id` of generation_config.json and config.json (int or
-/// list), plus every `STOP_TOKEN_TEXTS` entry the tokenizer knows. Sorted, unique.
+/// list), plus every `STOP_TOKEN_TEXTS` entry that is a special token of the tokenizer.
+/// Sorted, unique.
 pub fn stop_token_ids(
     dir: &Path,
     config: &serde_json::Map<String, Value>,
@@ -105,7 +116,11 @@ pub fn stop_token_ids(
         ids.extend(ids_of(gen.get("eos_token_id")));
     }
     if let Some(tok) = tok {
-        ids.extend(STOP_TOKEN_TEXTS.iter().filter_map(|t| tok.token_id(t)));
+        ids.extend(
+            STOP_TOKEN_TEXTS
+                .iter()
+                .filter_map(|t| tok.special_token_id(t)),
+        );
     }
     ids.sort_unstable();
     ids.dedup();
