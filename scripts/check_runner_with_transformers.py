@@ -22,10 +22,15 @@ What it checks, per segment
 Needs torch and transformers (tested API: torch 2.11, transformers 5.x). Runs in float32 with
 eager attention and TF32 off so differences come from the runner, not from reduced precision.
 
-Example
-  python3 scripts/check_runner_with_transformers.py --model /work/models/qwen0.5b-hf \\
-      --dump runner-dump --hy-quant target/release/hy-quant \\
-      --tsv shared/data/hsk.zh-en.tsv --limit 20
+Example (dump already made on the CPU box; /work/models/runner-dump-qwen0.5b-bf16 was made by
+  hy-quant translate --model /work/models/qwen0.5b-bf16 --input tests/data/runner_check_20.tsv \
+      --max-new-tokens 64 --batch-size 8 --dump-logits /work/models/runner-dump-qwen0.5b-bf16)
+  python3 scripts/check_runner_with_transformers.py --model /work/models/qwen0.5b-bf16 \
+      --dump /work/models/runner-dump-qwen0.5b-bf16
+Or make the dump on the GPU box with a carried binary (16 cores there, about a minute):
+  python3 scripts/check_runner_with_transformers.py --model MODEL_DIR --dump /tmp/dump \
+      --hy-quant target/release/hy-quant --tsv tests/data/runner_check_20.tsv --limit 20
+Exit status 1 when an argmax differs or a greedy divergence is not a near tie.
 """
 import argparse
 import json
