@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compare hy-quant's CPU runner with transformers on the same prompts.
+r"""Compare hy-quant's CPU runner with transformers on the same prompts.
 
 Inputs
   --model DIR   a Hugging Face checkpoint dir (config.json, *.safetensors, tokenizer.json,
