@@ -19,7 +19,7 @@ What it checks, per segment
      identical, or the first divergence with both sides' top1-top2 margin there (a small
      margin = near tie, an acceptable divergence)
 
-Needs torch and transformers (tested API: torch 2.11, transformers 5.x). Runs in float32 with
+Needs torch and transformers (written against torch 2.11 / transformers 5.x, not yet run). Runs in float32 with
 eager attention and TF32 off so differences come from the runner, not from reduced precision.
 
 Example (dump already made on the CPU box; /work/models/runner-dump-qwen0.5b-bf16 was made by
