@@ -52,6 +52,12 @@ pub enum Error {
 
     #[error("verification failed for {path}: {msg}")]
     Verify { path: PathBuf, msg: String },
+
+    #[error("{path}: tokenizer: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+
+    #[error("runner: {msg}")]
+    Runner { msg: String },
 }
 
 impl Error {

@@ -18,5 +18,6 @@ pub mod manifest;
 pub mod model;
 pub mod progress;
 pub mod quant;
+pub mod runner;
 
 pub use error::{Error, Result};

@@ -59,6 +59,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Translate with the CPU reference runner (greedy, batched).
+    Translate(TranslateArgs),
+}
+
+#[derive(Args)]
+struct TranslateArgs {
+    /// Model directory (full precision or GPTQ v1) or Hugging Face id.
+    #[arg(long)]
+    model: String,
+    /// Target language code (zh, en, fr, ...); default: en for Chinese text, else zh.
+    #[arg(long)]
+    to: Option<String>,
+    /// Source language code; default: guessed (zh if the text has CJK characters, else en).
+    #[arg(long)]
+    from: Option<String>,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Read segments from a file (one per line; a TSV's first column) instead of arguments.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// With --input: only the first N segments.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Debug: write prompts, ids, outputs and first-step logits to this directory
+    /// (read by scripts/check_runner_with_transformers.py).
+    #[arg(long)]
+    dump_logits: Option<PathBuf>,
+    /// Print one JSON object per segment.
+    #[arg(long)]
+    json: bool,
+    /// Text to translate (one or more segments).
+    text: Vec<String>,
 }
 
 #[derive(Args)]
@@ -191,10 +226,82 @@ fn run_synth(a: SynthArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_translate(a: TranslateArgs) -> Result<()> {
+    use hy_quant::runner::prompt::guess_source;
+    use hy_quant::runner::translator::{write_logit_dump, Prompt, Translator};
+    let mut segments = a.text.clone();
+    if let Some(path) = &a.input {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        segments.extend(
+            text.lines()
+                .map(|l| l.split('\t').next().unwrap_or("").trim().to_string())
+                .filter(|l| !l.is_empty())
+                .take(a.limit.unwrap_or(usize::MAX)),
+        );
+    }
+    if segments.is_empty() {
+        bail!("nothing to translate: pass text or --input FILE");
+    }
+    let model = resolve_model(&a.model)?;
+    let t0 = std::time::Instant::now();
+    let mut tr = Translator::load(&model)?;
+    eprintln!(
+        "loaded {} ({:?}, {}, {:.2} GB of weights) in {:.1}s",
+        model.display(),
+        tr.model.kind,
+        tr.model.quant.map(|q| q.to_string()).unwrap_or_else(|| "full precision".into()),
+        tr.model.weight_bytes() as f64 / 1e9,
+        t0.elapsed().as_secs_f64()
+    );
+    tr.options.max_new_tokens = a.max_new_tokens;
+    tr.options.max_batch = a.batch_size;
+    tr.options.keep_first_logits = a.dump_logits.is_some();
+    let prompts: Vec<Prompt> = segments
+        .iter()
+        .map(|s| Prompt {
+            text: s.clone(),
+            source_lang: a.from.clone(),
+            target_lang: a.to.clone().unwrap_or_else(|| {
+                let src = a.from.as_deref().unwrap_or_else(|| guess_source(s));
+                if src == "zh" { "en" } else { "zh" }.to_string()
+            }),
+        })
+        .collect();
+    let outputs = tr.translate_batch(&prompts)?;
+    for (p, o) in prompts.iter().zip(&outputs) {
+        if a.json {
+            let j = serde_json::json!({"source": p.text, "target_lang": p.target_lang, "translation": o.text,
+                "n_prompt_tokens": o.n_prompt_tokens, "n_generated": o.token_ids.len(), "finish": format!("{:?}", o.finish)});
+            println!("{j}");
+        } else {
+            println!("{}", o.text);
+        }
+    }
+    let s = &tr.last_stats;
+    eprintln!(
+        "{} segments: {} prompt + {} generated tokens in {:.1}s ({:.2} generated tokens/s overall; \
+         steps with prefill {:.1}s, decode-only steps {:.2} tokens/s; batch {})",
+        prompts.len(),
+        s.prompt_tokens,
+        s.generated_tokens,
+        s.seconds,
+        s.tokens_per_second(),
+        s.prefill_step_seconds,
+        s.decode_tokens_per_second(),
+        a.batch_size
+    );
+    if let Some(dir) = &a.dump_logits {
+        write_logit_dump(dir, &model, &tr, &prompts, &outputs)?;
+        eprintln!("wrote {}", dir.display());
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<bool> {
     match cli.command {
         Command::Quantize(a) => run_quantize(a)?,
         Command::Synth(a) => run_synth(a)?,
+        Command::Translate(a) => run_translate(a)?,
         Command::Inspect { dir, json } => {
             let r = hy_quant::inspect::inspect(&dir)?;
             if json {

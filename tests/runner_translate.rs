@@ -1,0 +1,111 @@
+//! End to end through `Translator` on the tiny synthetic HunYuan checkpoint with a word-level
+//! tokenizer.json written here: template -> ids -> batched greedy -> text, stop ids, logit dump.
+
+use hy_quant::dtype::DType;
+use hy_quant::model::synth::{synth, Preset, SynthOptions};
+use hy_quant::progress::Silent;
+use hy_quant::runner::prompt::{ChatTemplate, HY_ASSISTANT, HY_BOS, HY_USER};
+use hy_quant::runner::translator::{write_logit_dump, Prompt, Translator};
+use serde_json::{json, Map, Value};
+
+const HY_EOS: &str = "<｜hy_place▁holder▁no▁2｜>";
+
+fn write_tokenizer(dir: &std::path::Path) {
+    let specials = ["<unk>", HY_BOS, HY_USER, HY_ASSISTANT, HY_EOS];
+    let mut vocab = Map::new();
+    let mut added = Vec::new();
+    for (i, s) in specials.iter().enumerate() {
+        vocab.insert(s.to_string(), json!(i));
+        added.push(
+            json!({"id": i, "content": s, "single_word": false, "lstrip": false, "rstrip": false,
+                          "normalized": false, "special": true}),
+        );
+    }
+    for i in specials.len()..1024 {
+        // An ordinary entry spelled like a stop token must not stop generation.
+        let word = if i == 1000 {
+            "</s>".to_string()
+        } else {
+            format!("w{i}")
+        };
+        vocab.insert(word, json!(i));
+    }
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": false},
+        "model": {"type": "WordLevel", "vocab": Value::Object(vocab), "unk_token": "<unk>"}
+    });
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_vec(&tok).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn translate_batch_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tiny");
+    synth(
+        &SynthOptions {
+            preset: Preset::Tiny,
+            dtype: DType::BF16,
+            seed: 1,
+            out: dir.clone(),
+            force: false,
+        },
+        &Silent,
+    )
+    .unwrap();
+    write_tokenizer(&dir);
+    let mut tr = Translator::load(&dir).unwrap();
+    assert_eq!(tr.template, ChatTemplate::Hunyuan);
+    // generation_config / config eos 2 (a special here) and the HunYuan end-of-turn token (4).
+    assert_eq!(tr.options.stop_ids, vec![2, 4]);
+    tr.options.max_new_tokens = 5;
+    tr.options.max_batch = 2;
+    tr.options.keep_first_logits = true;
+    let prompts: Vec<Prompt> = ["w10 w11 w12", "w900", "w5 w6 w7 w8 w9 w10"]
+        .iter()
+        .map(|t| Prompt {
+            text: t.to_string(),
+            source_lang: Some("de".into()),
+            target_lang: "en".into(),
+        })
+        .collect();
+    let outs = tr.translate_batch(&prompts).unwrap();
+    assert_eq!(outs.len(), 3);
+    for (p, o) in prompts.iter().zip(&outs) {
+        assert_eq!(
+            o.prompt_ids[0], 1,
+            "prompt starts with <｜hy_begin▁of▁sentence｜>"
+        );
+        assert_eq!(o.prompt_ids[1], 2, "then <｜hy_User｜>");
+        assert_eq!(
+            *o.prompt_ids.last().unwrap(),
+            3,
+            "ends with <｜hy_Assistant｜>"
+        );
+        assert_eq!(o.n_prompt_tokens, o.prompt_ids.len());
+        assert_eq!(o.prompt_ids, tr.prompt_ids(p).unwrap());
+        assert!(
+            o.token_ids.len() <= 5 && !o.token_ids.iter().any(|t| tr.options.stop_ids.contains(t))
+        );
+        assert_eq!(o.text, tr.tokenizer.decode(&o.token_ids).unwrap().trim());
+    }
+    // Solo decoding of one prompt gives the same continuation.
+    tr.options.max_batch = 1;
+    let solo = tr.translate_batch(&prompts[2..]).unwrap();
+    assert_eq!(solo[0].token_ids, outs[2].token_ids);
+
+    let dump = tmp.path().join("dump");
+    write_logit_dump(&dump, &dir, &tr, &prompts, &outs).unwrap();
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(dump.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["items"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        std::fs::metadata(dump.join("logits.f32")).unwrap().len(),
+        3 * 1024 * 4
+    );
+}
