@@ -50,6 +50,9 @@ pub enum Error {
     #[error("model {id}: {msg}")]
     Hub { id: String, msg: String },
 
+    #[error("evaluation: {msg}")]
+    Eval { msg: String },
+
     #[error("verification failed for {path}: {msg}")]
     Verify { path: PathBuf, msg: String },
 

@@ -59,8 +59,44 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Translate test sets with the original and quantized models; report BLEU/chrF drift
+    /// (paired bootstrap 95% intervals), size on disk and peak memory.
+    Eval(EvalArgs),
     /// Translate with the CPU reference runner (greedy, batched).
     Translate(TranslateArgs),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// The full-precision model.
+    #[arg(long)]
+    original: PathBuf,
+    /// One or more quantized versions of it.
+    #[arg(long, num_args = 1.., required = true)]
+    quantized: Vec<PathBuf>,
+    /// Test set(s): TSV, `source<TAB>reference` per line; language pair from `name.en-zh.tsv`.
+    #[arg(long, num_args = 1.., required = true)]
+    testset: Vec<PathBuf>,
+    #[arg(long)]
+    src: Option<String>,
+    #[arg(long)]
+    tgt: Option<String>,
+    /// Only the first N pairs of each test set.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    #[arg(long, default_value_t = 12345)]
+    seed: u64,
+    /// Directory for eval.json, eval.md and hypotheses.
+    #[arg(long, default_value = "eval-out")]
+    out: PathBuf,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -302,6 +338,28 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Quantize(a) => run_quantize(a)?,
         Command::Synth(a) => run_synth(a)?,
         Command::Translate(a) => run_translate(a)?,
+        Command::Eval(a) => {
+            let opts = hy_quant::eval::run::EvalOptions {
+                original: a.original,
+                quantized: a.quantized,
+                testsets: a.testset,
+                src: a.src,
+                tgt: a.tgt,
+                limit: a.limit,
+                max_new_tokens: a.max_new_tokens,
+                batch: a.batch_size,
+                bootstrap_samples: a.bootstrap,
+                seed: a.seed,
+                out_dir: a.out.clone(),
+            };
+            let report = hy_quant::eval::run::eval(&opts, &Console::new())?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.markdown());
+                println!("(eval.json, eval.md and hypotheses in {})", a.out.display());
+            }
+        }
         Command::Inspect { dir, json } => {
             let r = hy_quant::inspect::inspect(&dir)?;
             if json {

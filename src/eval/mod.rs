@@ -4,4 +4,6 @@
 //!   plus paired bootstrap resampling.
 
 pub mod metrics;
+pub mod memory;
+pub mod run;
 pub mod testset;
