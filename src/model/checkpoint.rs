@@ -80,17 +80,42 @@ impl TensorView<'_> {
     /// Decodes to f32 and refuses NaN/Inf, naming the tensor and the first bad index.
     pub fn to_f32_finite(&self) -> Result<Vec<f32>> {
         let values = dtype::to_f32(self.float_dtype()?, self.bytes);
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(Error::tensor(
-                self.name,
-                format!(
-                    "holds a non-finite value ({}) at flat index {i} in {}; refusing to quantize it",
-                    values[i],
-                    self.file.display()
-                ),
-            ));
+        match values.iter().position(|v| !v.is_finite()) {
+            Some(i) => Err(self.non_finite_error(i, values[i])),
+            None => Ok(values),
         }
-        Ok(values)
+    }
+
+    /// Refuses NaN/Inf without decoding the tensor into a new buffer (embeddings are large).
+    pub fn check_finite(&self) -> Result<()> {
+        let dtype = self.float_dtype()?;
+        let size = dtype.size();
+        // Exponent all ones <=> NaN or Inf, for every IEEE float type.
+        let bad = |i: usize| -> bool {
+            let b = &self.bytes[i * size..(i + 1) * size];
+            match dtype {
+                DType::BF16 => u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80,
+                DType::F16 => u16::from_le_bytes([b[0], b[1]]) & 0x7c00 == 0x7c00,
+                _ => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000,
+            }
+        };
+        match (0..self.bytes.len() / size).find(|&i| bad(i)) {
+            None => Ok(()),
+            Some(i) => {
+                let v = dtype::to_f32(dtype, &self.bytes[i * size..(i + 1) * size])[0];
+                Err(self.non_finite_error(i, v))
+            }
+        }
+    }
+
+    fn non_finite_error(&self, index: usize, value: f32) -> Error {
+        Error::tensor(
+            self.name,
+            format!(
+                "holds a non-finite value ({value}) at flat index {index} in {}; refusing to quantize it",
+                self.file.display()
+            ),
+        )
     }
 }
 
@@ -184,6 +209,26 @@ impl Checkpoint {
             file: &shard.path,
             bytes: &shard.map[info.start..info.end],
         })
+    }
+
+    /// Tells the kernel the bytes of `name` will not be read again soon, so a streaming pass
+    /// over a 7B model does not keep the whole file resident (mapped file pages count towards
+    /// RSS until dropped). Purely advisory: a later read of the tensor still works.
+    pub fn release(&self, name: &str) {
+        let Some(info) = self.tensors.get(name) else { return };
+        let page = 4096;
+        let start = info.start / page * page;
+        let len = info.end - start;
+        // SAFETY: the map is read-only and file-backed; MADV_DONTNEED only drops clean pages,
+        // which the kernel re-reads from the file if they are touched again. No reference to
+        // these bytes is held by the caller past this point, and even if one were, it would
+        // see the same file contents.
+        #[cfg(unix)]
+        unsafe {
+            let _ = self.shards[info.shard]
+                .map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len);
+        }
     }
 
     /// Paths of the weight files, in order.

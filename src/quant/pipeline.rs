@@ -325,10 +325,11 @@ fn stream_units(
             Unit::Copy(name) => {
                 let view = ckpt.tensor(name)?;
                 if view.info.dtype.is_some_and(|d| d.is_float()) {
-                    view.to_f32_finite()?;
+                    view.check_finite()?;
                 }
                 sink.write(name, view.bytes)?;
                 progress.step(view.bytes.len() as u64, name);
+                ckpt.release(name);
             }
             Unit::Layer { layer, copies } => {
                 let mut bytes_in = 0u64;
@@ -337,6 +338,7 @@ fn stream_units(
                     let view = ckpt.tensor(&name)?;
                     bytes_in += view.bytes.len() as u64;
                     let data = view.to_f32_finite()?;
+                    ckpt.release(&name);
                     let weight = Weight {
                         name: &name,
                         data: &data,
@@ -360,10 +362,11 @@ fn stream_units(
                 for name in copies {
                     let view = ckpt.tensor(name)?;
                     if view.info.dtype.is_some_and(|d| d.is_float()) {
-                        view.to_f32_finite()?;
+                        view.check_finite()?;
                     }
                     bytes_in += view.bytes.len() as u64;
                     sink.write(name, view.bytes)?;
+                    ckpt.release(name);
                 }
                 progress.step(bytes_in, &format!("layer {layer}"));
             }
