@@ -26,15 +26,28 @@ fn main() {
     if !model.join("config.json").exists() {
         let t = Instant::now();
         synth(
-            &SynthOptions { preset, dtype: DType::BF16, seed: 0, out: model.clone(), force: true },
+            &SynthOptions {
+                preset,
+                dtype: DType::BF16,
+                seed: 0,
+                out: model.clone(),
+                force: true,
+            },
             &Silent,
         )
         .expect("synth");
-        eprintln!("synthesized {} in {:.1}s", model.display(), t.elapsed().as_secs_f64());
+        eprintln!(
+            "synthesized {} in {:.1}s",
+            model.display(),
+            t.elapsed().as_secs_f64()
+        );
     }
     let threads = rayon::current_num_threads();
     println!("preset {preset_name}, {threads} threads");
-    println!("{:<14} {:>10} {:>10} {:>10}", "scheme", "GB in", "seconds", "GB/s");
+    println!(
+        "{:<14} {:>10} {:>10} {:>10}",
+        "scheme", "GB in", "seconds", "GB/s"
+    );
     for (bits, gs) in [(4u8, 128i64), (8, 128), (4, -1)] {
         let out = root.join(format!("q-{preset_name}-{bits}-{gs}"));
         let opts = QuantizeOptions {
@@ -49,8 +62,20 @@ fn main() {
         let t = Instant::now();
         let report = quantize(&opts, &Silent).expect("quantize");
         let secs = t.elapsed().as_secs_f64();
-        let gb: f64 = report.manifest.inputs.iter().map(|f| f.bytes as f64).sum::<f64>() / 1e9;
-        println!("{:<14} {:>10.2} {:>10.2} {:>10.3}", format!("int{bits} g{gs}"), gb, secs, gb / secs);
+        let gb: f64 = report
+            .manifest
+            .inputs
+            .iter()
+            .map(|f| f.bytes as f64)
+            .sum::<f64>()
+            / 1e9;
+        println!(
+            "{:<14} {:>10.2} {:>10.2} {:>10.3}",
+            format!("int{bits} g{gs}"),
+            gb,
+            secs,
+            gb / secs
+        );
         for p in &report.manifest.phases {
             println!("    {:<16} {:>8.2}s", p.phase, p.seconds);
         }

@@ -20,30 +20,40 @@ use crate::quant::QuantScheme;
 /// The GPTQ scheme a quantized checkpoint declares in `quantization_config`.
 pub fn declared_scheme(ckpt: &Checkpoint) -> Result<QuantScheme> {
     let path = &ckpt.config.path;
-    let qc = ckpt
-        .config
-        .raw
-        .get("quantization_config")
-        .ok_or_else(|| Error::config(path, "no quantization_config: not a quantized checkpoint"))?;
+    let qc =
+        ckpt.config.raw.get("quantization_config").ok_or_else(|| {
+            Error::config(path, "no quantization_config: not a quantized checkpoint")
+        })?;
     if qc.get("quant_method").and_then(Value::as_str) != Some("gptq") {
-        return Err(Error::config(path, "quantization_config.quant_method is not \"gptq\""));
+        return Err(Error::config(
+            path,
+            "quantization_config.quant_method is not \"gptq\"",
+        ));
     }
     let bits = qc.get("bits").and_then(Value::as_u64).unwrap_or(0) as u8;
     let group_size = qc.get("group_size").and_then(Value::as_i64).unwrap_or(0);
     let sym = qc.get("sym").and_then(Value::as_bool).unwrap_or(true);
-    QuantScheme::new(bits, group_size, sym).map_err(|e| Error::config(path, format!("quantization_config: {e}")))
+    QuantScheme::new(bits, group_size, sym)
+        .map_err(|e| Error::config(path, format!("quantization_config: {e}")))
 }
 
 /// Dequantizes the linear stored under `prefix` (`.qweight/.qzeros/.scales/.g_idx`) to f32
 /// [out, in], plus the scales' dtype.
-pub fn dequantize_linear(ckpt: &Checkpoint, scheme: &QuantScheme, prefix: &str) -> Result<(Vec<f32>, usize, usize, DType)> {
+pub fn dequantize_linear(
+    ckpt: &Checkpoint,
+    scheme: &QuantScheme,
+    prefix: &str,
+) -> Result<(Vec<f32>, usize, usize, DType)> {
     let qweight = ckpt.tensor(&format!("{prefix}.qweight"))?;
     let qzeros = ckpt.tensor(&format!("{prefix}.qzeros"))?;
     let scales = ckpt.tensor(&format!("{prefix}.scales"))?;
     let g_idx = ckpt.tensor(&format!("{prefix}.g_idx"))?;
     for t in [&qweight, &qzeros, &g_idx] {
         if t.info.dtype != Some(DType::I32) {
-            return Err(Error::tensor(t.name, format!("dtype {}, expected I32", t.info.dtype_name)));
+            return Err(Error::tensor(
+                t.name,
+                format!("dtype {}, expected I32", t.info.dtype_name),
+            ));
         }
     }
     if qweight.info.shape.len() != 2 {
@@ -52,7 +62,11 @@ pub fn dequantize_linear(ckpt: &Checkpoint, scheme: &QuantScheme, prefix: &str) 
     let in_features = qweight.info.shape[0] * scheme.pack_factor();
     let out_features = qweight.info.shape[1];
     let scale_dtype = scales.float_dtype()?;
-    let ints = |b: &[u8]| -> Vec<i32> { b.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() };
+    let ints = |b: &[u8]| -> Vec<i32> {
+        b.chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
     let ql = gptq_v1::unpack(
         prefix,
         scheme,
@@ -66,7 +80,12 @@ pub fn dequantize_linear(ckpt: &Checkpoint, scheme: &QuantScheme, prefix: &str) 
     Ok((ql.dequantize(), out_features, in_features, scale_dtype))
 }
 
-pub fn dequantize(model: &Path, out: &Path, force: bool, progress: &dyn Progress) -> Result<PathBuf> {
+pub fn dequantize(
+    model: &Path,
+    out: &Path,
+    force: bool,
+    progress: &dyn Progress,
+) -> Result<PathBuf> {
     let ckpt = Checkpoint::open(model)?;
     let scheme = declared_scheme(&ckpt)?;
     let staged = StagedDir::prepare(out, force, &[model])?;
@@ -86,8 +105,13 @@ pub fn dequantize(model: &Path, out: &Path, force: bool, progress: &dyn Progress
                 nbytes: n * k * dt.size(),
             });
             sources.push((format!("{prefix}.weight"), Some(prefix.to_string())));
-        } else if [".qzeros", ".scales", ".g_idx"].iter().any(|s| name.ends_with(s))
-            && ckpt.contains(&format!("{}.qweight", name.rsplit_once('.').map(|p| p.0).unwrap_or("")))
+        } else if [".qzeros", ".scales", ".g_idx"]
+            .iter()
+            .any(|s| name.ends_with(s))
+            && ckpt.contains(&format!(
+                "{}.qweight",
+                name.rsplit_once('.').map(|p| p.0).unwrap_or("")
+            ))
         {
             continue;
         } else {

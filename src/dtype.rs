@@ -108,33 +108,31 @@ pub fn to_f32(dtype: DType, bytes: &[u8]) -> Vec<f32> {
     const CHUNK: usize = 1 << 16;
     let n = bytes.len() / dtype.size();
     let mut out = vec![0f32; n];
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, dst)| {
-            let src = &bytes[c * CHUNK * dtype.size()..][..dst.len() * dtype.size()];
-            match dtype {
-                DType::BF16 => {
-                    for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                        *d = bf16::from_le_bytes([s[0], s[1]]).to_f32();
-                    }
-                }
-                DType::F16 => {
-                    for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                        *d = f16::from_le_bytes([s[0], s[1]]).to_f32();
-                    }
-                }
-                DType::F32 => {
-                    for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
-                        *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-                    }
-                }
-                DType::I32 => {
-                    for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
-                        *d = i32::from_le_bytes([s[0], s[1], s[2], s[3]]) as f32;
-                    }
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, dst)| {
+        let src = &bytes[c * CHUNK * dtype.size()..][..dst.len() * dtype.size()];
+        match dtype {
+            DType::BF16 => {
+                for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                    *d = bf16::from_le_bytes([s[0], s[1]]).to_f32();
                 }
             }
-        });
+            DType::F16 => {
+                for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                    *d = f16::from_le_bytes([s[0], s[1]]).to_f32();
+                }
+            }
+            DType::F32 => {
+                for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+                }
+            }
+            DType::I32 => {
+                for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                    *d = i32::from_le_bytes([s[0], s[1], s[2], s[3]]) as f32;
+                }
+            }
+        }
+    });
     out
 }
 

@@ -42,9 +42,12 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
             bytes_on_disk += meta.len();
         }
     }
-    let produced_by = crate::manifest::Manifest::read(dir)
-        .ok()
-        .map(|m| format!("{} {} ({} int{} g{})", m.tool, m.version, m.method, m.bits, m.group_size));
+    let produced_by = crate::manifest::Manifest::read(dir).ok().map(|m| {
+        format!(
+            "{} {} ({} int{} g{})",
+            m.tool, m.version, m.method, m.bits, m.group_size
+        )
+    });
     Ok(InspectReport {
         dir: dir.display().to_string(),
         model_type: c.model_type.clone(),
@@ -58,7 +61,10 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
         vocab_size: c.vocab_size,
         tie_word_embeddings: c.tie_word_embeddings,
         rope_base: ckpt.arch.rope_base(),
-        dtype: ckpt.model_dtype().map(|d| d.to_string()).unwrap_or_else(|_| "unknown".into()),
+        dtype: ckpt
+            .model_dtype()
+            .map(|d| d.to_string())
+            .unwrap_or_else(|_| "unknown".into()),
         tensors: ckpt.tensor_names().count(),
         shards: ckpt.shard_paths().len(),
         bytes_on_disk,
@@ -70,7 +76,12 @@ pub fn inspect(dir: &Path) -> Result<InspectReport> {
 impl std::fmt::Display for InspectReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{}", self.dir)?;
-        writeln!(f, "  architecture  {} ({})", self.model_type, self.architectures.join(", "))?;
+        writeln!(
+            f,
+            "  architecture  {} ({})",
+            self.model_type,
+            self.architectures.join(", ")
+        )?;
         writeln!(
             f,
             "  shape         {} layers, hidden {}, intermediate {}, heads {}/{} kv, head_dim {}, vocab {}",
@@ -89,7 +100,11 @@ impl std::fmt::Display for InspectReport {
         match &self.quantization {
             None => writeln!(f, "  quantization  none")?,
             Some(q) => {
-                let get = |k: &str| q.get(k).map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+                let get = |k: &str| {
+                    q.get(k)
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "-".into())
+                };
                 writeln!(
                     f,
                     "  quantization  {} bits={} group_size={} sym={} desc_act={} format={}",

@@ -13,7 +13,11 @@ use hy_quant::quant::pipeline::{self, Method, QuantizeOptions};
 use hy_quant::quant::QuantScheme;
 
 #[derive(Parser)]
-#[command(name = "hy-quant", version, about = "Quantize translation LLMs (HY-MT, Llama, Qwen2) and measure what it costs")]
+#[command(
+    name = "hy-quant",
+    version,
+    about = "Quantize translation LLMs (HY-MT, Llama, Qwen2) and measure what it costs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -187,11 +191,20 @@ struct SynthArgs {
 
 fn parse_size(s: &str) -> Result<u64> {
     let s = s.trim();
-    let (num, mult) = [("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("GiB", (1u64 << 30) as f64), ("MiB", (1u64 << 20) as f64)]
-        .iter()
-        .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
-        .unwrap_or((s, 1.0));
-    let n: f64 = num.trim().parse().with_context(|| format!("--max-shard-size {s:?}: expected e.g. 5GB"))?;
+    let (num, mult) = [
+        ("GB", 1e9),
+        ("MB", 1e6),
+        ("KB", 1e3),
+        ("GiB", (1u64 << 30) as f64),
+        ("MiB", (1u64 << 20) as f64),
+    ]
+    .iter()
+    .find_map(|(suf, m)| s.strip_suffix(suf).map(|n| (n, *m)))
+    .unwrap_or((s, 1.0));
+    let n: f64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("--max-shard-size {s:?}: expected e.g. 5GB"))?;
     if n <= 0.0 {
         bail!("--max-shard-size must be positive");
     }
@@ -213,7 +226,11 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
     let report = pipeline::quantize(&opts, &Console::new())?;
     let m = &report.manifest;
     if a.json {
-        let worst = m.tensors.iter().map(|t| t.error.rel_fro).fold(0.0, f64::max);
+        let worst = m
+            .tensors
+            .iter()
+            .map(|t| t.error.rel_fro)
+            .fold(0.0, f64::max);
         let summary = serde_json::json!({
             "out": report.out_dir,
             "method": m.method, "bits": m.bits, "group_size": m.group_size, "sym": m.sym,
@@ -228,7 +245,8 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
     } else {
         let out_bytes: u64 = m.outputs.iter().map(|o| o.bytes).sum();
         let in_bytes: u64 = m.inputs.iter().map(|o| o.bytes).sum();
-        let mean_err = m.tensors.iter().map(|t| t.error.rel_fro).sum::<f64>() / m.tensors.len().max(1) as f64;
+        let mean_err =
+            m.tensors.iter().map(|t| t.error.rel_fro).sum::<f64>() / m.tensors.len().max(1) as f64;
         println!(
             "wrote {} ({} linears, {:.2} GB -> {:.2} GB, mean rel. error {:.4}) in {:.1}s",
             report.out_dir.display(),
@@ -267,7 +285,8 @@ fn run_translate(a: TranslateArgs) -> Result<()> {
     use hy_quant::runner::translator::{write_logit_dump, Prompt, Translator};
     let mut segments = a.text.clone();
     if let Some(path) = &a.input {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         segments.extend(
             text.lines()
                 .map(|l| l.split('\t').next().unwrap_or("").trim().to_string())
@@ -285,7 +304,10 @@ fn run_translate(a: TranslateArgs) -> Result<()> {
         "loaded {} ({:?}, {}, {:.2} GB of weights) in {:.1}s",
         model.display(),
         tr.model.kind,
-        tr.model.quant.map(|q| q.to_string()).unwrap_or_else(|| "full precision".into()),
+        tr.model
+            .quant
+            .map(|q| q.to_string())
+            .unwrap_or_else(|| "full precision".into()),
         tr.model.weight_bytes() as f64 / 1e9,
         t0.elapsed().as_secs_f64()
     );
@@ -368,7 +390,12 @@ fn run(cli: Cli) -> Result<bool> {
                 print!("{r}");
             }
         }
-        Command::Convert { from_gguf, dtype, out, force } => {
+        Command::Convert {
+            from_gguf,
+            dtype,
+            out,
+            force,
+        } => {
             let opts = hy_quant::convert::ConvertOptions {
                 dtype: dtype.parse().map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
                 force,
@@ -390,12 +417,19 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Verify { dir, json } => {
             let r = hy_quant::manifest::verify(&dir)?;
             if json {
-                println!("{}", serde_json::json!({"checked": r.checked, "problems": r.problems}));
+                println!(
+                    "{}",
+                    serde_json::json!({"checked": r.checked, "problems": r.problems})
+                );
             } else {
                 for p in &r.problems {
                     println!("MISMATCH {p}");
                 }
-                println!("{} files checked, {} problem(s)", r.checked, r.problems.len());
+                println!(
+                    "{} files checked, {} problem(s)",
+                    r.checked,
+                    r.problems.len()
+                );
             }
             return Ok(r.problems.is_empty());
         }

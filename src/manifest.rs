@@ -99,7 +99,9 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     for entry in std::fs::read_dir(dir).at(dir)? {
         let name = entry.at(dir)?.file_name().to_string_lossy().into_owned();
         if name != MANIFEST_FILE && !manifest.outputs.iter().any(|o| o.path == name) {
-            report.problems.push(format!("{name}: not listed in the manifest"));
+            report
+                .problems
+                .push(format!("{name}: not listed in the manifest"));
         }
     }
     Ok(report)

@@ -71,7 +71,10 @@ impl Progress for Console {
             bar.set_prefix(phase.to_string());
             Some(bar)
         } else {
-            eprintln!("[hy-quant] {phase}: {steps} steps, {:.1} MB", bytes as f64 / 1e6);
+            eprintln!(
+                "[hy-quant] {phase}: {steps} steps, {:.1} MB",
+                bytes as f64 / 1e6
+            );
             None
         };
         *self.state.lock().expect("progress lock") = Some(PhaseState {
@@ -98,7 +101,9 @@ impl Progress for Console {
             }
             None => {
                 // Plain logs: at most one line a second, plus the last step.
-                let due = st.last_line.is_none_or(|t| t.elapsed().as_secs_f64() >= 1.0);
+                let due = st
+                    .last_line
+                    .is_none_or(|t| t.elapsed().as_secs_f64() >= 1.0);
                 if !due && st.done < st.steps {
                     return;
                 }

@@ -17,12 +17,22 @@ fn case() -> Case {
     let tmp = tempfile::tempdir().unwrap();
     let model = synth_tiny(tmp.path(), "model", 11);
     let out = tmp.path().join("out");
-    Case { _tmp: tmp, model, out }
+    Case {
+        _tmp: tmp,
+        model,
+        out,
+    }
 }
 
 /// Runs quantize, expects failure with every `needles` in stderr and no output left.
 fn fails(c: &Case, extra: &[&str], needles: &[&str]) -> String {
-    let mut args = vec!["quantize", "--model", c.model.to_str().unwrap(), "--out", c.out.to_str().unwrap()];
+    let mut args = vec![
+        "quantize",
+        "--model",
+        c.model.to_str().unwrap(),
+        "--out",
+        c.out.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     let (code, _, err) = run(&args);
     assert_eq!(code, 2, "expected a clean error exit, got {code}: {err}");
@@ -48,10 +58,16 @@ fn edit_tensors(dir: &Path, edit: impl FnOnce(&mut Vec<RawTensor>)) {
     let path = dir.join("model.safetensors");
     let mut tensors: Vec<RawTensor> = read_st(&path)
         .into_iter()
-        .map(|(name, (dtype, shape, data))| RawTensor { name, dtype, shape, data })
+        .map(|(name, (dtype, shape, data))| RawTensor {
+            name,
+            dtype,
+            shape,
+            data,
+        })
         .collect();
     edit(&mut tensors);
-    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
     std::fs::remove_file(&path).unwrap();
     write_checkpoint(dir, &cfg, tensors, 1);
 }
@@ -74,7 +90,11 @@ fn missing_model_directory() {
 fn unknown_architecture_lists_the_supported_ones() {
     let c = case();
     edit_config(&c.model, |v| v["model_type"] = "mamba".into());
-    fails(&c, &[], &["\"mamba\"", "hunyuan_v1_dense", "llama", "qwen2"]);
+    fails(
+        &c,
+        &[],
+        &["\"mamba\"", "hunyuan_v1_dense", "llama", "qwen2"],
+    );
 }
 
 #[test]
@@ -101,7 +121,9 @@ fn corrupt_header() {
 #[test]
 fn missing_tensor() {
     let c = case();
-    edit_tensors(&c.model, |t| t.retain(|t| t.name != "model.layers.1.mlp.up_proj.weight"));
+    edit_tensors(&c.model, |t| {
+        t.retain(|t| t.name != "model.layers.1.mlp.up_proj.weight")
+    });
     fails(&c, &[], &["model.layers.1.mlp.up_proj.weight", "missing"]);
 }
 
@@ -109,30 +131,55 @@ fn missing_tensor() {
 fn wrong_shape() {
     let c = case();
     edit_tensors(&c.model, |t| {
-        let x = t.iter_mut().find(|t| t.name == "model.layers.0.self_attn.k_proj.weight").unwrap();
+        let x = t
+            .iter_mut()
+            .find(|t| t.name == "model.layers.0.self_attn.k_proj.weight")
+            .unwrap();
         x.shape = vec![x.shape[1], x.shape[0]];
     });
-    fails(&c, &[], &["model.layers.0.self_attn.k_proj.weight", "[128, 64]"]);
+    fails(
+        &c,
+        &[],
+        &["model.layers.0.self_attn.k_proj.weight", "[128, 64]"],
+    );
 }
 
 #[test]
 fn unsupported_dtype() {
     let c = case();
     edit_tensors(&c.model, |t| {
-        let x = t.iter_mut().find(|t| t.name == "model.layers.0.mlp.gate_proj.weight").unwrap();
+        let x = t
+            .iter_mut()
+            .find(|t| t.name == "model.layers.0.mlp.gate_proj.weight")
+            .unwrap();
         x.dtype = safetensors::Dtype::I16;
     });
-    fails(&c, &[], &["model.layers.0.mlp.gate_proj.weight", "I16", "expected BF16, F16 or F32"]);
+    fails(
+        &c,
+        &[],
+        &[
+            "model.layers.0.mlp.gate_proj.weight",
+            "I16",
+            "expected BF16, F16 or F32",
+        ],
+    );
 }
 
 #[test]
 fn nan_weight_is_refused() {
     let c = case();
     edit_tensors(&c.model, |t| {
-        let x = t.iter_mut().find(|t| t.name == "model.layers.1.self_attn.o_proj.weight").unwrap();
+        let x = t
+            .iter_mut()
+            .find(|t| t.name == "model.layers.1.self_attn.o_proj.weight")
+            .unwrap();
         x.data[200..202].copy_from_slice(&half::bf16::NAN.to_le_bytes());
     });
-    fails(&c, &[], &["model.layers.1.self_attn.o_proj.weight", "NaN", "index 100"]);
+    fails(
+        &c,
+        &[],
+        &["model.layers.1.self_attn.o_proj.weight", "NaN", "index 100"],
+    );
 }
 
 #[test]
@@ -148,10 +195,22 @@ fn unwritable_output_location() {
     let c = case();
     let file = c.model.join("config.json");
     let out = file.join("sub");
-    let (code, _, err) = run(&["quantize", "--model", c.model.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let (code, _, err) = run(&[
+        "quantize",
+        "--model",
+        c.model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("config.json"), "{err}");
-    let (code, _, err) = run(&["quantize", "--model", c.model.to_str().unwrap(), "--out", "/proc/hy-quant-out"]);
+    let (code, _, err) = run(&[
+        "quantize",
+        "--model",
+        c.model.to_str().unwrap(),
+        "--out",
+        "/proc/hy-quant-out",
+    ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("/proc/hy-quant-out"), "{err}");
 }
@@ -175,9 +234,16 @@ fn disk_full_leaves_nothing_behind() {
         .expect("unshare runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(99), "could not mount a tmpfs (this test needs root): {stderr}");
+    assert_ne!(
+        out.status.code(),
+        Some(99),
+        "could not mount a tmpfs (this test needs root): {stderr}"
+    );
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("No space left on device") && stderr.contains("model.safetensors"), "{stderr}");
+    assert!(
+        stderr.contains("No space left on device") && stderr.contains("model.safetensors"),
+        "{stderr}"
+    );
     let listing = stdout.split("LISTING").nth(1).unwrap_or("").trim();
     assert!(listing.is_empty(), "left behind: {listing}");
 }

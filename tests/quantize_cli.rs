@@ -70,7 +70,8 @@ fn every_scheme_writes_gptq_v1_that_dequantizes_to_the_weights() {
                 assert_eq!(qc["checkpoint_format"], "gptq");
                 let output = read_st(&out.join("model.safetensors"));
                 for (name, (dtype, shape, data)) in &input {
-                    let Some(prefix) = name.strip_suffix(".weight").filter(|p| p.contains("_proj")) else {
+                    let Some(prefix) = name.strip_suffix(".weight").filter(|p| p.contains("_proj"))
+                    else {
                         // Norms and embeddings are carried over byte for byte.
                         assert_eq!(&output[name].2, data, "{name} changed");
                         assert_eq!(output[name].0, *dtype);
@@ -87,21 +88,44 @@ fn every_scheme_writes_gptq_v1_that_dequantizes_to_the_weights() {
                     assert_eq!(get("g_idx").1, vec![k], "{prefix}");
                     let g_idx = i32s(&get("g_idx").2);
                     let glen = if gs == -1 { k } else { gs as usize };
-                    assert!(g_idx.iter().enumerate().all(|(i, &v)| v as usize == i / glen));
+                    assert!(g_idx
+                        .iter()
+                        .enumerate()
+                        .all(|(i, &v)| v as usize == i / glen));
                     let qzeros = i32s(&get("qzeros").2);
                     if sym {
-                        let word = if bits == 4 { 0x7777_7777u32 } else { 0x7f7f_7f7f };
-                        assert!(qzeros.iter().all(|&z| z as u32 == word), "{prefix}: sym zeros");
+                        let word = if bits == 4 {
+                            0x7777_7777u32
+                        } else {
+                            0x7f7f_7f7f
+                        };
+                        assert!(
+                            qzeros.iter().all(|&z| z as u32 == word),
+                            "{prefix}: sym zeros"
+                        );
                     }
                     let scales = bf16s(&get("scales").2);
-                    let w = dequant_v1(&i32s(&get("qweight").2), &qzeros, &scales, &g_idx, bits, n, k);
+                    let w = dequant_v1(
+                        &i32s(&get("qweight").2),
+                        &qzeros,
+                        &scales,
+                        &g_idx,
+                        bits,
+                        n,
+                        k,
+                    );
                     let orig = bf16s(data);
                     for i in 0..n * k {
                         let step = scales[g_idx[i % k] as usize * n + i / k];
                         let err = (w[i] - orig[i]).abs();
                         // Half a step, plus what the bf16 rounding of the scale (relative
                         // error <= 2^-9) can add at the clamped end of the grid.
-                        assert!(err <= step * 0.5001 + orig[i].abs() / 256.0, "{prefix}[{i}] bits={bits} gs={gs} sym={sym}: {} vs {}", w[i], orig[i]);
+                        assert!(
+                            err <= step * 0.5001 + orig[i].abs() / 256.0,
+                            "{prefix}[{i}] bits={bits} gs={gs} sym={sym}: {} vs {}",
+                            w[i],
+                            orig[i]
+                        );
                     }
                 }
                 let (code, _, err) = run(&["verify", out.to_str().unwrap()]);
@@ -118,9 +142,18 @@ fn same_command_twice_gives_byte_identical_files() {
     let mut runs = Vec::new();
     for name in ["a", "b"] {
         let out = tmp.path().join(name);
-        ok(&["quantize", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--bits", "4"]);
+        ok(&[
+            "quantize",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--bits",
+            "4",
+        ]);
         let mut files = dir_files(&out);
-        let manifest: Value = serde_json::from_slice(&files.remove("manifest.json").unwrap()).unwrap();
+        let manifest: Value =
+            serde_json::from_slice(&files.remove("manifest.json").unwrap()).unwrap();
         runs.push((files, manifest));
     }
     assert_eq!(runs[0].0, runs[1].0);
@@ -136,14 +169,27 @@ fn qwen2_biases_and_llama_lm_head_are_kept() {
         let dir = tmp.path().join(mt);
         write_checkpoint(&dir, &cfg, tensors, 1);
         let out = tmp.path().join(format!("{mt}-q"));
-        ok(&["quantize", "--model", dir.to_str().unwrap(), "--out", out.to_str().unwrap(), "--bits", "8", "--group-size", "32"]);
+        ok(&[
+            "quantize",
+            "--model",
+            dir.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--bits",
+            "8",
+            "--group-size",
+            "32",
+        ]);
         let input = read_st(&dir.join("model.safetensors"));
         let output = read_st(&out.join("model.safetensors"));
         let bias = "model.layers.1.self_attn.k_proj.bias";
         assert_eq!(output.contains_key(bias), mt == "qwen2");
         if mt == "qwen2" {
             assert_eq!(output[bias].2, input[bias].2);
-            assert!(!output.contains_key("lm_head.weight"), "tied model must not gain an lm_head");
+            assert!(
+                !output.contains_key("lm_head.weight"),
+                "tied model must not gain an lm_head"
+            );
         } else {
             assert_eq!(output["lm_head.weight"].2, input["lm_head.weight"].2);
         }
@@ -159,16 +205,31 @@ fn sharded_input_gives_sharded_output_with_an_index() {
     write_checkpoint(&dir, &cfg, tensors, 3);
     let out = tmp.path().join("q");
     ok(&[
-        "quantize", "--model", dir.to_str().unwrap(), "--out", out.to_str().unwrap(),
-        "--bits", "4", "--group-size", "32", "--max-shard-size", "40KB",
+        "quantize",
+        "--model",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--bits",
+        "4",
+        "--group-size",
+        "32",
+        "--max-shard-size",
+        "40KB",
     ]);
-    let index: Value = serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
     let map = index["weight_map"].as_object().unwrap();
-    let files: std::collections::BTreeSet<&str> = map.values().map(|v| v.as_str().unwrap()).collect();
+    let files: std::collections::BTreeSet<&str> =
+        map.values().map(|v| v.as_str().unwrap()).collect();
     assert!(files.len() >= 2, "expected several shards, got {files:?}");
     let mut seen = 0;
     for f in &files {
-        assert!(f.starts_with("model-000") && f.contains(&format!("-of-{:05}", files.len())), "{f}");
+        assert!(
+            f.starts_with("model-000") && f.contains(&format!("-of-{:05}", files.len())),
+            "{f}"
+        );
         let st = read_st(&out.join(f));
         assert!(st.values().map(|t| t.2.len()).sum::<usize>() <= 40_000 || st.len() == 1);
         for name in st.keys() {
@@ -198,12 +259,22 @@ fn previous_output_is_replaced_but_a_foreign_directory_needs_force() {
     assert_ne!(code, 0);
     assert!(err.contains("photos") && err.contains("--force"), "{err}");
     assert_eq!(std::fs::read(foreign.join("cat.jpg")).unwrap(), b"precious");
-    ok(&["quantize", "--model", m, "--out", foreign.to_str().unwrap(), "--force"]);
+    ok(&[
+        "quantize",
+        "--model",
+        m,
+        "--out",
+        foreign.to_str().unwrap(),
+        "--force",
+    ]);
     assert!(!foreign.join("cat.jpg").exists());
     assert!(foreign.join("manifest.json").exists());
 
     let (code, _, err) = run(&["quantize", "--model", m, "--out", m]);
-    assert_ne!(code, 0, "quantizing into the input directory must be refused");
+    assert_ne!(
+        code, 0,
+        "quantizing into the input directory must be refused"
+    );
     assert!(err.contains("input model directory"), "{err}");
     assert!(model.join("model.safetensors").exists());
 }
@@ -213,7 +284,13 @@ fn verify_reports_a_changed_byte_and_an_extra_file() {
     let tmp = tempfile::tempdir().unwrap();
     let model = synth_tiny(tmp.path(), "tiny", 2);
     let out = tmp.path().join("q");
-    ok(&["quantize", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    ok(&[
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let st = out.join("model.safetensors");
     let mut bytes = std::fs::read(&st).unwrap();
     let last = bytes.len() - 1;
@@ -231,14 +308,28 @@ fn manifest_records_inputs_outputs_stats_and_phases() {
     let tmp = tempfile::tempdir().unwrap();
     let model = synth_tiny(tmp.path(), "tiny", 4);
     let out = tmp.path().join("q");
-    let json = ok(&["quantize", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(), "--json"]);
+    let json = ok(&[
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
     let summary: Value = serde_json::from_str(&json).expect("--json prints JSON on stdout");
     assert_eq!(summary["linears"], 14);
-    let m: Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["tool"], "hy-quant");
-    assert!(m["command"].as_array().unwrap().iter().any(|a| a == "quantize"));
+    assert!(m["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a == "quantize"));
     let inputs = m["inputs"].as_array().unwrap();
-    assert!(inputs.iter().any(|f| f["path"] == "model.safetensors" && f["sha256"].as_str().unwrap().len() == 64));
+    assert!(inputs
+        .iter()
+        .any(|f| f["path"] == "model.safetensors" && f["sha256"].as_str().unwrap().len() == 64));
     let tensors = m["tensors"].as_array().unwrap();
     assert_eq!(tensors.len(), 14);
     for t in tensors {
@@ -248,7 +339,10 @@ fn manifest_records_inputs_outputs_stats_and_phases() {
     }
     assert!(!m["phases"].as_array().unwrap().is_empty());
     let inspect = ok(&["inspect", out.to_str().unwrap()]);
-    assert!(inspect.contains("hunyuan_v1_dense") && inspect.contains("bits=4"), "{inspect}");
+    assert!(
+        inspect.contains("hunyuan_v1_dense") && inspect.contains("bits=4"),
+        "{inspect}"
+    );
 }
 
 #[test]
@@ -268,12 +362,33 @@ fn hub_id_resolves_offline_from_a_cache_directory() {
     let cache_s = cache.to_str().unwrap();
     let out = tmp.path().join("q");
     let env = [("HF_HUB_CACHE", cache_s), ("HF_HUB_OFFLINE", "1")];
-    let (code, _, err) = run_env(&["quantize", "--model", "tencent/HY-MT-tiny", "--out", out.to_str().unwrap()], &env);
+    let (code, _, err) = run_env(
+        &[
+            "quantize",
+            "--model",
+            "tencent/HY-MT-tiny",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &env,
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.join("model.safetensors").exists());
-    let (code, _, err) = run_env(&["quantize", "--model", "tencent/absent", "--out", out.to_str().unwrap()], &env);
+    let (code, _, err) = run_env(
+        &[
+            "quantize",
+            "--model",
+            "tencent/absent",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &env,
+    );
     assert_ne!(code, 0);
-    assert!(err.contains("tencent/absent") && err.contains("cache"), "{err}");
+    assert!(
+        err.contains("tencent/absent") && err.contains("cache"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -282,8 +397,25 @@ fn dequantize_writes_exactly_what_the_format_decodes_to() {
     let model = synth_tiny(tmp.path(), "tiny", 9);
     let q = tmp.path().join("q");
     let d = tmp.path().join("d");
-    ok(&["quantize", "--model", model.to_str().unwrap(), "--out", q.to_str().unwrap(), "--bits", "4", "--group-size", "32", "--asym"]);
-    ok(&["dequantize", "--model", q.to_str().unwrap(), "--out", d.to_str().unwrap()]);
+    ok(&[
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        q.to_str().unwrap(),
+        "--bits",
+        "4",
+        "--group-size",
+        "32",
+        "--asym",
+    ]);
+    ok(&[
+        "dequantize",
+        "--model",
+        q.to_str().unwrap(),
+        "--out",
+        d.to_str().unwrap(),
+    ]);
     let qt = read_st(&q.join("model.safetensors"));
     let dt = read_st(&d.join("model.safetensors"));
     let prefix = "model.layers.1.mlp.down_proj";

@@ -3,7 +3,7 @@
 //! * [`metrics`]: sacrebleu-compatible corpus/sentence BLEU and chrF/chrF++,
 //!   plus paired bootstrap resampling.
 
-pub mod metrics;
 pub mod memory;
+pub mod metrics;
 pub mod run;
 pub mod testset;

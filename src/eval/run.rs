@@ -11,8 +11,8 @@ use serde_json::Value;
 use crate::error::{Error, IoContext, Result};
 use crate::eval::memory;
 use crate::eval::metrics::{
-    corpus_bleu_stats, corpus_chrf_stats, paired_bootstrap, BleuConfig, BleuTokenizer, BootstrapConfig, ChrfConfig,
-    CorpusMetric,
+    corpus_bleu_stats, corpus_chrf_stats, paired_bootstrap, BleuConfig, BleuTokenizer,
+    BootstrapConfig, ChrfConfig, CorpusMetric,
 };
 use crate::eval::testset::TestSet;
 use crate::io::staged_dir::write_file;
@@ -124,16 +124,32 @@ fn dir_bytes(dir: &Path) -> Result<u64> {
 }
 
 fn describe_quantization(cfg: &ModelConfig, dir: &Path) -> String {
-    let dtype = cfg.dtype.map(|d| d.to_string()).unwrap_or_else(|| "unknown dtype".into());
+    let dtype = cfg
+        .dtype
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| "unknown dtype".into());
     let Some(qc) = cfg.raw.get("quantization_config") else {
         return dtype;
     };
-    let get = |k: &str| qc.get(k).map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default();
+    let get = |k: &str| {
+        qc.get(k)
+            .map(|v| v.to_string().trim_matches('"').to_string())
+            .unwrap_or_default()
+    };
     let method = crate::manifest::Manifest::read(dir)
         .map(|m| format!(" ({})", m.method))
         .unwrap_or_default();
-    let sym = if qc.get("sym").and_then(Value::as_bool) == Some(false) { "asym" } else { "sym" };
-    format!("{} int{} g{} {sym}{method}", get("quant_method"), get("bits"), get("group_size"))
+    let sym = if qc.get("sym").and_then(Value::as_bool) == Some(false) {
+        "asym"
+    } else {
+        "sym"
+    };
+    format!(
+        "{} int{} g{} {sym}{method}",
+        get("quant_method"),
+        get("bits"),
+        get("group_size")
+    )
 }
 
 /// Refuses a quantized directory whose base model is not `--original`'s.
@@ -142,10 +158,22 @@ pub fn check_same_base(original: &Checkpoint, other: &Checkpoint) -> Result<()> 
     let fields = [
         ("model_type", a.model_type == b.model_type),
         ("hidden_size", a.hidden_size == b.hidden_size),
-        ("intermediate_size", a.intermediate_size == b.intermediate_size),
-        ("num_hidden_layers", a.num_hidden_layers == b.num_hidden_layers),
-        ("num_attention_heads", a.num_attention_heads == b.num_attention_heads),
-        ("num_key_value_heads", a.num_key_value_heads == b.num_key_value_heads),
+        (
+            "intermediate_size",
+            a.intermediate_size == b.intermediate_size,
+        ),
+        (
+            "num_hidden_layers",
+            a.num_hidden_layers == b.num_hidden_layers,
+        ),
+        (
+            "num_attention_heads",
+            a.num_attention_heads == b.num_attention_heads,
+        ),
+        (
+            "num_key_value_heads",
+            a.num_key_value_heads == b.num_key_value_heads,
+        ),
         ("head_dim", a.head_dim == b.head_dim),
         ("vocab_size", a.vocab_size == b.vocab_size),
     ];
@@ -153,7 +181,10 @@ pub fn check_same_base(original: &Checkpoint, other: &Checkpoint) -> Result<()> 
         if !same {
             return Err(Error::config(
                 &b.path,
-                format!("`{name}` differs from the original model's ({}): not a quantization of it", a.path.display()),
+                format!(
+                    "`{name}` differs from the original model's ({}): not a quantization of it",
+                    a.path.display()
+                ),
             ));
         }
     }
@@ -162,13 +193,22 @@ pub fn check_same_base(original: &Checkpoint, other: &Checkpoint) -> Result<()> 
     if ea.map(|i| &i.shape) != eb.map(|i| &i.shape) {
         return Err(Error::tensor(
             &embed,
-            format!("shape differs between {} and {}", a.path.display(), b.path.display()),
+            format!(
+                "shape differs between {} and {}",
+                a.path.display(),
+                b.path.display()
+            ),
         ));
     }
     Ok(())
 }
 
-fn interval<M: CorpusMetric>(m: &M, base: &[M::Stats], sys: &[M::Stats], cfg: &BootstrapConfig) -> Result<Interval>
+fn interval<M: CorpusMetric>(
+    m: &M,
+    base: &[M::Stats],
+    sys: &[M::Stats],
+    cfg: &BootstrapConfig,
+) -> Result<Interval>
 where
     M::Stats: Clone,
 {
@@ -221,7 +261,9 @@ pub fn eval(opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
         let label = if mi == 0 {
             "original".to_string()
         } else {
-            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("model{mi}"))
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("model{mi}"))
         };
         memory::reset_peak_rss();
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
@@ -258,24 +300,37 @@ pub fn eval(opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
                 progress.step(chunk.len() as u64, &format!("{}", set.path.display()));
             }
             let seconds = t0.elapsed().as_secs_f64();
-            let refs = vec![set.pairs.iter().map(|p| p.reference.clone()).collect::<Vec<_>>()];
+            let refs = vec![set
+                .pairs
+                .iter()
+                .map(|p| p.reference.clone())
+                .collect::<Vec<_>>()];
             let bleu_cfg = BleuConfig {
                 tokenizer: bleu_tokenizer_for(tgt),
                 ..BleuConfig::default()
             };
-            let metric_err = |e: crate::eval::metrics::MetricError| Error::Eval { msg: e.to_string() };
+            let metric_err =
+                |e: crate::eval::metrics::MetricError| Error::Eval { msg: e.to_string() };
             let bstats = corpus_bleu_stats(&hyps, &refs, &bleu_cfg).map_err(metric_err)?;
             let cstats = corpus_chrf_stats(&hyps, &refs, &chrf_cfg).map_err(metric_err)?;
             let bleu = bleu_cfg.corpus_score(&bstats);
             let chrf = chrf_cfg.corpus_score(&cstats);
-            let name = set.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = set
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let hyp_file = format!("hyp/{label}.{name}.txt");
-            write_file(&opts.out_dir.join(&hyp_file), (hyps.join("\n") + "\n").as_bytes())?;
+            write_file(
+                &opts.out_dir.join(&hyp_file),
+                (hyps.join("\n") + "\n").as_bytes(),
+            )?;
             let (delta_bleu, delta_chrf, changed) = if mi == 0 {
                 (None, None, None)
             } else {
                 let (base_hyps, base_b, base_c) = &baseline[si];
-                let changed = hyps.iter().zip(base_hyps).filter(|(a, b)| a != b).count() as f64 / hyps.len() as f64;
+                let changed = hyps.iter().zip(base_hyps).filter(|(a, b)| a != b).count() as f64
+                    / hyps.len() as f64;
                 (
                     Some(interval(&bleu_cfg, base_b, &bstats, &boot)?),
                     Some(interval(&chrf_cfg, base_c, &cstats, &boot)?),

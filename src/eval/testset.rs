@@ -33,13 +33,20 @@ impl TestSet {
             if raw.is_empty() {
                 continue;
             }
-            let line = std::str::from_utf8(raw)
-                .map_err(|e| bad(line_no, format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+            let line = std::str::from_utf8(raw).map_err(|e| {
+                bad(
+                    line_no,
+                    format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+                )
+            })?;
             let cols: Vec<&str> = line.split('\t').collect();
             if cols.len() != 2 {
                 return Err(bad(
                     line_no,
-                    format!("{} tab-separated columns, expected 2 (source, reference)", cols.len()),
+                    format!(
+                        "{} tab-separated columns, expected 2 (source, reference)",
+                        cols.len()
+                    ),
                 ));
             }
             if cols[0].trim().is_empty() {
@@ -75,13 +82,22 @@ mod tests {
     fn reads_pairs_and_skips_blank_lines() {
         let t = parse("a\tb\r\n\nc\td\n".as_bytes()).unwrap();
         assert_eq!(t.pairs.len(), 2);
-        assert_eq!(t.pairs[1], Pair { source: "c".into(), reference: "d".into() });
+        assert_eq!(
+            t.pairs[1],
+            Pair {
+                source: "c".into(),
+                reference: "d".into()
+            }
+        );
     }
 
     #[test]
     fn wrong_column_count_names_the_line() {
         let e = parse(b"a\tb\nc\td\te\n").unwrap_err().to_string();
-        assert!(e.contains("t.tsv") && e.contains("line 2") && e.contains("3 tab-separated"), "{e}");
+        assert!(
+            e.contains("t.tsv") && e.contains("line 2") && e.contains("3 tab-separated"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -57,21 +57,27 @@ pub fn pack(ql: &QuantizedLinear, scale_dtype: DType) -> PackedGptq {
     // Build the words row by row of q (contiguous reads), then transpose into [K/pf, N].
     let words_per_row = k_in / pf;
     let mut by_row = vec![0u32; n_out * words_per_row];
-    by_row.par_chunks_mut(words_per_row).enumerate().for_each(|(n, row_words)| {
-        let levels = &ql.q[n * k_in..(n + 1) * k_in];
-        for (word, chunk) in row_words.iter_mut().zip(levels.chunks_exact(pf)) {
-            *word = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |w, (j, &q)| w | ((q as u32 & mask) << (bits * j)));
-        }
-    });
+    by_row
+        .par_chunks_mut(words_per_row)
+        .enumerate()
+        .for_each(|(n, row_words)| {
+            let levels = &ql.q[n * k_in..(n + 1) * k_in];
+            for (word, chunk) in row_words.iter_mut().zip(levels.chunks_exact(pf)) {
+                *word = chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |w, (j, &q)| w | ((q as u32 & mask) << (bits * j)));
+            }
+        });
     let mut qweight = vec![0i32; words_per_row * n_out];
-    qweight.par_chunks_mut(n_out).enumerate().for_each(|(r, out_row)| {
-        for (n, word) in out_row.iter_mut().enumerate() {
-            *word = by_row[n * words_per_row + r] as i32;
-        }
-    });
+    qweight
+        .par_chunks_mut(n_out)
+        .enumerate()
+        .for_each(|(r, out_row)| {
+            for (n, word) in out_row.iter_mut().enumerate() {
+                *word = by_row[n * words_per_row + r] as i32;
+            }
+        });
     let mut qzeros = vec![0i32; groups * n_out / pf];
     for g in 0..groups {
         for c in 0..n_out / pf {
@@ -92,7 +98,8 @@ pub fn pack(ql: &QuantizedLinear, scale_dtype: DType) -> PackedGptq {
 }
 
 /// Reads GPTQ v1 tensors back into levels and parameters (the inverse of `pack`), checking
-/// shapes. Used by the runner, `verify` and the round-trip tests.
+/// shapes. Used by the runner, `dequantize` and the round-trip tests.
+#[allow(clippy::too_many_arguments)]
 pub fn unpack(
     tensor: &str,
     scheme: &QuantScheme,
@@ -109,7 +116,10 @@ pub fn unpack(
     let (n_out, k_in) = (out_features, in_features);
     let groups = scales.len() / n_out.max(1);
     let shape_err = |what: &str, got: usize, want: usize| {
-        Error::tensor(tensor, format!("{what} has {got} elements, expected {want}"))
+        Error::tensor(
+            tensor,
+            format!("{what} has {got} elements, expected {want}"),
+        )
     };
     if qweight.len() != k_in / pf * n_out {
         return Err(shape_err("qweight", qweight.len(), k_in / pf * n_out));
@@ -124,7 +134,10 @@ pub fn unpack(
         return Err(shape_err("g_idx", g_idx.len(), k_in));
     }
     if let Some(bad) = g_idx.iter().find(|&&g| g < 0 || g as usize >= groups) {
-        return Err(Error::tensor(tensor, format!("g_idx holds {bad}, outside 0..{groups}")));
+        return Err(Error::tensor(
+            tensor,
+            format!("g_idx holds {bad}, outside 0..{groups}"),
+        ));
     }
     let mut q = vec![0u8; n_out * k_in];
     for k in 0..k_in {
@@ -154,7 +167,12 @@ pub fn unpack(
 
 /// `quantization_config` for config.json. Every key vLLM's gptq/gptq_marlin selection reads
 /// is present (bits, group_size, sym, desc_act) so it never falls back to a slower kernel.
-pub fn quantization_config(scheme: &QuantScheme, method: &str, damp_percent: f64, desc_act: bool) -> Value {
+pub fn quantization_config(
+    scheme: &QuantScheme,
+    method: &str,
+    damp_percent: f64,
+    desc_act: bool,
+) -> Value {
     json!({
         "quant_method": "gptq",
         "bits": scheme.bits,
@@ -186,7 +204,9 @@ mod tests {
             scheme,
             out_features: n,
             in_features: k,
-            q: (0..n * k).map(|i| ((i * 31 + i / 7) as u32 % (maxq + 1)) as u8).collect(),
+            q: (0..n * k)
+                .map(|i| ((i * 31 + i / 7) as u32 % (maxq + 1)) as u8)
+                .collect(),
             scales: (0..g * n).map(|i| 0.01 + i as f32 * 1e-3).collect(),
             zeros: (0..g * n).map(|i| 1 + (i as u32 * 5) % maxq).collect(),
             g_idx: (0..k).map(|i| (i / glen) as u32).collect(),
@@ -199,7 +219,10 @@ mod tests {
             let ql = sample(bits, sym, 16, 64, 32);
             let p = pack(&ql, DType::F32);
             let scales = dtype::to_f32(DType::F32, &p.scales);
-            let back = unpack("t", &ql.scheme, &p.qweight, &p.qzeros, &scales, &p.g_idx, 16, 64).unwrap();
+            let back = unpack(
+                "t", &ql.scheme, &p.qweight, &p.qzeros, &scales, &p.g_idx, 16, 64,
+            )
+            .unwrap();
             assert_eq!(back, ql, "bits={bits} sym={sym}");
         }
     }
@@ -211,8 +234,8 @@ mod tests {
         let (n, k) = (8, 8);
         // q[n][k] = k for column 0, 0 elsewhere; every zero is 8 (stored 7).
         let mut q = vec![0u8; n * k];
-        for kk in 0..k {
-            q[kk] = kk as u8;
+        for (kk, v) in q.iter_mut().enumerate().take(k) {
+            *v = kk as u8;
         }
         let ql = QuantizedLinear {
             scheme,
@@ -248,7 +271,14 @@ mod tests {
     #[test]
     fn config_has_every_key_vllm_reads() {
         let c = quantization_config(&QuantScheme::new(4, 128, true).unwrap(), "rtn", 0.01, false);
-        for key in ["quant_method", "bits", "group_size", "desc_act", "sym", "checkpoint_format"] {
+        for key in [
+            "quant_method",
+            "bits",
+            "group_size",
+            "desc_act",
+            "sym",
+            "checkpoint_format",
+        ] {
             assert!(c.get(key).is_some(), "{key}");
         }
         assert_eq!(c["checkpoint_format"], "gptq");

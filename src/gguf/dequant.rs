@@ -395,6 +395,7 @@ pub fn dequantize(
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)]
 mod tests {
     //! Hand-built blocks; each expected value is worked out from the layout comments above
     //! (ggml-common.h / ggml-quants.c), not by running the code under test.

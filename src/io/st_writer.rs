@@ -39,7 +39,11 @@ impl ShardPlan {
 /// Cuts the ordered tensor list into shards of at most `max_shard_bytes` of data (a single
 /// tensor larger than that gets a shard of its own). `single_file` names the lone shard
 /// `model.safetensors`; otherwise shards are `model-0000i-of-0000n.safetensors`.
-pub fn plan_shards(tensors: Vec<PlannedTensor>, max_shard_bytes: u64, single_file: bool) -> Vec<ShardPlan> {
+pub fn plan_shards(
+    tensors: Vec<PlannedTensor>,
+    max_shard_bytes: u64,
+    single_file: bool,
+) -> Vec<ShardPlan> {
     let mut groups: Vec<Vec<PlannedTensor>> = Vec::new();
     let mut size = 0u64;
     for t in tensors {
@@ -75,7 +79,11 @@ pub fn index_json(shards: &[ShardPlan]) -> Value {
     let total: u64 = shards.iter().map(ShardPlan::data_bytes).sum();
     let mut weight_map: Vec<(&str, &str)> = shards
         .iter()
-        .flat_map(|s| s.tensors.iter().map(move |t| (t.name.as_str(), s.file_name.as_str())))
+        .flat_map(|s| {
+            s.tensors
+                .iter()
+                .map(move |t| (t.name.as_str(), s.file_name.as_str()))
+        })
         .collect();
     weight_map.sort();
     let map: Map<String, Value> = weight_map
@@ -150,7 +158,10 @@ impl ShardWriter {
     /// Writes the next tensor; its name and size must match the plan.
     pub fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         let Some(want) = self.plan.tensors.get(self.next) else {
-            return Err(Error::tensor(name, format!("not planned for {}", self.path.display())));
+            return Err(Error::tensor(
+                name,
+                format!("not planned for {}", self.path.display()),
+            ));
         };
         if want.name != name || want.nbytes != bytes.len() {
             return Err(Error::tensor(
@@ -178,7 +189,10 @@ impl ShardWriter {
             ));
         }
         self.out.flush().at(&self.path)?;
-        let file = self.out.into_inner().map_err(|e| Error::io(&self.path, e.into_error()))?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
         file.sync_all().at(&self.path)?;
         Ok(FileDigest {
             path: self.plan.file_name.clone(),
@@ -220,7 +234,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plan = plan_shards(vec![t("x", 3), t("y", 5)], 100, true).remove(0);
         let mut w = ShardWriter::create(dir.path(), plan).unwrap();
-        assert!(w.write("y", &[0; 5]).is_err(), "out-of-order write must fail");
+        assert!(
+            w.write("y", &[0; 5]).is_err(),
+            "out-of-order write must fail"
+        );
         w.write("x", &[1, 2, 3]).unwrap();
         w.write("y", &[4, 5, 6, 7, 8]).unwrap();
         let digest = w.finish().unwrap();
@@ -228,7 +245,10 @@ mod tests {
         assert_eq!(digest.bytes, bytes.len() as u64);
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         assert_eq!(st.tensor("y").unwrap().data(), &[4, 5, 6, 7, 8]);
-        assert_eq!((8 + u64::from_le_bytes(bytes[..8].try_into().unwrap())) % 8, 0);
+        assert_eq!(
+            (8 + u64::from_le_bytes(bytes[..8].try_into().unwrap())) % 8,
+            0
+        );
     }
 
     #[test]

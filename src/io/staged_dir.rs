@@ -30,7 +30,11 @@ pub fn is_ours(dir: &Path) -> bool {
     fs::read_to_string(dir.join("manifest.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("tool").and_then(|t| t.as_str()).map(|t| t == "hy-quant"))
+        .and_then(|v| {
+            v.get("tool")
+                .and_then(|t| t.as_str())
+                .map(|t| t == "hy-quant")
+        })
         .unwrap_or(false)
 }
 
@@ -60,7 +64,10 @@ impl StagedDir {
                 if fs::canonicalize(input).ok().as_deref() == Some(canon.as_path()) {
                     return Err(Error::flag(
                         "--out",
-                        format!("{} is the input model directory; choose another", out.display()),
+                        format!(
+                            "{} is the input model directory; choose another",
+                            out.display()
+                        ),
                     ));
                 }
             }

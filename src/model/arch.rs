@@ -204,11 +204,20 @@ impl Arch {
         let p = Self::layer_prefix(layer);
         let mut out = vec![
             TensorSpec::new(format!("{p}.input_layernorm.weight"), &[c.hidden_size]),
-            TensorSpec::new(format!("{p}.post_attention_layernorm.weight"), &[c.hidden_size]),
+            TensorSpec::new(
+                format!("{p}.post_attention_layernorm.weight"),
+                &[c.hidden_size],
+            ),
         ];
         if self.kind == ArchKind::HunyuanDense && c.use_qk_norm {
-            out.push(TensorSpec::new(format!("{p}.self_attn.query_layernorm.weight"), &[c.head_dim]));
-            out.push(TensorSpec::new(format!("{p}.self_attn.key_layernorm.weight"), &[c.head_dim]));
+            out.push(TensorSpec::new(
+                format!("{p}.self_attn.query_layernorm.weight"),
+                &[c.head_dim],
+            ));
+            out.push(TensorSpec::new(
+                format!("{p}.self_attn.key_layernorm.weight"),
+                &[c.head_dim],
+            ));
         }
         for lin in self.layer_linears(layer) {
             if lin.has_bias {
@@ -219,7 +228,10 @@ impl Arch {
     }
 
     pub fn embed_tokens(&self) -> TensorSpec {
-        TensorSpec::new("model.embed_tokens.weight", &[self.config.vocab_size, self.config.hidden_size])
+        TensorSpec::new(
+            "model.embed_tokens.weight",
+            &[self.config.vocab_size, self.config.hidden_size],
+        )
     }
 
     pub fn final_norm(&self) -> TensorSpec {
@@ -227,7 +239,10 @@ impl Arch {
     }
 
     pub fn lm_head(&self) -> TensorSpec {
-        TensorSpec::new("lm_head.weight", &[self.config.vocab_size, self.config.hidden_size])
+        TensorSpec::new(
+            "lm_head.weight",
+            &[self.config.vocab_size, self.config.hidden_size],
+        )
     }
 
     /// Every tensor a full-precision checkpoint of this architecture holds. `lm_head` is listed
@@ -237,7 +252,10 @@ impl Arch {
         let mut out = vec![self.embed_tokens()];
         for layer in 0..self.num_layers() {
             for lin in self.layer_linears(layer) {
-                out.push(TensorSpec::new(lin.weight_name(), &[lin.out_features, lin.in_features]));
+                out.push(TensorSpec::new(
+                    lin.weight_name(),
+                    &[lin.out_features, lin.in_features],
+                ));
             }
             out.extend(self.layer_other_tensors(layer));
         }
@@ -255,7 +273,12 @@ impl Arch {
         let alpha = c
             .rope_scaling
             .as_ref()
-            .filter(|s| s.get("type").or_else(|| s.get("rope_type")).and_then(|t| t.as_str()) == Some("dynamic"))
+            .filter(|s| {
+                s.get("type")
+                    .or_else(|| s.get("rope_type"))
+                    .and_then(|t| t.as_str())
+                    == Some("dynamic")
+            })
             .and_then(|s| s.get("alpha"))
             .and_then(|a| a.as_f64());
         match (self.kind, alpha) {

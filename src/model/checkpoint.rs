@@ -215,7 +215,9 @@ impl Checkpoint {
     /// over a 7B model does not keep the whole file resident (mapped file pages count towards
     /// RSS until dropped). Purely advisory: a later read of the tensor still works.
     pub fn release(&self, name: &str) {
-        let Some(info) = self.tensors.get(name) else { return };
+        let Some(info) = self.tensors.get(name) else {
+            return;
+        };
         let page = 4096;
         let start = info.start / page * page;
         let len = info.end - start;
@@ -225,9 +227,11 @@ impl Checkpoint {
         // see the same file contents.
         #[cfg(unix)]
         unsafe {
-            let _ = self.shards[info.shard]
-                .map
-                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len);
+            let _ = self.shards[info.shard].map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start,
+                len,
+            );
         }
     }
 
@@ -238,7 +242,10 @@ impl Checkpoint {
 
     /// Total bytes of tensor data.
     pub fn weight_bytes(&self) -> u64 {
-        self.tensors.values().map(|t| (t.end - t.start) as u64).sum()
+        self.tensors
+            .values()
+            .map(|t| (t.end - t.start) as u64)
+            .sum()
     }
 
     /// Dtype of the model's weights: config's torch_dtype, else the embedding's dtype.
@@ -287,9 +294,17 @@ impl Checkpoint {
             let entry = entry.at(&self.dir)?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            let is_weight = [".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack"]
-                .iter()
-                .any(|ext| name.ends_with(ext));
+            let is_weight = [
+                ".safetensors",
+                ".bin",
+                ".pt",
+                ".pth",
+                ".gguf",
+                ".h5",
+                ".msgpack",
+            ]
+            .iter()
+            .any(|ext| name.ends_with(ext));
             let ours = matches!(
                 name.as_str(),
                 "config.json" | INDEX_FILE | "manifest.json" | "quantize_config.json"
@@ -316,10 +331,16 @@ fn shard_files_from_index(index_path: &Path) -> Result<Vec<String>> {
     let mut files: Vec<String> = Vec::new();
     for (tensor, file) in map {
         let file = file.as_str().ok_or_else(|| {
-            Error::config(index_path, format!("weight_map[{tensor:?}] is not a file name"))
+            Error::config(
+                index_path,
+                format!("weight_map[{tensor:?}] is not a file name"),
+            )
         })?;
         if file.contains('/') || file.contains('\\') || file == ".." {
-            return Err(Error::config(index_path, format!("weight_map[{tensor:?}] = {file:?} leaves the directory")));
+            return Err(Error::config(
+                index_path,
+                format!("weight_map[{tensor:?}] = {file:?} leaves the directory"),
+            ));
         }
         if !files.iter().any(|f| f == file) {
             files.push(file.to_string());
@@ -345,7 +366,10 @@ fn parse_header(path: &Path, map: &[u8], shard: usize) -> Result<Vec<(String, Te
         msg,
     };
     if map.len() < 8 {
-        return Err(bad(format!("file is {} bytes, shorter than the 8-byte header length", map.len())));
+        return Err(bad(format!(
+            "file is {} bytes, shorter than the 8-byte header length",
+            map.len()
+        )));
     }
     let n = u64::from_le_bytes(map[..8].try_into().expect("8 bytes"));
     if n > MAX_HEADER_BYTES || 8 + n > map.len() as u64 {
@@ -367,7 +391,11 @@ fn parse_header(path: &Path, map: &[u8], shard: usize) -> Result<Vec<(String, Te
         if name == "__metadata__" {
             continue;
         }
-        let field = |k: &str| entry.get(k).ok_or_else(|| bad(format!("tensor {name}: missing `{k}`")));
+        let field = |k: &str| {
+            entry
+                .get(k)
+                .ok_or_else(|| bad(format!("tensor {name}: missing `{k}`")))
+        };
         let dtype_name = field("dtype")?
             .as_str()
             .ok_or_else(|| bad(format!("tensor {name}: dtype is not a string")))?
@@ -414,7 +442,9 @@ fn parse_header(path: &Path, map: &[u8], shard: usize) -> Result<Vec<(String, Te
     let mut cursor = 0;
     for (b, e) in &ranges {
         if *b != cursor {
-            return Err(bad(format!("data section has a hole or overlap at byte {cursor}")));
+            return Err(bad(format!(
+                "data section has a hole or overlap at byte {cursor}"
+            )));
         }
         cursor = *e;
     }

@@ -82,9 +82,9 @@ impl ModelConfig {
         let bool_field = |k: &str, default: bool| -> Result<bool> {
             match get(k) {
                 None => Ok(default),
-                Some(v) => v
-                    .as_bool()
-                    .ok_or_else(|| Error::config(path, format!("`{k}` must be true/false, found {v}"))),
+                Some(v) => v.as_bool().ok_or_else(|| {
+                    Error::config(path, format!("`{k}` must be true/false, found {v}"))
+                }),
             }
         };
 
@@ -94,7 +94,11 @@ impl ModelConfig {
             .to_string();
         let architectures = get("architectures")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         let hidden_size = usize_field("hidden_size")?;
         let num_attention_heads = usize_field("num_attention_heads")?;
@@ -116,7 +120,9 @@ impl ModelConfig {
             ));
         }
         let is_hunyuan = model_type == "hunyuan_v1_dense";
-        let dtype_name = get("torch_dtype").or_else(|| get("dtype")).and_then(Value::as_str);
+        let dtype_name = get("torch_dtype")
+            .or_else(|| get("dtype"))
+            .and_then(Value::as_str);
         let dtype = match dtype_name {
             None => None,
             Some(name) => Some(DType::from_torch_name(name).ok_or_else(|| {

@@ -27,7 +27,11 @@ pub fn looks_like_repo_id(s: &str) -> bool {
     let parts: Vec<&str> = s.split('/').collect();
     parts.len() == 2
         && parts.iter().all(|p| {
-            !p.is_empty() && *p != "." && *p != ".." && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            !p.is_empty()
+                && *p != "."
+                && *p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         })
         && !Path::new(s).exists()
 }
@@ -48,7 +52,8 @@ pub fn resolve_model(model: &str) -> Result<PathBuf> {
     if let Some(dir) = cached_snapshot(&cache, model) {
         return Ok(dir);
     }
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let offline =
+        std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if offline {
         return Err(Error::Hub {
             id: model.into(),
@@ -91,22 +96,29 @@ fn download(cache: Cache, id: &str) -> Result<PathBuf> {
         .build()
         .map_err(|e| hub_err(format!("cannot build the hub client: {e}")))?;
     let repo = api.model(id.to_string());
-    let info = repo
-        .info()
-        .map_err(|e| hub_err(format!("not in the local cache and the hub is unreachable: {e}")))?;
+    let info = repo.info().map_err(|e| {
+        hub_err(format!(
+            "not in the local cache and the hub is unreachable: {e}"
+        ))
+    })?;
     let mut config = None;
     for sibling in &info.siblings {
         let name = &sibling.rfilename;
         if name.contains('/') || !WANTED_SUFFIXES.iter().any(|s| name.ends_with(s)) {
             continue;
         }
-        let local = repo.get(name).map_err(|e| hub_err(format!("downloading {name}: {e}")))?;
+        let local = repo
+            .get(name)
+            .map_err(|e| hub_err(format!("downloading {name}: {e}")))?;
         if name == "config.json" {
             config = Some(local);
         }
     }
     let config = config.ok_or_else(|| hub_err("the repository has no config.json".into()))?;
-    Ok(config.parent().expect("snapshot file has a parent").to_path_buf())
+    Ok(config
+        .parent()
+        .expect("snapshot file has a parent")
+        .to_path_buf())
 }
 
 #[cfg(test)]

@@ -35,7 +35,12 @@ impl Preset {
             "tiny" => Preset::Tiny,
             "hy-mt1.5-1.8b" => Preset::HyMt15_1_8b,
             "hy-mt1.5-7b" | "hunyuan-mt-7b" => Preset::HyMt15_7b,
-            _ => return Err(Error::flag("--preset", format!("unknown preset {s:?}; expected {}", Self::NAMES))),
+            _ => {
+                return Err(Error::flag(
+                    "--preset",
+                    format!("unknown preset {s:?}; expected {}", Self::NAMES),
+                ))
+            }
         })
     }
 
@@ -101,7 +106,9 @@ impl SplitMix64 {
 }
 
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Deterministic values of one tensor. Chunks get their own streams so generation is parallel
@@ -117,19 +124,27 @@ pub fn synth_values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
     let col_scale: Vec<f32> = if is_norm || shape.len() < 2 {
         vec![1.0; cols]
     } else {
-        (0..cols).map(|c| if outlier(c) { 6.0 } else { 1.0 }).collect()
+        (0..cols)
+            .map(|c| if outlier(c) { 6.0 } else { 1.0 })
+            .collect()
     };
     let mut out = vec![0f32; numel];
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, chunk)| {
-        let mut rng = SplitMix64(base ^ (ci as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-        for (j, v) in chunk.iter_mut().enumerate() {
-            // Box-Muller, one value per draw pair: simple and plenty fast for synthesis.
-            let (u1, u2) = (rng.unit(), rng.unit());
-            let z = ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32;
-            let col = (ci * CHUNK + j) % cols;
-            *v = if is_norm { 1.0 + 0.1 * z } else { 0.02 * z * col_scale[col] };
-        }
-    });
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(ci, chunk)| {
+            let mut rng = SplitMix64(base ^ (ci as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            for (j, v) in chunk.iter_mut().enumerate() {
+                // Box-Muller, one value per draw pair: simple and plenty fast for synthesis.
+                let (u1, u2) = (rng.unit(), rng.unit());
+                let z = ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32;
+                let col = (ci * CHUNK + j) % cols;
+                *v = if is_norm {
+                    1.0 + 0.1 * z
+                } else {
+                    0.02 * z * col_scale[col]
+                };
+            }
+        });
     out
 }
 
@@ -147,7 +162,10 @@ pub fn synth(opts: &SynthOptions, progress: &dyn crate::progress::Progress) -> R
         return Err(Error::flag("--dtype", "expected bf16, f16 or f32"));
     }
     let config = hunyuan_config(opts.preset, opts.dtype);
-    let arch = Arch::from_config(ModelConfig::from_json(Path::new("config.json"), config.clone())?)?;
+    let arch = Arch::from_config(ModelConfig::from_json(
+        Path::new("config.json"),
+        config.clone(),
+    )?)?;
     let specs: Vec<TensorSpec> = arch.expected_tensors();
     let planned: Vec<PlannedTensor> = specs
         .iter()
@@ -187,7 +205,10 @@ pub fn synth(opts: &SynthOptions, progress: &dyn crate::progress::Progress) -> R
     if !single {
         let mut idx = serde_json::to_vec_pretty(&index_json(&shards)).expect("serializes");
         idx.push(b'\n');
-        write_file(&staged.path().join(crate::model::checkpoint::INDEX_FILE), &idx)?;
+        write_file(
+            &staged.path().join(crate::model::checkpoint::INDEX_FILE),
+            &idx,
+        )?;
     }
     staged.commit()
 }

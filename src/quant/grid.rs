@@ -54,7 +54,7 @@ impl GroupParams {
         }
         let mut scale = (hi - lo) / maxq;
         let mut zero = if scheme.sym {
-            (scheme.maxq() + 1) / 2
+            1 << (scheme.bits - 1)
         } else {
             round_half_even(-lo / scale) as u32
         };
@@ -73,7 +73,11 @@ impl GroupParams {
             ));
         }
         Ok(GroupParams {
-            scale: if stored > 0.0 { stored } else { store.min_positive() },
+            scale: if stored > 0.0 {
+                stored
+            } else {
+                store.min_positive()
+            },
             zero,
         })
     }
@@ -151,7 +155,8 @@ mod tests {
 
     #[test]
     fn fp16_scale_overflow_names_the_tensor() {
-        let err = GroupParams::fit(&[1e6, -2e6], &scheme(4, true), DType::F16, "layers.0.q").unwrap_err();
+        let err =
+            GroupParams::fit(&[1e6, -2e6], &scheme(4, true), DType::F16, "layers.0.q").unwrap_err();
         assert!(err.to_string().contains("layers.0.q"), "{err}");
         assert!(GroupParams::fit(&[1e6, -2e6], &scheme(4, true), DType::BF16, "w").is_ok());
     }

@@ -13,8 +13,8 @@ use serde_json::Value;
 use crate::dtype::DType;
 use crate::error::{Error, IoContext, Result};
 use crate::export::gptq_v1;
-use crate::io::staged_dir::write_file;
 use crate::io::st_writer::index_json;
+use crate::io::staged_dir::write_file;
 use crate::io::{plan_shards, FileDigest, PlannedTensor, ShardPlan, ShardWriter, StagedDir};
 use crate::manifest::{Manifest, PhaseTime, TensorRecord, MANIFEST_FILE};
 use crate::model::checkpoint::INDEX_FILE;
@@ -38,7 +38,10 @@ impl Method {
                 "--method",
                 format!("{s} is not implemented yet in this build; available: rtn"),
             )),
-            _ => Err(Error::flag("--method", format!("unknown method {s:?}; expected rtn, gptq or awq"))),
+            _ => Err(Error::flag(
+                "--method",
+                format!("unknown method {s:?}; expected rtn, gptq or awq"),
+            )),
         }
     }
 }
@@ -64,7 +67,10 @@ pub struct QuantizeReport {
 enum Unit {
     Copy(String),
     /// Quantize the layer's linears, then copy its other tensors (norms, biases) in order.
-    Layer { layer: usize, copies: Vec<String> },
+    Layer {
+        layer: usize,
+        copies: Vec<String>,
+    },
 }
 
 struct Timer {
@@ -109,11 +115,14 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
     ckpt.validate()?;
     let scale_dtype = scale_dtype(ckpt.model_dtype()?);
     let method: Box<dyn QuantMethod> = match opts.method {
-        Method::Rtn => Box::new(Rtn { scheme: opts.scheme }),
+        Method::Rtn => Box::new(Rtn {
+            scheme: opts.scheme,
+        }),
     };
     for layer in 0..ckpt.arch.num_layers() {
         for lin in ckpt.arch.layer_linears(layer) {
-            opts.scheme.check_shape(&lin.weight_name(), lin.out_features, lin.in_features)?;
+            opts.scheme
+                .check_shape(&lin.weight_name(), lin.out_features, lin.in_features)?;
         }
     }
     let staged = StagedDir::prepare(&opts.out, opts.force, &[&opts.model])?;
@@ -131,7 +140,15 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
                 .map(|rel| FileDigest::of(&ckpt.dir, rel))
                 .collect::<Result<Vec<_>>>()
         });
-        let streamed = stream_units(&ckpt, &units, shards.clone(), method.as_ref(), scale_dtype, staged.path(), progress);
+        let streamed = stream_units(
+            &ckpt,
+            &units,
+            shards.clone(),
+            method.as_ref(),
+            scale_dtype,
+            staged.path(),
+            progress,
+        );
         let inputs = hasher.join().map_err(|_| Error::Io {
             path: ckpt.dir.clone(),
             source: std::io::Error::other("input hashing thread panicked"),
@@ -144,10 +161,16 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
 
     // Companion files, config with quantization_config, index.
     for src in ckpt.companion_files()? {
-        let name = src.file_name().expect("file has a name").to_string_lossy().into_owned();
+        let name = src
+            .file_name()
+            .expect("file has a name")
+            .to_string_lossy()
+            .into_owned();
         let dst = staged.path().join(&name);
         std::fs::copy(&src, &dst).at(&dst)?;
-        std::fs::File::open(&dst).and_then(|f| f.sync_all()).at(&dst)?;
+        std::fs::File::open(&dst)
+            .and_then(|f| f.sync_all())
+            .at(&dst)?;
         outputs.push(FileDigest::of(staged.path(), &name)?);
     }
     let mut config = ckpt.config.raw.clone();
@@ -155,9 +178,19 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
         "quantization_config".into(),
         gptq_v1::quantization_config(&opts.scheme, method.name(), 0.01, false),
     );
-    write_json(staged.path(), "config.json", &Value::Object(config), &mut outputs)?;
+    write_json(
+        staged.path(),
+        "config.json",
+        &Value::Object(config),
+        &mut outputs,
+    )?;
     if ckpt.sharded {
-        write_json(staged.path(), INDEX_FILE, &index_json(&shards), &mut outputs)?;
+        write_json(
+            staged.path(),
+            INDEX_FILE,
+            &index_json(&shards),
+            &mut outputs,
+        )?;
     }
     outputs.sort_by(|a, b| a.path.cmp(&b.path));
     timer.lap("finalize");
@@ -181,7 +214,10 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
     timer.lap("finalize");
     manifest.phases = timer.phases;
     manifest.wall_seconds = started.elapsed().as_secs_f64();
-    write_file(&staged.path().join(MANIFEST_FILE), &manifest.to_json_bytes())?;
+    write_file(
+        &staged.path().join(MANIFEST_FILE),
+        &manifest.to_json_bytes(),
+    )?;
     let out_dir = staged.commit()?;
     Ok(QuantizeReport { out_dir, manifest })
 }
@@ -201,10 +237,20 @@ fn input_file_names(ckpt: &Checkpoint) -> Result<Vec<String>> {
         names.push(INDEX_FILE.to_string());
     }
     for p in ckpt.shard_paths() {
-        names.push(p.file_name().expect("shard has a name").to_string_lossy().into_owned());
+        names.push(
+            p.file_name()
+                .expect("shard has a name")
+                .to_string_lossy()
+                .into_owned(),
+        );
     }
     for p in ckpt.companion_files()? {
-        names.push(p.file_name().expect("file has a name").to_string_lossy().into_owned());
+        names.push(
+            p.file_name()
+                .expect("file has a name")
+                .to_string_lossy()
+                .into_owned(),
+        );
     }
     names.sort();
     names.dedup();
@@ -212,7 +258,9 @@ fn input_file_names(ckpt: &Checkpoint) -> Result<Vec<String>> {
 }
 
 fn copy_planned(ckpt: &Checkpoint, name: &str) -> Result<PlannedTensor> {
-    let info = ckpt.info(name).ok_or_else(|| Error::tensor(name, "missing from the checkpoint"))?;
+    let info = ckpt
+        .info(name)
+        .ok_or_else(|| Error::tensor(name, "missing from the checkpoint"))?;
     Ok(PlannedTensor {
         name: name.to_string(),
         dtype: info.dtype_name.clone(),
@@ -222,7 +270,11 @@ fn copy_planned(ckpt: &Checkpoint, name: &str) -> Result<PlannedTensor> {
 }
 
 /// The streaming order and the full list of output tensors, in write order.
-fn plan_outputs(ckpt: &Checkpoint, scheme: &QuantScheme, scale_dtype: DType) -> Result<(Vec<Unit>, Vec<PlannedTensor>)> {
+fn plan_outputs(
+    ckpt: &Checkpoint,
+    scheme: &QuantScheme,
+    scale_dtype: DType,
+) -> Result<(Vec<Unit>, Vec<PlannedTensor>)> {
     let arch = &ckpt.arch;
     let mut quantized: BTreeSet<String> = BTreeSet::new();
     for layer in 0..arch.num_layers() {
@@ -254,7 +306,13 @@ fn plan_outputs(ckpt: &Checkpoint, scheme: &QuantScheme, scale_dtype: DType) -> 
     planned.push(copy_planned(ckpt, &embed)?);
     for (layer, copies) in per_layer.into_iter().enumerate() {
         for lin in arch.layer_linears(layer) {
-            planned.extend(gptq_v1::planned_tensors(&lin.prefix, scheme, lin.out_features, lin.in_features, scale_dtype));
+            planned.extend(gptq_v1::planned_tensors(
+                &lin.prefix,
+                scheme,
+                lin.out_features,
+                lin.in_features,
+                scale_dtype,
+            ));
         }
         for name in &copies {
             planned.push(copy_planned(ckpt, name)?);
@@ -288,7 +346,10 @@ impl ShardSink<'_> {
                 .ok_or_else(|| Error::tensor(name, "internal: no shard planned for this tensor"))?;
             self.current = Some(ShardWriter::create(self.dir, plan)?);
         }
-        self.current.as_mut().expect("writer open").write(name, bytes)
+        self.current
+            .as_mut()
+            .expect("writer open")
+            .write(name, bytes)
     }
 
     fn finish(mut self) -> Result<Vec<FileDigest>> {
@@ -296,7 +357,10 @@ impl ShardSink<'_> {
             self.done.push(w.finish()?);
         }
         if let Some(p) = self.pending.next() {
-            return Err(Error::tensor(&p.file_name, "internal: shard planned but never written"));
+            return Err(Error::tensor(
+                &p.file_name,
+                "internal: shard planned but never written",
+            ));
         }
         Ok(self.done)
     }
@@ -349,9 +413,18 @@ fn stream_units(
                     let ql = method.quantize(&weight)?;
                     let error = ErrorStats::between(&data, &ql.dequantize());
                     let packed = gptq_v1::pack(&ql, scale_dtype);
-                    sink.write(&format!("{}.g_idx", lin.prefix), &crate::dtype::i32_bytes(&packed.g_idx))?;
-                    sink.write(&format!("{}.qweight", lin.prefix), &crate::dtype::i32_bytes(&packed.qweight))?;
-                    sink.write(&format!("{}.qzeros", lin.prefix), &crate::dtype::i32_bytes(&packed.qzeros))?;
+                    sink.write(
+                        &format!("{}.g_idx", lin.prefix),
+                        &crate::dtype::i32_bytes(&packed.g_idx),
+                    )?;
+                    sink.write(
+                        &format!("{}.qweight", lin.prefix),
+                        &crate::dtype::i32_bytes(&packed.qweight),
+                    )?;
+                    sink.write(
+                        &format!("{}.qzeros", lin.prefix),
+                        &crate::dtype::i32_bytes(&packed.qzeros),
+                    )?;
                     sink.write(&format!("{}.scales", lin.prefix), &packed.scales)?;
                     records.push(TensorRecord {
                         name,

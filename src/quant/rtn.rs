@@ -84,7 +84,9 @@ mod tests {
     #[test]
     fn error_is_at_most_half_a_step_inside_the_range() {
         let (n, k) = (16, 64);
-        let data: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let data: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
         for sym in [true, false] {
             let rtn = Rtn {
                 scheme: QuantScheme::new(4, 32, sym).unwrap(),
@@ -94,7 +96,10 @@ mod tests {
             for (i, (a, b)) in data.iter().zip(&deq).enumerate() {
                 let g = (i % k) / 32;
                 let step = ql.scales[g * n + i / k];
-                assert!((a - b).abs() <= step / 2.0 + 1e-6, "sym={sym} i={i}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= step / 2.0 + 1e-6,
+                    "sym={sym} i={i}: {a} vs {b}"
+                );
             }
         }
     }

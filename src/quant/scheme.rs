@@ -18,7 +18,10 @@ impl QuantScheme {
     /// Validates flag values. `group_size` uses the GPTQ convention: -1 = per channel.
     pub fn new(bits: u8, group_size: i64, sym: bool) -> Result<Self> {
         if bits != 4 && bits != 8 {
-            return Err(Error::flag("--bits", format!("{bits} is not supported; expected 4 or 8")));
+            return Err(Error::flag(
+                "--bits",
+                format!("{bits} is not supported; expected 4 or 8"),
+            ));
         }
         let group_size = match group_size {
             -1 => None,
@@ -26,11 +29,17 @@ impl QuantScheme {
             g => {
                 return Err(Error::flag(
                     "--group-size",
-                    format!("{g} is not supported; expected -1 or a positive multiple of 8 (32, 64, 128)"),
+                    format!(
+                    "{g} is not supported; expected -1 or a positive multiple of 8 (32, 64, 128)"
+                ),
                 ))
             }
         };
-        Ok(QuantScheme { bits, group_size, sym })
+        Ok(QuantScheme {
+            bits,
+            group_size,
+            sym,
+        })
     }
 
     /// Largest integer level: 2^bits - 1.

@@ -30,11 +30,15 @@ impl ErrorStats {
                 (err, norm, max_abs)
             })
             .collect();
-        let (err, norm, max_abs) = parts
-            .into_iter()
-            .fold((0.0, 0.0, 0.0), |acc, p| (acc.0 + p.0, acc.1 + p.1, f64::max(acc.2, p.2)));
+        let (err, norm, max_abs) = parts.into_iter().fold((0.0, 0.0, 0.0), |acc, p| {
+            (acc.0 + p.0, acc.1 + p.1, f64::max(acc.2, p.2))
+        });
         ErrorStats {
-            rel_fro: if norm > 0.0 { (err / norm).sqrt() } else { err.sqrt() },
+            rel_fro: if norm > 0.0 {
+                (err / norm).sqrt()
+            } else {
+                err.sqrt()
+            },
             max_abs,
         }
     }

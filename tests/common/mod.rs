@@ -24,7 +24,11 @@ pub fn run_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let Output { status, stdout, stderr } = cmd.output().expect("binary runs");
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("binary runs");
     (
         status.code().unwrap_or(-1),
         String::from_utf8_lossy(&stdout).into_owned(),
@@ -41,7 +45,15 @@ pub fn ok(args: &[&str]) -> String {
 /// Synthesizes the tiny HunYuan preset into `dir/name`.
 pub fn synth_tiny(dir: &Path, name: &str, seed: u64) -> PathBuf {
     let out = dir.join(name);
-    ok(&["synth", "--preset", "tiny", "--seed", &seed.to_string(), "--out", out.to_str().unwrap()]);
+    ok(&[
+        "synth",
+        "--preset",
+        "tiny",
+        "--seed",
+        &seed.to_string(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     out
 }
 
@@ -59,7 +71,9 @@ pub fn bf16_tensor(name: &str, shape: &[usize], f: impl Fn(usize) -> f32) -> Raw
         name: name.into(),
         dtype: safetensors::Dtype::BF16,
         shape: shape.to_vec(),
-        data: (0..n).flat_map(|i| bf16::from_f32(f(i)).to_le_bytes()).collect(),
+        data: (0..n)
+            .flat_map(|i| bf16::from_f32(f(i)).to_le_bytes())
+            .collect(),
     }
 }
 
@@ -67,7 +81,11 @@ pub fn bf16_tensor(name: &str, shape: &[usize], f: impl Fn(usize) -> f32) -> Raw
 /// when more than one.
 pub fn write_checkpoint(dir: &Path, config: &Value, tensors: Vec<RawTensor>, files: usize) {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(config).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(config).unwrap(),
+    )
+    .unwrap();
     let mut by_file: Vec<Vec<RawTensor>> = (0..files).map(|_| Vec::new()).collect();
     let mut tensors = tensors;
     tensors.sort_by(|a, b| a.name.cmp(&b.name));
@@ -85,22 +103,35 @@ pub fn write_checkpoint(dir: &Path, config: &Value, tensors: Vec<RawTensor>, fil
             .iter()
             .map(|t| {
                 weight_map.insert(t.name.clone(), fname.clone());
-                (t.name.clone(), safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap())
+                (
+                    t.name.clone(),
+                    safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
+                        .unwrap(),
+                )
             })
             .collect();
         safetensors::serialize_to_file(views, None, &dir.join(&fname)).unwrap();
     }
     if files > 1 {
         let index = json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
-        std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_vec_pretty(&index).unwrap()).unwrap();
+        std::fs::write(
+            dir.join("model.safetensors.index.json"),
+            serde_json::to_vec_pretty(&index).unwrap(),
+        )
+        .unwrap();
     }
 }
 
 /// A tiny Qwen2 (q/k/v bias) or Llama config + weights.
 pub fn tiny_llama_like(model_type: &str) -> (Value, Vec<RawTensor>) {
-    let (h, inter, heads, kv, layers, vocab) = (64usize, 128usize, 4usize, 2usize, 2usize, 256usize);
+    let (h, inter, heads, kv, layers, vocab) =
+        (64usize, 128usize, 4usize, 2usize, 2usize, 256usize);
     let hd = h / heads;
-    let arch = if model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" };
+    let arch = if model_type == "qwen2" {
+        "Qwen2ForCausalLM"
+    } else {
+        "LlamaForCausalLM"
+    };
     let config = json!({
         "architectures": [arch], "model_type": model_type, "hidden_size": h,
         "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
@@ -122,12 +153,24 @@ pub fn tiny_llama_like(model_type: &str) -> (Value, Vec<RawTensor>) {
             ("mlp.down_proj", [h, inter]),
         ] {
             t.push(bf16_tensor(&format!("{p}.{name}.weight"), &shape, w));
-            if model_type == "qwen2" && ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].contains(&name) {
-                t.push(bf16_tensor(&format!("{p}.{name}.bias"), &[shape[0]], |i| i as f32 * 0.01));
+            if model_type == "qwen2"
+                && ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].contains(&name)
+            {
+                t.push(bf16_tensor(&format!("{p}.{name}.bias"), &[shape[0]], |i| {
+                    i as f32 * 0.01
+                }));
             }
         }
-        t.push(bf16_tensor(&format!("{p}.input_layernorm.weight"), &[h], |_| 1.0));
-        t.push(bf16_tensor(&format!("{p}.post_attention_layernorm.weight"), &[h], |_| 1.0));
+        t.push(bf16_tensor(
+            &format!("{p}.input_layernorm.weight"),
+            &[h],
+            |_| 1.0,
+        ));
+        t.push(bf16_tensor(
+            &format!("{p}.post_attention_layernorm.weight"),
+            &[h],
+            |_| 1.0,
+        ));
     }
     t.push(bf16_tensor("model.norm.weight", &[h], |_| 1.0));
     if model_type != "qwen2" {
@@ -151,14 +194,25 @@ pub fn dir_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap())
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
         .collect()
 }
 
 pub fn i32s(bytes: &[u8]) -> Vec<i32> {
-    bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 pub fn bf16s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()
+    bytes
+        .chunks_exact(2)
+        .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+        .collect()
 }
