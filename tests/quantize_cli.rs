@@ -436,3 +436,60 @@ fn dequantize_writes_exactly_what_the_format_decodes_to() {
     }
     assert!(config(&d).get("quantization_config").is_none());
 }
+
+#[test]
+fn eval_refuses_a_quantized_model_of_another_base() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hunyuan = synth_tiny(tmp.path(), "tiny", 1);
+    let (cfg, tensors) = tiny_llama_like("qwen2");
+    let qwen = tmp.path().join("qwen");
+    write_checkpoint(&qwen, &cfg, tensors, 1);
+    let qwen_q = tmp.path().join("qwen-q");
+    ok(&[
+        "quantize",
+        "--model",
+        qwen.to_str().unwrap(),
+        "--out",
+        qwen_q.to_str().unwrap(),
+        "--bits",
+        "8",
+        "--group-size",
+        "32",
+    ]);
+    let tsv = tmp.path().join("t.en-zh.tsv");
+    std::fs::write(&tsv, "hello\t你好\n").unwrap();
+    let (code, _, err) = run(&[
+        "eval",
+        "--original",
+        hunyuan.to_str().unwrap(),
+        "--quantized",
+        qwen_q.to_str().unwrap(),
+        "--testset",
+        tsv.to_str().unwrap(),
+        "--out",
+        tmp.path().join("e").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("qwen-q")
+            && err.contains("model_type")
+            && err.contains("not a quantization of it"),
+        "{err}"
+    );
+    let bad_tsv = tmp.path().join("bad.en-zh.tsv");
+    std::fs::write(&bad_tsv, "a\tb\nonly one column\n").unwrap();
+    let (code, _, err) = run(&[
+        "eval",
+        "--original",
+        hunyuan.to_str().unwrap(),
+        "--quantized",
+        qwen_q.to_str().unwrap(),
+        "--testset",
+        bad_tsv.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("bad.en-zh.tsv") && err.contains("line 2"),
+        "{err}"
+    );
+}

@@ -109,3 +109,33 @@ fn translate_batch_end_to_end() {
         3 * 1024 * 4
     );
 }
+
+#[test]
+fn tokenizer_larger_than_the_model_vocab_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tiny");
+    synth(
+        &SynthOptions {
+            preset: Preset::Tiny,
+            dtype: DType::BF16,
+            seed: 1,
+            out: dir.clone(),
+            force: false,
+        },
+        &Silent,
+    )
+    .unwrap();
+    write_tokenizer(&dir);
+    let cfg_path = dir.join("config.json");
+    let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["vocab_size"] = json!(512);
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let err = match Translator::load(&dir) {
+        Ok(_) => panic!("a 1024-token tokenizer on a 512-row model must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("tokenizer.json") && err.contains("1024") && err.contains("512"),
+        "{err}"
+    );
+}

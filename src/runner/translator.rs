@@ -47,6 +47,19 @@ impl Translator {
     pub fn load(dir: &Path) -> Result<Self> {
         let ckpt = Checkpoint::open(dir)?;
         let tokenizer = TextTokenizer::from_dir(dir)?;
+        // Embedding tables are often padded past the tokenizer's size (Qwen2: 151936 rows for
+        // 151665 tokens), never the other way round: more token ids than rows means the
+        // tokenizer belongs to another model.
+        if tokenizer.vocab_size() > ckpt.config.vocab_size {
+            return Err(crate::error::Error::Tokenizer {
+                path: dir.join("tokenizer.json"),
+                msg: format!(
+                    "has {} tokens but config.json's vocab_size is {}: tokenizer and model do not match",
+                    tokenizer.vocab_size(),
+                    ckpt.config.vocab_size
+                ),
+            });
+        }
         let template = ChatTemplate::detect(dir, ckpt.arch.kind, Some(&tokenizer))?;
         let stop_ids = stop_token_ids(dir, &ckpt.config.raw, Some(&tokenizer))?;
         let model = Model::load(&ckpt)?;
