@@ -4,20 +4,22 @@
 //!
 //! Tensors are dequantized one at a time to f32 (`gguf::dequant`), un-permuted where llama.cpp
 //! permuted them (`gguf::names`), rounded to bf16/f16 with round-to-nearest-even (`half`), and
-//! written shard by shard. Everything goes to `<out>.hyq-partial/` first and is renamed to
+//! streamed into planned shards (`io::ShardWriter`, one tensor in memory at a time).
+//! Everything goes to `<out>.hyq-partial/` first and is renamed to
 //! `<out>` only when complete, so a crash never leaves a directory that looks finished. The
 //! output is deterministic: tensors in a fixed order, no timestamps, sorted JSON keys.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
 use rayon::prelude::*;
-use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{json, Value};
 
+use crate::io::st_writer::index_json;
+use crate::io::staged_dir::write_file;
+use crate::io::{plan_shards, PlannedTensor, ShardWriter, StagedDir};
 use crate::gguf::config::{build_config, ModelConfig};
 use crate::gguf::names::{map_name, unpermute_rows};
 use crate::gguf::reader::{GgufError, GgufFile, TensorInfo};
@@ -26,8 +28,6 @@ use crate::gguf::{dequantize, DequantError};
 
 /// HF's default `max_shard_size` ("5GB" = 5 * 10^9 bytes in transformers).
 pub const MAX_SHARD_BYTES: u64 = 5_000_000_000;
-const PARTIAL_SUFFIX: &str = ".hyq-partial";
-const OLD_SUFFIX: &str = ".hyq-old";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputDtype {
@@ -43,10 +43,11 @@ impl OutputDtype {
             OutputDtype::F16 => "float16",
         }
     }
-    fn st_dtype(self) -> Dtype {
+    /// The safetensors header spelling.
+    fn st_name(self) -> &'static str {
         match self {
-            OutputDtype::Bf16 => Dtype::BF16,
-            OutputDtype::F16 => Dtype::F16,
+            OutputDtype::Bf16 => "BF16",
+            OutputDtype::F16 => "F16",
         }
     }
 }
@@ -132,6 +133,9 @@ pub enum ConvertError {
     },
     #[error("{}: writing safetensors: {detail}", path.display())]
     Safetensors { path: PathBuf, detail: String },
+    /// Staging, writing or publishing the output directory.
+    #[error(transparent)]
+    Output(#[from] crate::error::Error),
 }
 
 fn io_err<'a>(
@@ -176,35 +180,16 @@ fn order_key(name: &str) -> (u8, usize, String) {
     (group, 0, name.to_string())
 }
 
-fn path_with_suffix(p: &Path, suffix: &str) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
-/// True when `p` is a non-empty directory or anything that is not a directory.
-fn dir_is_nonempty(p: &Path) -> Result<bool, ConvertError> {
-    if p.exists() && !p.is_dir() {
-        return Ok(true);
-    }
-    match fs::read_dir(p) {
-        Ok(mut it) => Ok(it.next().is_some()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_err(p, "reading output directory")(e)),
-    }
-}
-
 /// Converts `gguf` into an HF checkpoint directory at `out`.
 pub fn convert_gguf(
     gguf: &Path,
     out: &Path,
     opts: &ConvertOptions,
 ) -> Result<ConvertReport, ConvertError> {
-    if out.exists() && dir_is_nonempty(out)? && !opts.force {
-        return Err(ConvertError::OutputExists {
-            path: out.to_path_buf(),
-        });
-    }
+    let staged = StagedDir::prepare(out, opts.force, &[]).map_err(|e| match e {
+        crate::error::Error::OutputNotOurs { path } => ConvertError::OutputExists { path },
+        e => ConvertError::Output(e),
+    })?;
     let g = GgufFile::open(gguf)?;
     let cfg = build_config(&g, opts.dtype.torch_name())?;
     let tok = build_tokenizer(&g, cfg.context_length)?;
@@ -275,79 +260,60 @@ pub fn convert_gguf(
     plan.sort_by_key(|p| order_key(&p.hf_name));
     check_shapes(&g, &cfg, &plan)?;
 
-    // Shards: greedy in tensor order.
     let max_shard = opts.max_shard_bytes.unwrap_or(MAX_SHARD_BYTES).max(1);
-    let mut shards: Vec<Vec<&Planned>> = vec![vec![]];
-    let mut cur = 0u64;
-    for p in &plan {
-        let b = p.out_bytes();
-        if cur > 0 && cur + b > max_shard {
-            shards.push(vec![]);
-            cur = 0;
-        }
-        cur += b;
-        shards.last_mut().expect("non-empty").push(p);
-    }
-    let n_shards = shards.len();
-    let shard_name = |i: usize| {
-        if n_shards == 1 {
-            "model.safetensors".to_string()
-        } else {
-            format!("model-{:05}-of-{:05}.safetensors", i + 1, n_shards)
-        }
-    };
 
-    let partial = path_with_suffix(out, PARTIAL_SUFFIX);
-    if partial.exists() {
-        fs::remove_dir_all(&partial).map_err(io_err(&partial, "removing stale partial output"))?;
-    }
-    fs::create_dir_all(&partial).map_err(io_err(&partial, "creating partial output"))?;
-
-    let mut weight_map = BTreeMap::new();
-    let mut total_size = 0u64;
-    for (i, shard) in shards.iter().enumerate() {
-        let name = shard_name(i);
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(shard.len());
-        for p in shard {
+    let mut weight_bytes = 0u64;
+    let planned: Vec<PlannedTensor> = plan
+        .iter()
+        .map(|p| {
+            weight_bytes += p.out_bytes();
+            PlannedTensor {
+                name: p.hf_name.clone(),
+                dtype: opts.dtype.st_name().to_string(),
+                shape: p.shape.clone(),
+                nbytes: p.out_bytes() as usize,
+            }
+        })
+        .collect();
+    let shards = plan_shards(planned, max_shard, weight_bytes <= max_shard);
+    let dir = staged.path();
+    let mut sources = plan.iter();
+    for shard in &shards {
+        let mut writer = ShardWriter::create(dir, shard.clone())?;
+        for _ in &shard.tensors {
+            let p = sources.next().expect("shards cover the plan in order");
             let (bytes, overflows) = convert_tensor(&g, p, opts.dtype)?;
             report.f16_overflows += overflows;
             report.parameters += p.info.n_elements();
-            total_size += bytes.len() as u64;
             if p.unpermute_heads.is_some() {
                 report.unpermuted.push(p.hf_name.clone());
             }
-            weight_map.insert(p.hf_name.clone(), name.clone());
-            tensors.push((p.hf_name.clone(), p.shape.clone(), bytes));
+            writer.write(&p.hf_name, &bytes)?;
+            report.tensors_written += 1;
         }
-        report.tensors_written += tensors.len();
-        write_shard(&partial.join(&name), opts.dtype, &tensors)?;
-        report.shards.push(name);
+        writer.finish()?;
+        report.shards.push(shard.file_name.clone());
     }
-    if n_shards > 1 {
-        let index = json!({
-            "metadata": {"total_size": total_size},
-            "weight_map": weight_map,
-        });
-        write_json(&partial.join("model.safetensors.index.json"), &index)?;
+    if shards.len() > 1 {
+        write_json(&dir.join("model.safetensors.index.json"), &index_json(&shards))?;
     }
 
-    write_json(&partial.join("config.json"), &cfg.json)?;
+    write_json(&dir.join("config.json"), &cfg.json)?;
     write_json(
-        &partial.join("generation_config.json"),
+        &dir.join("generation_config.json"),
         &generation_config(&g, &cfg)?,
     )?;
-    write_json(&partial.join("tokenizer.json"), &tok.tokenizer_json)?;
+    write_json(&dir.join("tokenizer.json"), &tok.tokenizer_json)?;
     write_json(
-        &partial.join("tokenizer_config.json"),
+        &dir.join("tokenizer_config.json"),
         &tok.tokenizer_config_json,
     )?;
 
-    for e in fs::read_dir(&partial).map_err(io_err(&partial, "listing partial output"))? {
-        let e = e.map_err(io_err(&partial, "listing partial output"))?;
+    for e in fs::read_dir(dir).map_err(io_err(dir, "listing partial output"))? {
+        let e = e.map_err(io_err(dir, "listing partial output"))?;
         report.bytes_written += e.metadata().map_err(io_err(&e.path(), "stat"))?.len();
     }
-    sync_dir(&partial)?;
-    publish(&partial, out, opts.force)?;
+    report.out_dir = staged.commit()?;
     Ok(report)
 }
 
@@ -440,32 +406,6 @@ fn convert_tensor(
     Ok((out, overflows))
 }
 
-/// Writes one safetensors shard. Kept behind this one function so that it can become a
-/// streaming writer (header first, then tensor by tensor) without touching the caller.
-fn write_shard(
-    path: &Path,
-    dtype: OutputDtype,
-    tensors: &[(String, Vec<usize>, Vec<u8>)],
-) -> Result<(), ConvertError> {
-    let st_err = |detail: String| ConvertError::Safetensors {
-        path: path.to_path_buf(),
-        detail,
-    };
-    let views = tensors
-        .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(dtype.st_dtype(), shape.clone(), bytes)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| st_err(format!("tensor '{name}': {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| st_err(e.to_string()))?;
-    fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(path, "syncing"))
-}
-
 fn write_json(path: &Path, v: &Value) -> Result<(), ConvertError> {
     let mut s = serde_json::to_string_pretty(v).map_err(|e| ConvertError::Io {
         path: path.to_path_buf(),
@@ -473,9 +413,7 @@ fn write_json(path: &Path, v: &Value) -> Result<(), ConvertError> {
         source: e.into(),
     })?;
     s.push('\n');
-    let mut f = fs::File::create(path).map_err(io_err(path, "creating"))?;
-    f.write_all(s.as_bytes()).map_err(io_err(path, "writing"))?;
-    f.sync_all().map_err(io_err(path, "syncing"))
+    Ok(write_file(path, s.as_bytes())?)
 }
 
 fn generation_config(g: &GgufFile, cfg: &ModelConfig) -> Result<Value, ConvertError> {
@@ -500,43 +438,3 @@ fn generation_config(g: &GgufFile, cfg: &ModelConfig) -> Result<Value, ConvertEr
     Ok(Value::Object(m))
 }
 
-fn sync_dir(p: &Path) -> Result<(), ConvertError> {
-    // Directory fsync makes the renames durable; not all platforms allow opening a directory.
-    if let Ok(f) = fs::File::open(p) {
-        let _ = f.sync_all();
-    }
-    Ok(())
-}
-
-/// Moves the finished `partial` directory to `out`, replacing an existing one when `force`.
-fn publish(partial: &Path, out: &Path, force: bool) -> Result<(), ConvertError> {
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    if out.exists() {
-        if dir_is_nonempty(out)? {
-            if !force {
-                return Err(ConvertError::OutputExists {
-                    path: out.to_path_buf(),
-                });
-            }
-            let old = path_with_suffix(out, OLD_SUFFIX);
-            if old.exists() {
-                fs::remove_dir_all(&old).map_err(io_err(&old, "removing stale backup"))?;
-            }
-            fs::rename(out, &old).map_err(io_err(out, "moving the old output aside"))?;
-            fs::rename(partial, out).map_err(io_err(out, "renaming the finished output"))?;
-            sync_dir(parent)?;
-            if old.is_dir() {
-                fs::remove_dir_all(&old).map_err(io_err(&old, "removing the old output"))?;
-            } else {
-                fs::remove_file(&old).map_err(io_err(&old, "removing the old output"))?;
-            }
-            return Ok(());
-        }
-        fs::remove_dir(out).map_err(io_err(out, "removing the empty output directory"))?;
-    }
-    fs::rename(partial, out).map_err(io_err(out, "renaming the finished output"))?;
-    sync_dir(parent)
-}
