@@ -279,12 +279,15 @@ pub fn eval(opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
             peak_rss_bytes: None,
             sets: Vec::new(),
         };
-        progress.begin(&label, total_segments as u64, total_segments as u64);
+        let chunk_len = opts.batch.max(1) * 4;
+        let total_chunks: usize = sets.iter().map(|(s, _, _)| s.pairs.len().div_ceil(chunk_len)).sum();
+        // Steps are chunks of segments; the "bytes" of the progress bar count segments.
+        progress.begin(&label, total_chunks as u64, total_segments as u64);
         for (si, (set, src, tgt)) in sets.iter().enumerate() {
             let t0 = Instant::now();
             let mut hyps = Vec::with_capacity(set.pairs.len());
             let mut tokens = 0;
-            for chunk in set.pairs.chunks(opts.batch.max(1) * 4) {
+            for chunk in set.pairs.chunks(chunk_len) {
                 let prompts: Vec<Prompt> = chunk
                     .iter()
                     .map(|p| Prompt {
