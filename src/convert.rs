@@ -17,14 +17,14 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use crate::io::st_writer::index_json;
-use crate::io::staged_dir::write_file;
-use crate::io::{plan_shards, PlannedTensor, ShardWriter, StagedDir};
 use crate::gguf::config::{build_config, ModelConfig};
 use crate::gguf::names::{map_name, unpermute_rows};
 use crate::gguf::reader::{GgufError, GgufFile, TensorInfo};
 use crate::gguf::tokenizer::build_tokenizer;
 use crate::gguf::{dequantize, DequantError};
+use crate::io::st_writer::index_json;
+use crate::io::staged_dir::write_file;
+use crate::io::{plan_shards, PlannedTensor, ShardWriter, StagedDir};
 
 /// HF's default `max_shard_size` ("5GB" = 5 * 10^9 bytes in transformers).
 pub const MAX_SHARD_BYTES: u64 = 5_000_000_000;
@@ -295,7 +295,10 @@ pub fn convert_gguf(
         report.shards.push(shard.file_name.clone());
     }
     if shards.len() > 1 {
-        write_json(&dir.join("model.safetensors.index.json"), &index_json(&shards))?;
+        write_json(
+            &dir.join("model.safetensors.index.json"),
+            &index_json(&shards),
+        )?;
     }
 
     write_json(&dir.join("config.json"), &cfg.json)?;
@@ -437,4 +440,3 @@ fn generation_config(g: &GgufFile, cfg: &ModelConfig) -> Result<Value, ConvertEr
     }
     Ok(Value::Object(m))
 }
-

@@ -280,7 +280,10 @@ pub fn eval(opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
             sets: Vec::new(),
         };
         let chunk_len = opts.batch.max(1) * 4;
-        let total_chunks: usize = sets.iter().map(|(s, _, _)| s.pairs.len().div_ceil(chunk_len)).sum();
+        let total_chunks: usize = sets
+            .iter()
+            .map(|(s, _, _)| s.pairs.len().div_ceil(chunk_len))
+            .sum();
         // Steps are chunks of segments; the "bytes" of the progress bar count segments.
         progress.begin(&label, total_chunks as u64, total_segments as u64);
         for (si, (set, src, tgt)) in sets.iter().enumerate() {

@@ -79,6 +79,26 @@ struct Timer {
 }
 
 impl Timer {
+    /// Adds `seconds` to `phase` without moving the lap mark (for phases measured inside a
+    /// lap).
+    fn add(&mut self, phase: &str, seconds: f64) {
+        match self.phases.iter_mut().find(|p| p.phase == phase) {
+            Some(p) => p.seconds += seconds,
+            None => self.phases.push(PhaseTime {
+                phase: phase.to_string(),
+                seconds,
+            }),
+        }
+    }
+
+    /// Runs `f`, charging its time to `phase`.
+    fn time<T>(&mut self, phase: &str, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        self.add(phase, t.elapsed().as_secs_f64());
+        out
+    }
+
     fn new() -> Self {
         Timer {
             phases: Vec::new(),
@@ -87,14 +107,7 @@ impl Timer {
     }
     fn lap(&mut self, phase: &str) {
         let now = Instant::now();
-        let seconds = (now - self.mark).as_secs_f64();
-        match self.phases.iter_mut().find(|p| p.phase == phase) {
-            Some(p) => p.seconds += seconds,
-            None => self.phases.push(PhaseTime {
-                phase: phase.to_string(),
-                seconds,
-            }),
-        }
+        self.add(phase, (now - self.mark).as_secs_f64());
         self.mark = now;
     }
 }
@@ -133,6 +146,7 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
 
     // Input hashes are computed on a side thread while the main work streams.
     let input_files = input_file_names(&ckpt)?;
+    let mut stream_clock = Timer::new();
     let (inputs, streamed) = std::thread::scope(|scope| {
         let hasher = scope.spawn(|| {
             input_files
@@ -148,6 +162,7 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
             scale_dtype,
             staged.path(),
             progress,
+            &mut stream_clock,
         );
         let inputs = hasher.join().map_err(|_| Error::Io {
             path: ckpt.dir.clone(),
@@ -157,7 +172,14 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
     });
     let (mut outputs, tensors) = streamed?;
     let inputs = inputs??;
-    timer.lap("quantize+write");
+    // The streaming phases, then whatever was left waiting for the input-hashing thread.
+    let streamed_secs = (Instant::now() - timer.mark).as_secs_f64();
+    let inner: f64 = stream_clock.phases.iter().map(|p| p.seconds).sum();
+    for p in stream_clock.phases {
+        timer.add(&p.phase, p.seconds);
+    }
+    timer.add("hash inputs (wait)", (streamed_secs - inner).max(0.0));
+    timer.mark = Instant::now();
 
     // Companion files, config with quantization_config, index.
     for src in ckpt.companion_files()? {
@@ -374,6 +396,7 @@ fn stream_units(
     scale_dtype: DType,
     dir: &Path,
     progress: &dyn Progress,
+    clock: &mut Timer,
 ) -> Result<(Vec<FileDigest>, Vec<TensorRecord>)> {
     let mut sink = ShardSink {
         dir,
@@ -389,9 +412,9 @@ fn stream_units(
             Unit::Copy(name) => {
                 let view = ckpt.tensor(name)?;
                 if view.info.dtype.is_some_and(|d| d.is_float()) {
-                    view.check_finite()?;
+                    clock.time("read", || view.check_finite())?;
                 }
-                sink.write(name, view.bytes)?;
+                clock.time("write", || sink.write(name, view.bytes))?;
                 progress.step(view.bytes.len() as u64, name);
                 ckpt.release(name);
             }
@@ -401,7 +424,7 @@ fn stream_units(
                     let name = lin.weight_name();
                     let view = ckpt.tensor(&name)?;
                     bytes_in += view.bytes.len() as u64;
-                    let data = view.to_f32_finite()?;
+                    let data = clock.time("read", || view.to_f32_finite())?;
                     ckpt.release(&name);
                     let weight = Weight {
                         name: &name,
@@ -410,22 +433,26 @@ fn stream_units(
                         in_features: lin.in_features,
                         scale_dtype,
                     };
-                    let ql = method.quantize(&weight)?;
-                    let error = ErrorStats::between(&data, &ql.dequantize());
-                    let packed = gptq_v1::pack(&ql, scale_dtype);
-                    sink.write(
-                        &format!("{}.g_idx", lin.prefix),
-                        &crate::dtype::i32_bytes(&packed.g_idx),
-                    )?;
-                    sink.write(
-                        &format!("{}.qweight", lin.prefix),
-                        &crate::dtype::i32_bytes(&packed.qweight),
-                    )?;
-                    sink.write(
-                        &format!("{}.qzeros", lin.prefix),
-                        &crate::dtype::i32_bytes(&packed.qzeros),
-                    )?;
-                    sink.write(&format!("{}.scales", lin.prefix), &packed.scales)?;
+                    let ql = clock.time("quantize", || method.quantize(&weight))?;
+                    let error =
+                        clock.time("stats", || ErrorStats::between(&data, &ql.dequantize()));
+                    let packed = clock.time("pack", || gptq_v1::pack(&ql, scale_dtype));
+                    clock.time("write", || -> Result<()> {
+                        let p = &lin.prefix;
+                        sink.write(
+                            &format!("{p}.g_idx"),
+                            &crate::dtype::i32_bytes(&packed.g_idx),
+                        )?;
+                        sink.write(
+                            &format!("{p}.qweight"),
+                            &crate::dtype::i32_bytes(&packed.qweight),
+                        )?;
+                        sink.write(
+                            &format!("{p}.qzeros"),
+                            &crate::dtype::i32_bytes(&packed.qzeros),
+                        )?;
+                        sink.write(&format!("{p}.scales"), &packed.scales)
+                    })?;
                     records.push(TensorRecord {
                         name,
                         shape: vec![lin.out_features, lin.in_features],
@@ -435,10 +462,10 @@ fn stream_units(
                 for name in copies {
                     let view = ckpt.tensor(name)?;
                     if view.info.dtype.is_some_and(|d| d.is_float()) {
-                        view.check_finite()?;
+                        clock.time("read", || view.check_finite())?;
                     }
                     bytes_in += view.bytes.len() as u64;
-                    sink.write(name, view.bytes)?;
+                    clock.time("write", || sink.write(name, view.bytes))?;
                     ckpt.release(name);
                 }
                 progress.step(bytes_in, &format!("layer {layer}"));
@@ -446,5 +473,6 @@ fn stream_units(
         }
     }
     progress.end();
-    Ok((sink.finish()?, records))
+    let digests = clock.time("write", || sink.finish())?;
+    Ok((digests, records))
 }
