@@ -1,6 +1,7 @@
 //! Weight quantization: the integer grid (`scheme`, `grid`), the methods behind one trait
-//! (`rtn`; GPTQ and AWQ plug in beside it), and the layer-streaming `pipeline`.
+//! (`rtn`, the `gptq` solver; AWQ plugs in beside them), and the layer-streaming `pipeline`.
 
+pub mod gptq;
 pub mod grid;
 pub mod pipeline;
 pub mod rtn;
