@@ -493,3 +493,47 @@ fn eval_refuses_a_quantized_model_of_another_base() {
         "{err}"
     );
 }
+
+#[test]
+fn f16_and_f32_inputs_get_half_precision_scales() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (dtype, scale_dtype) in [
+        ("f16", safetensors::Dtype::F16),
+        ("f32", safetensors::Dtype::F16),
+    ] {
+        let model = tmp.path().join(format!("tiny-{dtype}"));
+        ok(&[
+            "synth",
+            "--preset",
+            "tiny",
+            "--dtype",
+            dtype,
+            "--out",
+            model.to_str().unwrap(),
+        ]);
+        let out = tmp.path().join(format!("q-{dtype}"));
+        ok(&[
+            "quantize",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--bits",
+            "4",
+            "--group-size",
+            "64",
+        ]);
+        let input = read_st(&model.join("model.safetensors"));
+        let output = read_st(&out.join("model.safetensors"));
+        assert_eq!(
+            output["model.layers.0.mlp.up_proj.scales"].0, scale_dtype,
+            "{dtype}"
+        );
+        // Unquantized tensors keep their dtype and bytes.
+        assert_eq!(
+            output["model.norm.weight"], input["model.norm.weight"],
+            "{dtype}"
+        );
+        assert_eq!(run(&["verify", out.to_str().unwrap()]).0, 0);
+    }
+}
