@@ -18,6 +18,7 @@ pub mod manifest;
 pub mod model;
 pub mod progress;
 pub mod quant;
+pub mod rng;
 pub mod runner;
 
 pub use error::{Error, Result};

@@ -15,6 +15,7 @@ use crate::io::staged_dir::write_file;
 use crate::io::{plan_shards, PlannedTensor, ShardWriter, StagedDir};
 use crate::model::arch::{Arch, TensorSpec};
 use crate::model::config::ModelConfig;
+use crate::rng::SplitMix64;
 
 /// Shards of a synthesized checkpoint hold at most this much data (HF's 5GB default).
 pub const MAX_SHARD_BYTES: u64 = 5_000_000_000;
@@ -86,23 +87,6 @@ pub fn hunyuan_config(preset: Preset, dtype: DType) -> Value {
         "use_qk_norm": true,
         "vocab_size": vocab
     })
-}
-
-/// SplitMix64 (Steele et al. 2014): tiny, fast, and enough for synthetic weights.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in (0, 1].
-    fn unit(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
-    }
 }
 
 fn fnv1a(s: &str) -> u64 {

@@ -736,26 +736,7 @@ mod tests {
     use crate::quant::rtn::Rtn;
     use crate::quant::QuantMethod;
 
-    /// SplitMix64 + Box-Muller: reproducible data without a rand dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next_u64(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        fn uniform(&mut self) -> f64 {
-            (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-        }
-        fn normal(&mut self) -> f64 {
-            let u1 = self.uniform().max(1e-300);
-            let u2 = self.uniform();
-            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-        }
-    }
+    use crate::rng::SplitMix64 as Rng;
 
     /// Inputs with a few dominant directions, uneven channel scales and outlier channels, and
     /// a weight with a few large entries: the regime where GPTQ's error feedback pays.
@@ -769,7 +750,7 @@ mod tests {
         let mut rng = Rng(seed);
         let dirs = 5;
         let a: Vec<f64> = (0..dirs * k).map(|_| rng.normal()).collect();
-        let chan: Vec<f64> = (0..k).map(|_| 0.3 + 1.2 * rng.uniform()).collect();
+        let chan: Vec<f64> = (0..k).map(|_| 0.3 + 1.2 * rng.unit()).collect();
         let mut x = vec![0f32; rows * k];
         for r in 0..rows {
             let z: Vec<f64> = (0..dirs)
@@ -789,7 +770,7 @@ mod tests {
         let w: Vec<f32> = (0..n * k)
             .map(|_| {
                 let v = rng.normal() * 0.04;
-                (if rng.uniform() < 0.01 { v * 6.0 } else { v }) as f32
+                (if rng.unit() < 0.01 { v * 6.0 } else { v }) as f32
             })
             .collect();
         (w, x)
