@@ -388,6 +388,7 @@ impl ShardSink<'_> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stream_units(
     ckpt: &Checkpoint,
     units: &[Unit],
