@@ -247,6 +247,23 @@ impl Linear {
         has_bias: bool,
         scheme: Option<&QuantScheme>,
     ) -> Result<Self> {
+        let linear = Self::load_stored(ckpt, prefix, out_features, in_features, has_bias, scheme);
+        // The weights now live in our own buffers: drop the checkpoint's mapped pages so they
+        // do not double the resident size of the model.
+        for suffix in ["weight", "bias", "qweight", "qzeros", "scales", "g_idx"] {
+            ckpt.release(&format!("{prefix}.{suffix}"));
+        }
+        linear
+    }
+
+    fn load_stored(
+        ckpt: &Checkpoint,
+        prefix: &str,
+        out_features: usize,
+        in_features: usize,
+        has_bias: bool,
+        scheme: Option<&QuantScheme>,
+    ) -> Result<Self> {
         let bias = if has_bias {
             let name = format!("{prefix}.bias");
             let view = ckpt.tensor(&name)?;
