@@ -43,10 +43,9 @@ fn write_tokenizer(dir: &std::path::Path) {
     .unwrap();
 }
 
-#[test]
-fn translate_batch_end_to_end() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("tiny");
+/// The tiny synthetic HunYuan checkpoint plus the word-level tokenizer above.
+fn tiny_with_tokenizer(root: &std::path::Path) -> std::path::PathBuf {
+    let dir = root.join("tiny");
     synth(
         &SynthOptions {
             preset: Preset::Tiny,
@@ -59,6 +58,13 @@ fn translate_batch_end_to_end() {
     )
     .unwrap();
     write_tokenizer(&dir);
+    dir
+}
+
+#[test]
+fn translate_batch_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_with_tokenizer(tmp.path());
     let mut tr = Translator::load(&dir).unwrap();
     assert_eq!(tr.template, ChatTemplate::Hunyuan);
     // generation_config / config eos 2 (a special here) and the HunYuan end-of-turn token (4).
@@ -113,19 +119,7 @@ fn translate_batch_end_to_end() {
 #[test]
 fn tokenizer_larger_than_the_model_vocab_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("tiny");
-    synth(
-        &SynthOptions {
-            preset: Preset::Tiny,
-            dtype: DType::BF16,
-            seed: 1,
-            out: dir.clone(),
-            force: false,
-        },
-        &Silent,
-    )
-    .unwrap();
-    write_tokenizer(&dir);
+    let dir = tiny_with_tokenizer(tmp.path());
     let cfg_path = dir.join("config.json");
     let mut cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
     cfg["vocab_size"] = json!(512);
