@@ -61,6 +61,26 @@ pub enum Error {
 
     #[error("runner: {msg}")]
     Runner { msg: String },
+
+    /// A calibration corpus that cannot be used (file and line where it applies).
+    #[error("calibration {path}: {msg}")]
+    Calib { path: PathBuf, msg: String },
+
+    /// A non-finite value met during calibrated quantization (names layer and point).
+    #[error("calibration forward, {at}: {msg}")]
+    Activation { at: String, msg: String },
+
+    /// A calibrated run stopped by an error after finishing some layers; they are kept.
+    #[error("{source}\n(progress of {layers} finished layer(s) kept in {partial}; rerun the same command with --resume to continue)")]
+    Interrupted {
+        partial: PathBuf,
+        layers: usize,
+        source: Box<Error>,
+    },
+
+    /// A partial output that `--resume` cannot continue.
+    #[error("{path}: cannot resume: {msg}")]
+    Resume { path: PathBuf, msg: String },
 }
 
 impl Error {

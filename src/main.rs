@@ -5,10 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use hy_quant::calib::CalibOptions;
 use hy_quant::dtype::DType;
 use hy_quant::model::hub::resolve_model;
 use hy_quant::model::synth::{self, Preset, SynthOptions};
 use hy_quant::progress::Console;
+use hy_quant::quant::gptq::ActOrder;
+use hy_quant::quant::gptq_pipeline::GptqSettings;
 use hy_quant::quant::pipeline::{self, Method, QuantizeOptions};
 use hy_quant::quant::QuantScheme;
 
@@ -168,6 +171,31 @@ struct QuantizeArgs {
     /// Print a JSON summary on stdout at the end.
     #[arg(long)]
     json: bool,
+    /// GPTQ: calibration corpus, a .jsonl/.txt file or a directory of them (see
+    /// calibration/README.md).
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// GPTQ: calibration sequences drawn from the corpus.
+    #[arg(long, default_value_t = 128)]
+    calib_samples: usize,
+    /// GPTQ: tokens per calibration sequence (documents are packed back to back).
+    #[arg(long, default_value_t = 2048)]
+    calib_seqlen: usize,
+    /// GPTQ: seed of the calibration sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// GPTQ: damping, as a fraction of the mean Hessian diagonal (raised x10 automatically
+    /// when the Cholesky fails; the manifest says so).
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
+    damp: f64,
+    /// GPTQ: solve columns in decreasing Hessian-diagonal order. `permute` writes the
+    /// permutation in g_idx (desc_act); `static-groups` keeps g_idx trivial (groups fitted
+    /// before the sweep, AngelSlim/AutoGPTQ static_groups). Bare --act-order = permute.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_value = "none", default_missing_value = "permute")]
+    act_order: String,
+    /// GPTQ: continue an interrupted run of the same command from its last finished layer.
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Args)]
@@ -221,8 +249,47 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
         force: a.force,
         max_shard_bytes: parse_size(&a.max_shard_size)?,
         command: std::env::args().collect(),
+        gptq: None,
     };
     let _ = a.sym;
+    let mut opts = opts;
+    if opts.method == Method::Gptq {
+        let act_order = match a.act_order.as_str() {
+            "none" => ActOrder::None,
+            "permute" => ActOrder::Permute,
+            "static-groups" => ActOrder::StaticGroups,
+            other => {
+                return Err(hy_quant::Error::Flag {
+                    flag: "--act-order".into(),
+                    msg: format!("{other:?}; expected none, permute or static-groups"),
+                }
+                .into())
+            }
+        };
+        opts.gptq = Some(GptqSettings {
+            calib: a.calib.clone().ok_or_else(|| hy_quant::Error::Flag {
+                flag: "--calib".into(),
+                msg: "--method gptq needs a calibration corpus: --calib calibration/ (the bundled one) or your own .jsonl/.txt".into(),
+            })?,
+            calib_opts: CalibOptions {
+                samples: a.calib_samples,
+                seqlen: a.calib_seqlen,
+                seed: a.seed,
+            },
+            damp: a.damp,
+            act_order,
+            resume: a.resume,
+        });
+    } else if a.calib.is_some() || a.resume || a.act_order != "none" {
+        return Err(hy_quant::Error::Flag {
+            flag: "--method".into(),
+            msg: format!(
+                "--calib, --act-order and --resume apply to --method gptq, not {}",
+                a.method
+            ),
+        }
+        .into());
+    }
     let report = pipeline::quantize(&opts, &Console::new())?;
     let m = &report.manifest;
     if a.json {

@@ -29,14 +29,51 @@ pub struct Manifest {
     /// Seconds per phase, in the order the phases ran.
     pub phases: Vec<PhaseTime>,
     pub wall_seconds: f64,
+    /// Calibrated methods: the corpus, the batch drawn from it and the solver settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationRecord>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TensorRecord {
     pub name: String,
     pub shape: Vec<usize>,
+    /// Weight-space error against the original.
     #[serde(flatten)]
     pub error: ErrorStats,
+    /// Output-space error on the calibration inputs (calibrated methods only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibrated: Option<CalibratedError>,
+}
+
+/// How well one linear reproduces its outputs on the calibration inputs X:
+/// ||XWᵀ - XQᵀ||_F / ||XWᵀ||_F for this method and, for comparison, for RTN on the same grid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibratedError {
+    pub output_rel_error: f64,
+    pub rtn_output_rel_error: f64,
+    /// Relative damping the Cholesky succeeded with (the requested `--damp` unless it had to
+    /// be raised).
+    pub damp_used: f64,
+    /// Failed Cholesky attempts before that (each multiplies the damping by 10).
+    pub damp_retries: u32,
+}
+
+/// The calibration behind a GPTQ output.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CalibrationRecord {
+    /// (path as given, sha256) of every corpus file read.
+    pub corpus: Vec<(PathBuf, String)>,
+    pub samples: usize,
+    pub seqlen: usize,
+    pub seed: u64,
+    /// Records that went into the batch, and how many of them were translation pairs.
+    pub documents: usize,
+    pub pairs: usize,
+    pub damp: f64,
+    pub act_order: String,
+    /// Layers taken from an interrupted run's progress (0 when the run was not resumed).
+    pub resumed_layers: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,65 +1,12 @@
 //! End to end through `Translator` on the tiny synthetic HunYuan checkpoint with a word-level
 //! tokenizer.json written here: template -> ids -> batched greedy -> text, stop ids, logit dump.
 
-use hy_quant::dtype::DType;
-use hy_quant::model::synth::{synth, Preset, SynthOptions};
-use hy_quant::progress::Silent;
-use hy_quant::runner::prompt::{ChatTemplate, HY_ASSISTANT, HY_BOS, HY_USER};
+use hy_quant::runner::prompt::ChatTemplate;
 use hy_quant::runner::translator::{write_logit_dump, Prompt, Translator};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-const HY_EOS: &str = "<｜hy_place▁holder▁no▁2｜>";
-
-fn write_tokenizer(dir: &std::path::Path) {
-    let specials = ["<unk>", HY_BOS, HY_USER, HY_ASSISTANT, HY_EOS];
-    let mut vocab = Map::new();
-    let mut added = Vec::new();
-    for (i, s) in specials.iter().enumerate() {
-        vocab.insert(s.to_string(), json!(i));
-        added.push(
-            json!({"id": i, "content": s, "single_word": false, "lstrip": false, "rstrip": false,
-                          "normalized": false, "special": true}),
-        );
-    }
-    for i in specials.len()..1024 {
-        // An ordinary entry spelled like a stop token must not stop generation.
-        let word = if i == 1000 {
-            "</s>".to_string()
-        } else {
-            format!("w{i}")
-        };
-        vocab.insert(word, json!(i));
-    }
-    let tok = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": false},
-        "model": {"type": "WordLevel", "vocab": Value::Object(vocab), "unk_token": "<unk>"}
-    });
-    std::fs::write(
-        dir.join("tokenizer.json"),
-        serde_json::to_vec(&tok).unwrap(),
-    )
-    .unwrap();
-}
-
-/// The tiny synthetic HunYuan checkpoint plus the word-level tokenizer above.
-fn tiny_with_tokenizer(root: &std::path::Path) -> std::path::PathBuf {
-    let dir = root.join("tiny");
-    synth(
-        &SynthOptions {
-            preset: Preset::Tiny,
-            dtype: DType::BF16,
-            seed: 1,
-            out: dir.clone(),
-            force: false,
-        },
-        &Silent,
-    )
-    .unwrap();
-    write_tokenizer(&dir);
-    dir
-}
+mod common;
+use common::tiny_with_tokenizer;
 
 #[test]
 fn translate_batch_end_to_end() {

@@ -15,6 +15,7 @@ use crate::io::PlannedTensor;
 use crate::quant::{QuantScheme, QuantizedLinear};
 
 /// The packed tensors of one linear, ready to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PackedGptq {
     pub qweight: Vec<i32>,
     pub qzeros: Vec<i32>,

@@ -15,11 +15,13 @@ pub struct StagedDir {
     target: PathBuf,
     partial: PathBuf,
     committed: bool,
+    /// Leave the partial directory in place when dropped uncommitted (resumable progress).
+    keep: bool,
 }
 
 impl Drop for StagedDir {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.committed && !self.keep {
             let _ = fs::remove_dir_all(&self.partial);
         }
     }
@@ -48,6 +50,17 @@ impl StagedDir {
     /// Checks `out` may be (re)placed and creates a fresh partial directory beside it.
     /// `inputs` are directories that must never be overwritten (the model being read).
     pub fn prepare(out: &Path, force: bool, inputs: &[&Path]) -> Result<Self> {
+        Self::prepare_resumable(out, force, inputs, false)
+    }
+
+    /// As `prepare`, but with `resume` an existing partial directory is kept as it is (its
+    /// owner decides whether its content can be continued).
+    pub fn prepare_resumable(
+        out: &Path,
+        force: bool,
+        inputs: &[&Path],
+        resume: bool,
+    ) -> Result<Self> {
         let out = out.components().as_path().to_path_buf();
         if out.as_os_str().is_empty() {
             return Err(Error::flag("--out", "empty path"));
@@ -82,6 +95,14 @@ impl StagedDir {
         };
         fs::create_dir_all(&parent).at(&parent)?;
         let partial = with_suffix(&out, PARTIAL_SUFFIX);
+        if resume && partial.is_dir() {
+            return Ok(StagedDir {
+                target: out,
+                partial,
+                committed: false,
+                keep: false,
+            });
+        }
         if partial.exists() {
             fs::remove_dir_all(&partial).at(&partial)?;
         }
@@ -90,7 +111,31 @@ impl StagedDir {
             target: out,
             partial,
             committed: false,
+            keep: false,
         })
+    }
+
+    /// From now on an error leaves the partial directory for a later `--resume`.
+    pub fn keep_on_error(&mut self) {
+        self.keep = true;
+    }
+
+    /// Removes everything in the partial directory except the named entries (files of an
+    /// interrupted earlier attempt).
+    pub fn clear_except(&self, keep: &[&str]) -> Result<()> {
+        for entry in fs::read_dir(&self.partial).at(&self.partial)? {
+            let entry = entry.at(&self.partial)?;
+            let path = entry.path();
+            if keep.iter().any(|k| entry.file_name() == *k) {
+                continue;
+            }
+            if path.is_dir() {
+                fs::remove_dir_all(&path).at(&path)?;
+            } else {
+                fs::remove_file(&path).at(&path)?;
+            }
+        }
+        Ok(())
     }
 
     /// Where files are written until `commit`.

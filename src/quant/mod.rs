@@ -1,9 +1,12 @@
 //! Weight quantization: the integer grid (`scheme`, `grid`), the methods behind one trait
 //! (`rtn`, the `gptq` solver; AWQ plugs in beside them), and the layer-streaming `pipeline`.
 
+pub mod calib_forward;
 pub mod gptq;
+pub mod gptq_pipeline;
 pub mod grid;
 pub mod pipeline;
+pub mod resume;
 pub mod rtn;
 pub mod scheme;
 pub mod stats;

@@ -20,6 +20,9 @@ use crate::manifest::{Manifest, PhaseTime, TensorRecord, MANIFEST_FILE};
 use crate::model::checkpoint::INDEX_FILE;
 use crate::model::Checkpoint;
 use crate::progress::Progress;
+use crate::quant::gptq::ActOrder;
+use crate::quant::gptq_pipeline::{run_layers, GptqSettings};
+use crate::quant::resume::{LinearResult, RESUME_DIR};
 use crate::quant::rtn::Rtn;
 use crate::quant::stats::ErrorStats;
 use crate::quant::{QuantMethod, QuantScheme, Weight};
@@ -28,15 +31,18 @@ use crate::quant::{QuantMethod, QuantScheme, Weight};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     Rtn,
+    /// Calibrated GPTQ (`gptq_pipeline`); needs `QuantizeOptions::gptq`.
+    Gptq,
 }
 
 impl Method {
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "rtn" => Ok(Method::Rtn),
-            "gptq" | "awq" => Err(Error::flag(
+            "gptq" => Ok(Method::Gptq),
+            "awq" => Err(Error::flag(
                 "--method",
-                format!("{s} is not implemented yet in this build; available: rtn"),
+                format!("{s} is not implemented yet in this build; available: rtn, gptq"),
             )),
             _ => Err(Error::flag(
                 "--method",
@@ -56,6 +62,8 @@ pub struct QuantizeOptions {
     pub max_shard_bytes: u64,
     /// argv recorded in the manifest.
     pub command: Vec<String>,
+    /// Calibration and solver settings; required by `Method::Gptq`.
+    pub gptq: Option<GptqSettings>,
 }
 
 pub struct QuantizeReport {
@@ -73,15 +81,16 @@ enum Unit {
     },
 }
 
-struct Timer {
-    phases: Vec<PhaseTime>,
+/// Wall time per phase, in the order phases first ran.
+pub(crate) struct Timer {
+    pub(crate) phases: Vec<PhaseTime>,
     mark: Instant,
 }
 
 impl Timer {
     /// Adds `seconds` to `phase` without moving the lap mark (for phases measured inside a
     /// lap).
-    fn add(&mut self, phase: &str, seconds: f64) {
+    pub(crate) fn add(&mut self, phase: &str, seconds: f64) {
         match self.phases.iter_mut().find(|p| p.phase == phase) {
             Some(p) => p.seconds += seconds,
             None => self.phases.push(PhaseTime {
@@ -92,14 +101,14 @@ impl Timer {
     }
 
     /// Runs `f`, charging its time to `phase`.
-    fn time<T>(&mut self, phase: &str, f: impl FnOnce() -> T) -> T {
+    pub(crate) fn time<T>(&mut self, phase: &str, f: impl FnOnce() -> T) -> T {
         let t = Instant::now();
         let out = f();
         self.add(phase, t.elapsed().as_secs_f64());
         out
     }
 
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Timer {
             phases: Vec::new(),
             mark: Instant::now(),
@@ -127,10 +136,21 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
     let ckpt = Checkpoint::open(&opts.model)?;
     ckpt.validate()?;
     let scale_dtype = scale_dtype(ckpt.model_dtype()?);
-    let method: Box<dyn QuantMethod> = match opts.method {
-        Method::Rtn => Box::new(Rtn {
-            scheme: opts.scheme,
-        }),
+    let gptq = match (opts.method, &opts.gptq) {
+        (Method::Rtn, _) => None,
+        (Method::Gptq, Some(g)) => {
+            g.check()?;
+            Some(g)
+        }
+        (Method::Gptq, None) => {
+            return Err(Error::flag(
+                "--calib",
+                "--method gptq needs a calibration corpus (a .jsonl/.txt file or a directory)",
+            ))
+        }
+    };
+    let rtn = Rtn {
+        scheme: opts.scheme,
     };
     for layer in 0..ckpt.arch.num_layers() {
         for lin in ckpt.arch.layer_linears(layer) {
@@ -138,15 +158,64 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
                 .check_shape(&lin.weight_name(), lin.out_features, lin.in_features)?;
         }
     }
-    let staged = StagedDir::prepare(&opts.out, opts.force, &[&opts.model])?;
+    let resume = gptq.is_some_and(|g| g.resume);
+    let mut staged = StagedDir::prepare_resumable(&opts.out, opts.force, &[&opts.model], resume)?;
 
     let (units, planned) = plan_outputs(&ckpt, &opts.scheme, scale_dtype)?;
     let shards = plan_shards(planned, opts.max_shard_bytes, !ckpt.sharded);
     timer.lap("plan");
 
+    // GPTQ: every layer is solved into the resume store first; the files are assembled
+    // from it below. Progress survives an error (or kill) from here on.
+    let calibrated = match gptq {
+        None => None,
+        Some(g) => {
+            let run = run_layers(
+                &ckpt,
+                &opts.scheme,
+                g,
+                scale_dtype,
+                staged.path(),
+                progress,
+                &mut timer,
+            );
+            match run {
+                Ok(run) => {
+                    staged.keep_on_error();
+                    staged.clear_except(&[RESUME_DIR])?;
+                    Some(run)
+                }
+                Err(e) => return Err(keep_progress(&mut staged, &ckpt, e)),
+            }
+        }
+    };
+    timer.mark = Instant::now();
+
     // Input hashes are computed on a side thread while the main work streams.
     let input_files = input_file_names(&ckpt)?;
     let mut stream_clock = Timer::new();
+    let mut produce = |layer: usize, clock: &mut Timer| -> Result<Vec<LinearResult>> {
+        match &calibrated {
+            Some(run) => {
+                let mut stored = clock.time("read", || run.store.load_layer(layer))?;
+                let order: Vec<String> = ckpt
+                    .arch
+                    .layer_linears(layer)
+                    .into_iter()
+                    .map(|s| s.prefix)
+                    .collect();
+                stored.sort_by_key(|r| order.iter().position(|p| *p == r.prefix));
+                if stored.iter().map(|r| &r.prefix).ne(order.iter()) {
+                    return Err(Error::Resume {
+                        path: run.store.dir().to_path_buf(),
+                        msg: format!("progress of layer {layer} does not hold its seven linears"),
+                    });
+                }
+                Ok(stored)
+            }
+            None => rtn_layer(&ckpt, layer, &rtn, scale_dtype, clock),
+        }
+    };
     let (inputs, streamed) = std::thread::scope(|scope| {
         let hasher = scope.spawn(|| {
             input_files
@@ -158,8 +227,7 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
             &ckpt,
             &units,
             shards.clone(),
-            method.as_ref(),
-            scale_dtype,
+            &mut produce,
             staged.path(),
             progress,
             &mut stream_clock,
@@ -180,6 +248,17 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
     }
     timer.add("hash inputs (wait)", (streamed_secs - inner).max(0.0));
     timer.mark = Instant::now();
+    let method_name = match opts.method {
+        Method::Rtn => rtn.name(),
+        Method::Gptq => "gptq",
+    };
+    let calibration = match calibrated {
+        Some(run) => {
+            run.store.remove()?;
+            Some(run.record)
+        }
+        None => None,
+    };
 
     // Companion files, config with quantization_config, index.
     for src in ckpt.companion_files()? {
@@ -198,7 +277,12 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
     let mut config = ckpt.config.raw.clone();
     config.insert(
         "quantization_config".into(),
-        gptq_v1::quantization_config(&opts.scheme, method.name(), 0.01, false),
+        gptq_v1::quantization_config(
+            &opts.scheme,
+            method_name,
+            gptq.map_or(0.01, |g| g.damp),
+            gptq.is_some_and(|g| g.act_order == ActOrder::Permute),
+        ),
     );
     write_json(
         staged.path(),
@@ -221,7 +305,7 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
         tool: "hy-quant".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         command: opts.command.clone(),
-        method: method.name().into(),
+        method: method_name.into(),
         bits: opts.scheme.bits,
         group_size: opts.scheme.group_size_i64(),
         sym: opts.scheme.sym,
@@ -232,6 +316,7 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
         tensors,
         phases: Vec::new(),
         wall_seconds: 0.0,
+        calibration,
     };
     timer.lap("finalize");
     manifest.phases = timer.phases;
@@ -388,13 +473,67 @@ impl ShardSink<'_> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Quantizes one layer's linears with RTN.
+fn rtn_layer(
+    ckpt: &Checkpoint,
+    layer: usize,
+    method: &dyn QuantMethod,
+    scale_dtype: DType,
+    clock: &mut Timer,
+) -> Result<Vec<LinearResult>> {
+    let mut out = Vec::new();
+    for lin in ckpt.arch.layer_linears(layer) {
+        let name = lin.weight_name();
+        let view = ckpt.tensor(&name)?;
+        let data = clock.time("read", || view.to_f32_finite())?;
+        ckpt.release(&name);
+        let weight = Weight {
+            name: &name,
+            data: &data,
+            out_features: lin.out_features,
+            in_features: lin.in_features,
+            scale_dtype,
+        };
+        let ql = clock.time("quantize", || method.quantize(&weight))?;
+        let error = clock.time("stats", || ErrorStats::between(&data, &ql.dequantize()));
+        let packed = clock.time("pack", || gptq_v1::pack(&ql, scale_dtype));
+        out.push(LinearResult {
+            prefix: lin.prefix.clone(),
+            packed,
+            record: TensorRecord {
+                name,
+                shape: vec![lin.out_features, lin.in_features],
+                error,
+                calibrated: None,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// Wraps an error of the GPTQ layer loop: when layers were finished, the partial directory
+/// is kept and the message says how to continue.
+fn keep_progress(staged: &mut StagedDir, ckpt: &Checkpoint, e: Error) -> Error {
+    let dir = staged.path().join(RESUME_DIR);
+    let done = (0..ckpt.arch.num_layers())
+        .take_while(|l| dir.join(format!("layer-{l:05}.safetensors")).is_file())
+        .count();
+    if done == 0 {
+        return e;
+    }
+    staged.keep_on_error();
+    Error::Interrupted {
+        partial: staged.path().to_path_buf(),
+        layers: done,
+        source: Box::new(e),
+    }
+}
+
 fn stream_units(
     ckpt: &Checkpoint,
     units: &[Unit],
     shards: Vec<ShardPlan>,
-    method: &dyn QuantMethod,
-    scale_dtype: DType,
+    produce: &mut dyn FnMut(usize, &mut Timer) -> Result<Vec<LinearResult>>,
     dir: &Path,
     progress: &dyn Progress,
     clock: &mut Timer,
@@ -407,7 +546,7 @@ fn stream_units(
     };
     let mut records = Vec::new();
     let total: u64 = ckpt.weight_bytes();
-    progress.begin("quantize", units.len() as u64, total);
+    progress.begin("write", units.len() as u64, total);
     for unit in units {
         match unit {
             Unit::Copy(name) => {
@@ -420,26 +559,18 @@ fn stream_units(
                 ckpt.release(name);
             }
             Unit::Layer { layer, copies } => {
-                let mut bytes_in = 0u64;
-                for lin in ckpt.arch.layer_linears(*layer) {
-                    let name = lin.weight_name();
-                    let view = ckpt.tensor(&name)?;
-                    bytes_in += view.bytes.len() as u64;
-                    let data = clock.time("read", || view.to_f32_finite())?;
-                    ckpt.release(&name);
-                    let weight = Weight {
-                        name: &name,
-                        data: &data,
-                        out_features: lin.out_features,
-                        in_features: lin.in_features,
-                        scale_dtype,
-                    };
-                    let ql = clock.time("quantize", || method.quantize(&weight))?;
-                    let error =
-                        clock.time("stats", || ErrorStats::between(&data, &ql.dequantize()));
-                    let packed = clock.time("pack", || gptq_v1::pack(&ql, scale_dtype));
+                let mut bytes_in: u64 = ckpt
+                    .arch
+                    .layer_linears(*layer)
+                    .iter()
+                    .filter_map(|l| {
+                        ckpt.info(&l.weight_name())
+                            .map(|i| (i.end - i.start) as u64)
+                    })
+                    .sum();
+                for lin in produce(*layer, clock)? {
+                    let (p, packed) = (&lin.prefix, &lin.packed);
                     clock.time("write", || -> Result<()> {
-                        let p = &lin.prefix;
                         sink.write(
                             &format!("{p}.g_idx"),
                             &crate::dtype::i32_bytes(&packed.g_idx),
@@ -454,11 +585,7 @@ fn stream_units(
                         )?;
                         sink.write(&format!("{p}.scales"), &packed.scales)
                     })?;
-                    records.push(TensorRecord {
-                        name,
-                        shape: vec![lin.out_features, lin.in_features],
-                        error,
-                    });
+                    records.push(lin.record);
                 }
                 for name in copies {
                     let view = ckpt.tensor(name)?;
@@ -470,6 +597,7 @@ fn stream_units(
                     ckpt.release(name);
                 }
                 progress.step(bytes_in, &format!("layer {layer}"));
+                crate::quant::gptq_pipeline::fault_point(&format!("assembled-layer-{layer}"));
             }
         }
     }

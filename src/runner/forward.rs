@@ -496,7 +496,7 @@ pub fn kv_head_of(query_head: usize, group: usize) -> usize {
 }
 
 #[inline]
-fn silu(x: f32) -> f32 {
+pub(crate) fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 

@@ -7,7 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use half::bf16;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
+
+use hy_quant::dtype::DType;
+use hy_quant::model::synth::{synth, Preset, SynthOptions};
+use hy_quant::progress::Silent;
+use hy_quant::runner::prompt::{HY_ASSISTANT, HY_BOS, HY_USER};
 
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hy-quant"))
@@ -215,4 +220,59 @@ pub fn bf16s(bytes: &[u8]) -> Vec<f32> {
         .chunks_exact(2)
         .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
         .collect()
+}
+
+/// A word-level tokenizer for the tiny HunYuan preset: the HunYuan chat specials (ids 0-4),
+/// then `w5` .. `w1023` (id 1000 is spelled `</s>`, an ordinary entry).
+pub const HY_EOS: &str = "<｜hy_place▁holder▁no▁2｜>";
+
+pub fn write_tokenizer(dir: &std::path::Path) {
+    let specials = ["<unk>", HY_BOS, HY_USER, HY_ASSISTANT, HY_EOS];
+    let mut vocab = Map::new();
+    let mut added = Vec::new();
+    for (i, s) in specials.iter().enumerate() {
+        vocab.insert(s.to_string(), json!(i));
+        added.push(
+            json!({"id": i, "content": s, "single_word": false, "lstrip": false, "rstrip": false,
+                          "normalized": false, "special": true}),
+        );
+    }
+    for i in specials.len()..1024 {
+        // An ordinary entry spelled like a stop token must not stop generation.
+        let word = if i == 1000 {
+            "</s>".to_string()
+        } else {
+            format!("w{i}")
+        };
+        vocab.insert(word, json!(i));
+    }
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": false},
+        "model": {"type": "WordLevel", "vocab": Value::Object(vocab), "unk_token": "<unk>"}
+    });
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_vec(&tok).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The tiny synthetic HunYuan checkpoint plus the word-level tokenizer above.
+pub fn tiny_with_tokenizer(root: &std::path::Path) -> std::path::PathBuf {
+    let dir = root.join("tiny");
+    synth(
+        &SynthOptions {
+            preset: Preset::Tiny,
+            dtype: DType::BF16,
+            seed: 1,
+            out: dir.clone(),
+            force: false,
+        },
+        &Silent,
+    )
+    .unwrap();
+    write_tokenizer(&dir);
+    dir
 }
