@@ -58,6 +58,7 @@ fn main() {
             force: true,
             max_shard_bytes: 5_000_000_000,
             command: vec!["bench".into()],
+            gptq: None,
         };
         let t = Instant::now();
         let report = quantize(&opts, &Silent).expect("quantize");

@@ -88,6 +88,7 @@ fn tiny_hunyuan_matches_numpy_reference() {
                         force: false,
                         max_shard_bytes: 5_000_000_000,
                         command: vec!["test".into()],
+                        gptq: None,
                     },
                     &Silent,
                 )
