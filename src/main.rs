@@ -171,8 +171,8 @@ struct QuantizeArgs {
     /// Print a JSON summary on stdout at the end.
     #[arg(long)]
     json: bool,
-    /// GPTQ: calibration corpus, a .jsonl/.txt file or a directory of them (see
-    /// calibration/README.md).
+    /// GPTQ: calibration corpus, a .jsonl/.txt file or a directory of them. Default: the
+    /// multilingual corpus bundled in the binary (calibration/README.md).
     #[arg(long)]
     calib: Option<PathBuf>,
     /// GPTQ: calibration sequences drawn from the corpus.
@@ -267,10 +267,7 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
             }
         };
         opts.gptq = Some(GptqSettings {
-            calib: a.calib.clone().ok_or_else(|| hy_quant::Error::Flag {
-                flag: "--calib".into(),
-                msg: "--method gptq needs a calibration corpus: --calib calibration/ (the bundled one) or your own .jsonl/.txt".into(),
-            })?,
+            calib: a.calib.clone(),
             calib_opts: CalibOptions {
                 samples: a.calib_samples,
                 seqlen: a.calib_seqlen,
@@ -307,6 +304,12 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
             "input_bytes": m.inputs.iter().map(|o| o.bytes).sum::<u64>(),
             "wall_seconds": m.wall_seconds,
             "phases": m.phases,
+            "calibrated": calibrated_summary(m).map(|c| serde_json::json!({
+                "mean_output_rel_error": c.0,
+                "mean_rtn_output_rel_error": c.1,
+                "damping_raised": c.2,
+                "resumed_layers": c.3,
+            })),
         });
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -323,8 +326,29 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
             mean_err,
             m.wall_seconds
         );
+        if let Some(c) = calibrated_summary(m) {
+            println!(
+                "output error on the calibration inputs (mean over linears): {} {:.4}, RTN {:.4}; \
+                 damping raised for {} linear(s); {} layer(s) taken from an interrupted run",
+                m.method, c.0, c.1, c.2, c.3
+            );
+        }
     }
     Ok(())
+}
+
+/// (mean output error, mean RTN output error, linears whose damping was raised, resumed
+/// layers) of a calibrated run.
+fn calibrated_summary(m: &hy_quant::manifest::Manifest) -> Option<(f64, f64, usize, usize)> {
+    let cal = m.calibration.as_ref()?;
+    let errs: Vec<_> = m.tensors.iter().filter_map(|t| t.calibrated.as_ref()).collect();
+    let n = errs.len().max(1) as f64;
+    Some((
+        errs.iter().map(|e| e.output_rel_error).sum::<f64>() / n,
+        errs.iter().map(|e| e.rtn_output_rel_error).sum::<f64>() / n,
+        errs.iter().filter(|e| e.damp_retries > 0).count(),
+        cal.resumed_layers,
+    ))
 }
 
 fn run_synth(a: SynthArgs) -> Result<()> {

@@ -52,7 +52,37 @@ enum Line {
     },
 }
 
+mod bundled {
+    include!(concat!(env!("OUT_DIR"), "/bundled_calibration.rs"));
+}
+
+/// Label of the bundled corpus in manifests and messages.
+pub const BUNDLED_LABEL: &str = "<bundled calibration/>";
+
 impl Corpus {
+    /// The corpus shipped in the repository's `calibration/` folder, compiled into the binary.
+    pub fn bundled() -> Result<Self> {
+        use sha2::{Digest, Sha256};
+        if bundled::BUNDLED.is_empty() {
+            return Err(Error::Calib {
+                path: BUNDLED_LABEL.into(),
+                msg: "this build has no bundled corpus; pass --calib FILE|DIR".into(),
+            });
+        }
+        let mut corpus = Corpus {
+            files: Vec::new(),
+            records: Vec::new(),
+        };
+        for (name, text) in bundled::BUNDLED {
+            let path = PathBuf::from(format!("{BUNDLED_LABEL}{name}"));
+            parse_jsonl(&path, text, &mut corpus.records)?;
+            corpus
+                .files
+                .push((path, hex::encode(Sha256::digest(text.as_bytes()))));
+        }
+        Ok(corpus)
+    }
+
     /// Reads a `.jsonl` / `.txt` file, or every such file directly inside a directory.
     pub fn load(path: &Path) -> Result<Self> {
         let files: Vec<PathBuf> = if path.is_dir() {

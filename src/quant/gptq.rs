@@ -491,29 +491,42 @@ fn solve(
 /// ||XWᵀ - XWqᵀ||² / ||XWᵀ||², the relative output error of the layer. Works for any method's
 /// dequantized weight. `w`, `wq`: [out, in] row-major with in = `h.dim`.
 pub fn output_error(w: &[f32], wq: &[f32], h: &Hessian) -> f64 {
+    output_errors(w, &[wq], h)[0]
+}
+
+/// `output_error` of several candidate weights at once (the denominator and the pass over H
+/// are shared).
+pub fn output_errors(w: &[f32], candidates: &[&[f32]], h: &Hessian) -> Vec<f64> {
     let k = h.dim;
-    assert_eq!(w.len(), wq.len(), "output_error: weight sizes differ");
     assert!(
         k > 0 && w.len() % k == 0,
         "output_error: weight is not [_, {k}]"
     );
+    for c in candidates {
+        assert_eq!(w.len(), c.len(), "output_error: weight sizes differ");
+    }
+    let nc = candidates.len();
     // The products run in f32 (as fast as the GPTQ sweep itself); each row's quadratic form is
     // summed in f64. Accurate to ~1e-5 relative, plenty for a reported metric.
     let h32 = Array2::from_shape_vec((k, k), h.h.par_iter().map(|&v| v as f32).collect())
         .expect("Hessian is dim x dim");
     // Large row chunks: every chunk streams all of H through the GEMM.
     const ROWS: usize = 512;
-    let parts: Vec<(f64, f64)> = w
-        .par_chunks(ROWS * k)
-        .zip(wq.par_chunks(ROWS * k))
-        .map(|(a, b)| {
+    let chunks = w.len().div_ceil(ROWS * k);
+    let parts: Vec<Vec<f64>> = (0..chunks)
+        .into_par_iter()
+        .map(|ci| {
+            let start = ci * ROWS * k;
+            let end = (start + ROWS * k).min(w.len());
+            let a = &w[start..end];
             let r = a.len() / k;
-            // Rows 0..r: W - Wq; rows r..2r: W.
-            let mut m = Array2::<f32>::zeros((2 * r, k));
+            // Block j < nc: W - candidate j; block nc: W.
+            let mut m = Array2::<f32>::zeros(((nc + 1) * r, k));
             for (i, mut row) in m.axis_iter_mut(Axis(0)).enumerate() {
-                let src = &a[(i % r) * k..(i % r + 1) * k];
-                if i < r {
-                    let q = &b[i * k..(i + 1) * k];
+                let (block, ri) = (i / r, i % r);
+                let src = &a[ri * k..(ri + 1) * k];
+                if block < nc {
+                    let q = &candidates[block][start + ri * k..start + (ri + 1) * k];
                     for ((v, &x), &y) in row.iter_mut().zip(src).zip(q) {
                         *v = x - y;
                     }
@@ -522,28 +535,30 @@ pub fn output_error(w: &[f32], wq: &[f32], h: &Hessian) -> f64 {
                 }
             }
             let mh = m.dot(&h32);
-            let (mut num, mut den) = (0.0, 0.0);
+            let mut sums = vec![0.0; nc + 1];
             for (i, (x, y)) in m.axis_iter(Axis(0)).zip(mh.axis_iter(Axis(0))).enumerate() {
-                let q: f64 = x.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum();
-                if i < r {
-                    num += q;
-                } else {
-                    den += q;
-                }
+                sums[i / r] += x.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>();
             }
-            (num, den)
+            sums
         })
         .collect();
-    let (num, den) = parts
-        .into_iter()
-        .fold((0.0, 0.0), |acc, p| (acc.0 + p.0, acc.1 + p.1));
-    if den > 0.0 {
-        num / den
-    } else if num == 0.0 {
-        0.0
-    } else {
-        f64::INFINITY
+    let mut totals = vec![0.0; nc + 1];
+    for p in parts {
+        totals.iter_mut().zip(p).for_each(|(t, v)| *t += v);
     }
+    let den = totals[nc];
+    totals[..nc]
+        .iter()
+        .map(|&num| {
+            if den > 0.0 {
+                num / den
+            } else if num == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        })
+        .collect()
 }
 
 /// J·(P H Pᵀ + λI)·J with dead diagonals set to 1, where P permutes to sweep order and J

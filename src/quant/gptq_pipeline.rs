@@ -30,7 +30,7 @@ use crate::progress::Progress;
 use crate::quant::calib_forward::{
     add_residual, attention, check_finite, load_layer, mlp_act, normed, ForwardDims, LayerWeights,
 };
-use crate::quant::gptq::{gptq_quantize, output_error, ActOrder, GptqConfig, Hessian};
+use crate::quant::gptq::{gptq_quantize, output_errors, ActOrder, GptqConfig, Hessian};
 use crate::quant::pipeline::Timer;
 use crate::quant::resume::{LinearResult, ResumeStore};
 use crate::quant::rtn::Rtn;
@@ -48,8 +48,8 @@ const MAX_STORED_ACT_BYTES: usize = 2 << 30;
 /// Flags of `--method gptq`.
 #[derive(Clone, Debug)]
 pub struct GptqSettings {
-    /// `--calib`: a .jsonl/.txt file or a directory of them.
-    pub calib: PathBuf,
+    /// `--calib`: a .jsonl/.txt file or a directory of them; `None` = the bundled corpus.
+    pub calib: Option<PathBuf>,
     pub calib_opts: CalibOptions,
     /// `--damp`: relative damping of the Hessian diagonal.
     pub damp: f64,
@@ -94,7 +94,10 @@ pub struct CalibratedRun {
 
 /// Loads the corpus and packs the calibration batch for this model.
 pub fn calibration_batch(ckpt: &Checkpoint, settings: &GptqSettings) -> Result<(Corpus, CalibSet)> {
-    let corpus = Corpus::load(&settings.calib)?;
+    let corpus = match &settings.calib {
+        Some(path) => Corpus::load(path)?,
+        None => Corpus::bundled()?,
+    };
     let tokenizer = TextTokenizer::from_dir(&ckpt.dir)?;
     let template = ChatTemplate::detect(&ckpt.dir, ckpt.arch.kind, Some(&tokenizer))?;
     let set = calib::build(
@@ -324,11 +327,12 @@ impl GroupSolver {
                 }
                 .quantize(&weight)?
                 .dequantize();
+                let errs = output_errors(&lin.weight, &[&deq, &rtn], h);
                 Ok((
                     ErrorStats::between(&lin.weight, &deq),
                     CalibratedError {
-                        output_rel_error: output_error(&lin.weight, &deq, h).sqrt(),
-                        rtn_output_rel_error: output_error(&lin.weight, &rtn, h).sqrt(),
+                        output_rel_error: errs[0].sqrt(),
+                        rtn_output_rel_error: errs[1].sqrt(),
                         damp_used: outcome.damp_used,
                         damp_retries: outcome.retries,
                     },
