@@ -510,12 +510,17 @@ pub fn output_errors(w: &[f32], candidates: &[&[f32]], h: &Hessian) -> Vec<f64> 
     // summed in f64. Accurate to ~1e-5 relative, plenty for a reported metric.
     let h32 = Array2::from_shape_vec((k, k), h.h.par_iter().map(|&v| v as f32).collect())
         .expect("Hessian is dim x dim");
-    // Large row chunks: every chunk streams all of H through the GEMM.
-    const ROWS: usize = 512;
+    // Tasks are (row chunk, column slab of H) pairs so that even a 128-row weight keeps
+    // every core busy; partial sums are added in task order (thread-count independent).
+    const ROWS: usize = 256;
+    const SLAB: usize = 512;
     let chunks = w.len().div_ceil(ROWS * k);
-    let parts: Vec<Vec<f64>> = (0..chunks)
+    let slabs = k.div_ceil(SLAB);
+    let parts: Vec<Vec<f64>> = (0..chunks * slabs)
         .into_par_iter()
-        .map(|ci| {
+        .map(|task| {
+            let (ci, si) = (task / slabs, task % slabs);
+            let (j0, j1) = (si * SLAB, ((si + 1) * SLAB).min(k));
             let start = ci * ROWS * k;
             let end = (start + ROWS * k).min(w.len());
             let a = &w[start..end];
@@ -534,9 +539,10 @@ pub fn output_errors(w: &[f32], candidates: &[&[f32]], h: &Hessian) -> Vec<f64> 
                     row.assign(&ArrayView1::from(src));
                 }
             }
-            let mh = m.dot(&h32);
+            let mh = m.dot(&h32.slice(s![.., j0..j1]));
             let mut sums = vec![0.0; nc + 1];
-            for (i, (x, y)) in m.axis_iter(Axis(0)).zip(mh.axis_iter(Axis(0))).enumerate() {
+            for (i, y) in mh.axis_iter(Axis(0)).enumerate() {
+                let x = m.slice(s![i, j0..j1]);
                 sums[i / r] += x.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>();
             }
             sums
