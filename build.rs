@@ -16,13 +16,19 @@ fn main() {
         })
         .unwrap_or_default();
     files.sort();
-    let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("bundled_calibration.rs");
+    let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"))
+        .join("bundled_calibration.rs");
     let mut f = std::fs::File::create(&out).expect("OUT_DIR is writable");
     writeln!(f, "pub const BUNDLED: &[(&str, &str)] = &[").unwrap();
     for name in &files {
         let path = dir.join(name);
         println!("cargo:rerun-if-changed={}", path.display());
-        writeln!(f, "    ({name:?}, include_str!({:?})),", path.display().to_string()).unwrap();
+        writeln!(
+            f,
+            "    ({name:?}, include_str!({:?})),",
+            path.display().to_string()
+        )
+        .unwrap();
     }
     writeln!(f, "];").unwrap();
 }

@@ -341,7 +341,11 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
 /// layers) of a calibrated run.
 fn calibrated_summary(m: &hy_quant::manifest::Manifest) -> Option<(f64, f64, usize, usize)> {
     let cal = m.calibration.as_ref()?;
-    let errs: Vec<_> = m.tensors.iter().filter_map(|t| t.calibrated.as_ref()).collect();
+    let errs: Vec<_> = m
+        .tensors
+        .iter()
+        .filter_map(|t| t.calibrated.as_ref())
+        .collect();
     let n = errs.len().max(1) as f64;
     Some((
         errs.iter().map(|e| e.output_rel_error).sum::<f64>() / n,

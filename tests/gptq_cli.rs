@@ -164,8 +164,19 @@ fn without_calib_the_bundled_corpus_is_used() {
     let f = fixture();
     let out = f.root.join("bundled");
     let (code, _, err) = run(&[
-        "quantize", "--model", f.model.to_str().unwrap(), "--out", out.to_str().unwrap(),
-        "--method", "gptq", "--calib-samples", "4", "--calib-seqlen", "64", "--group-size", "32",
+        "quantize",
+        "--model",
+        f.model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "gptq",
+        "--calib-samples",
+        "4",
+        "--calib-seqlen",
+        "64",
+        "--group-size",
+        "32",
     ]);
     assert_eq!(code, 0, "{err}");
     let corpus = manifest(&out)["calibration"]["corpus"].clone();
@@ -176,7 +187,10 @@ fn without_calib_the_bundled_corpus_is_used() {
         .map(|f| f[0].as_str().unwrap())
         .collect();
     assert!(
-        !files.is_empty() && files.iter().all(|f| f.starts_with("<bundled calibration/>")),
+        !files.is_empty()
+            && files
+                .iter()
+                .all(|f| f.starts_with("<bundled calibration/>")),
         "{files:?}"
     );
 }

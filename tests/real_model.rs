@@ -97,3 +97,74 @@ fn real_qwen_0_5b_convert_rtn8_eval() {
         assert!(out.join(f).is_file(), "{f} missing");
     }
 }
+
+/// GPTQ int4 on the real model with a small calibration budget (4 x 256 tokens of the bundled
+/// corpus): every linear's output error on the calibration inputs beats RTN's on average and
+/// the checkpoint translates. The quality numbers with a larger budget are in docs/quality.md.
+#[test]
+#[ignore = "needs the real test model: scripts/test.sh fetches it and runs this"]
+fn real_qwen_0_5b_gptq4_beats_rtn_on_calibration_outputs() {
+    let gguf = models_dir().join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    assert!(gguf.is_file(), "{} is missing", gguf.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let bf16 = tmp.path().join("bf16");
+    let q = tmp.path().join("gptq4");
+    ok(&[
+        "convert",
+        "--from-gguf",
+        gguf.to_str().unwrap(),
+        "--out",
+        bf16.to_str().unwrap(),
+    ]);
+    ok(&[
+        "quantize",
+        "--model",
+        bf16.to_str().unwrap(),
+        "--out",
+        q.to_str().unwrap(),
+        "--method",
+        "gptq",
+        "--bits",
+        "4",
+        "--group-size",
+        "128",
+        "--calib-samples",
+        "4",
+        "--calib-seqlen",
+        "256",
+    ]);
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(q.join("manifest.json")).unwrap()).unwrap();
+    let tensors = m["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 168);
+    let ratios: Vec<f64> = tensors
+        .iter()
+        .map(|t| {
+            let c = &t["calibrated"];
+            c["output_rel_error"].as_f64().unwrap() / c["rtn_output_rel_error"].as_f64().unwrap()
+        })
+        .collect();
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    assert!(
+        mean < 0.8,
+        "GPTQ/RTN output error ratio {mean:.3} (expected clearly below 1)"
+    );
+    assert!(ratios.iter().all(|r| *r < 1.05), "{ratios:?}");
+    assert_eq!(run(&["verify", q.to_str().unwrap()]).0, 0);
+    let out = ok(&[
+        "translate",
+        "--model",
+        q.to_str().unwrap(),
+        "--from",
+        "en",
+        "--to",
+        "zh",
+        "--max-new-tokens",
+        "24",
+        "The package provides a command-line tool.",
+    ]);
+    assert!(
+        out.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c)),
+        "GPTQ int4 model did not answer in Chinese: {out:?}"
+    );
+}

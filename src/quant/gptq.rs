@@ -543,7 +543,11 @@ pub fn output_errors(w: &[f32], candidates: &[&[f32]], h: &Hessian) -> Vec<f64> 
             let mut sums = vec![0.0; nc + 1];
             for (i, y) in mh.axis_iter(Axis(0)).enumerate() {
                 let x = m.slice(s![i, j0..j1]);
-                sums[i / r] += x.iter().zip(y).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>();
+                sums[i / r] += x
+                    .iter()
+                    .zip(y)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>();
             }
             sums
         })
