@@ -61,6 +61,10 @@ pub enum Error {
 
     #[error("runner: {msg}")]
     Runner { msg: String },
+
+    /// The CUDA backend: driver or libraries missing, no GPU, a failed call or kernel build.
+    #[error("cuda: {msg}")]
+    Cuda { msg: String },
 }
 
 impl Error {
@@ -83,6 +87,10 @@ impl Error {
             path: path.into(),
             msg: msg.into(),
         }
+    }
+
+    pub(crate) fn cuda(msg: impl Into<String>) -> Self {
+        Error::Cuda { msg: msg.into() }
     }
 
     pub(crate) fn flag(flag: impl Into<String>, msg: impl Into<String>) -> Self {

@@ -496,14 +496,14 @@ pub fn kv_head_of(query_head: usize, group: usize) -> usize {
 }
 
 #[inline]
-fn silu(x: f32) -> f32 {
+pub(crate) fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
 /// Softmax attention of one query head over the first `ctx` cached positions. `kc`/`vc` are
 /// [len, stride]; this head's slice starts at `off`.
 #[allow(clippy::too_many_arguments)]
-fn attend(
+pub(crate) fn attend(
     q: &[f32],
     kc: &[f32],
     vc: &[f32],
