@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use hy_quant::backend::{Device, DeviceChoice};
 use hy_quant::dtype::DType;
 use hy_quant::model::hub::resolve_model;
 use hy_quant::model::synth::{self, Preset, SynthOptions};
@@ -168,6 +169,10 @@ struct QuantizeArgs {
     /// Print a JSON summary on stdout at the end.
     #[arg(long)]
     json: bool,
+    /// Where the linears are quantized: cpu, cuda, or auto (CUDA when a driver and GPU are
+    /// usable, else the CPU). The output is byte-identical either way.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -223,7 +228,11 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
         command: std::env::args().collect(),
     };
     let _ = a.sym;
-    let report = pipeline::quantize(&opts, &Console::new())?;
+    let selection = Device::select(a.device.parse::<DeviceChoice>()?)?;
+    if let Some(note) = &selection.note {
+        eprintln!("{note}");
+    }
+    let report = pipeline::quantize_on(&opts, &selection.device, &Console::new())?;
     let m = &report.manifest;
     if a.json {
         let worst = m

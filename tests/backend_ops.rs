@@ -510,6 +510,59 @@ fn shape_errors_body<B: Backend>(b: &B) {
     report("shape errors", b, 0.0, 0.0);
 }
 
+/// RTN through the backend is byte-identical to `quant::rtn::Rtn` on the CPU: levels, scales
+/// and zeros, every scheme and scale dtype, with planted edge cases (all-zero groups,
+/// all-positive groups whose asymmetric zero would be 0, exact .5 ties, outliers).
+fn rtn_body<B: Backend>(b: &B) {
+    use hy_quant::quant::rtn::Rtn;
+    use hy_quant::quant::{QuantMethod, Weight};
+    let (n, k) = (64usize, 512usize);
+    let mut data = randn(21, n * k, 0.02);
+    data[..128].iter_mut().for_each(|v| *v = 0.0);
+    data[k..k + 128].iter_mut().for_each(|v| *v = v.abs());
+    for (i, v) in data[2 * k..3 * k].iter_mut().enumerate() {
+        *v = (i % 16) as f32 * 0.5 - 4.0;
+    }
+    data[3 * k + 7] = 40.0;
+    data[4 * k + 9] = -1e-30;
+    let mut cases = 0;
+    for store in [DType::BF16, DType::F16, DType::F32] {
+        for (bits, gs) in [(4u8, 128i64), (4, 32), (8, 128), (4, -1), (8, -1)] {
+            for sym in [true, false] {
+                let scheme = QuantScheme::new(bits, gs, sym).unwrap();
+                let w = Weight {
+                    name: "model.layers.0.mlp.up_proj.weight",
+                    data: &data,
+                    out_features: n,
+                    in_features: k,
+                    scale_dtype: store,
+                };
+                let want = Rtn { scheme }.quantize(&w).unwrap();
+                let got = b.quantize_rtn(&scheme, &w).unwrap();
+                assert!(
+                    got == want,
+                    "rtn {bits}-bit g{gs} sym={sym} store={store} differs on {}",
+                    b.name()
+                );
+                cases += 1;
+            }
+        }
+    }
+    // A scale that overflows f16 is the CPU's error, naming the tensor.
+    let big = vec![1e6f32; 8 * 64];
+    let w = Weight {
+        name: "layers.0.q",
+        data: &big,
+        out_features: 8,
+        in_features: 64,
+        scale_dtype: DType::F16,
+    };
+    let scheme = QuantScheme::new(4, 32, true).unwrap();
+    let err = b.quantize_rtn(&scheme, &w).unwrap_err();
+    assert!(err.to_string().contains("layers.0.q") && err.to_string().contains("overflows"));
+    report(&format!("rtn byte-identical ({cases} cases)"), b, 0.0, 0.0);
+}
+
 // ---------------------------------------------------------------- CPU and CUDA runs
 
 fn cuda() -> CudaBackend {
@@ -548,6 +601,68 @@ both! {
     gptq_body => gptq_cpu, gptq_cuda;
     attention_body => attention_cpu, attention_cuda;
     shape_errors_body => shape_errors_cpu, shape_errors_cuda;
+    rtn_body => rtn_cpu, rtn_cuda;
+}
+
+/// `quantize --method rtn --device cuda` writes the same model files, byte for byte, as the
+/// CPU path (tiny synthetic HunYuan model; manifest.json differs only in timings/command).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn quantize_rtn_on_cuda_is_byte_identical_to_cpu() {
+    use hy_quant::model::synth::{synth, Preset, SynthOptions};
+    use hy_quant::progress::Silent;
+    use hy_quant::quant::pipeline::{quantize_on, Method, QuantizeOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny");
+    synth(
+        &SynthOptions {
+            preset: Preset::Tiny,
+            dtype: DType::BF16,
+            seed: 5,
+            out: model.clone(),
+            force: false,
+        },
+        &Silent,
+    )
+    .unwrap();
+    let cpu = Device::Cpu(CpuBackend::new());
+    let gpu = Device::Cuda(Box::new(cuda()));
+    for (bits, gs, sym) in [(4u8, 128i64, true), (4, 32, false), (8, -1, true)] {
+        let files = |device: &Device, name: &str| {
+            let out = tmp.path().join(format!("{name}-{bits}-{gs}-{sym}"));
+            let opts = QuantizeOptions {
+                model: model.clone(),
+                out: out.clone(),
+                method: Method::Rtn,
+                scheme: QuantScheme::new(bits, gs, sym).unwrap(),
+                force: false,
+                max_shard_bytes: 5_000_000_000,
+                command: vec!["test".into()],
+            };
+            quantize_on(&opts, device, &Silent).unwrap();
+            let mut files = std::collections::BTreeMap::new();
+            for e in std::fs::read_dir(&out).unwrap() {
+                let p = e.unwrap().path();
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                if name != "manifest.json" {
+                    files.insert(name, std::fs::read(&p).unwrap());
+                }
+            }
+            files
+        };
+        let (a, b) = (files(&cpu, "cpu"), files(&gpu, "cuda"));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (name, bytes) in &a {
+            assert!(
+                bytes == &b[name],
+                "{name} differs ({bits}-bit g{gs} sym={sym})"
+            );
+        }
+        println!(
+            "quantize --device cuda {bits}-bit g{gs} sym={sym}: {} files byte-identical to the CPU's",
+            a.len()
+        );
+    }
 }
 
 /// CPU and CUDA agree with each other, not only with the host reference: a decode-shaped GPTQ

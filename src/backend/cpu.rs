@@ -7,6 +7,8 @@ use crate::backend::{
     check_len, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind, MemStats,
 };
 use crate::error::Result;
+use crate::quant::rtn::Rtn;
+use crate::quant::{QuantMethod, QuantScheme, QuantizedLinear, Weight};
 use crate::runner::forward::{attend, kv_head_of, rms_norm, silu, Rope};
 use crate::runner::weights::dot;
 
@@ -323,5 +325,9 @@ impl Backend for CpuBackend {
             attend(qh, kc, vc, positions[row] as usize + 1, kvd, off, scale, o);
         });
         Ok(())
+    }
+
+    fn quantize_rtn(&self, scheme: &QuantScheme, w: &Weight<'_>) -> Result<QuantizedLinear> {
+        Rtn { scheme: *scheme }.quantize(w)
     }
 }

@@ -20,7 +20,7 @@ use half::{bf16, f16};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::quant::QuantScheme;
+use crate::quant::{QuantScheme, QuantizedLinear, Weight};
 
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
@@ -355,6 +355,10 @@ pub trait Backend: Send + Sync {
         shape: &AttnShape,
         out: &mut Self::Buf<f32>,
     ) -> Result<()>;
+
+    /// Round-to-nearest quantization of one linear by `quant::rtn`'s rules (host weight in,
+    /// levels and group parameters out). Byte-identical on every backend.
+    fn quantize_rtn(&self, scheme: &QuantScheme, w: &Weight<'_>) -> Result<QuantizedLinear>;
 }
 
 pub(crate) fn runner_err(msg: impl Into<String>) -> Error {

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use crate::backend::{CpuBackend, Device};
 use crate::dtype::DType;
 use crate::error::{Error, IoContext, Result};
 use crate::export::gptq_v1;
@@ -20,7 +21,7 @@ use crate::manifest::{Manifest, PhaseTime, TensorRecord, MANIFEST_FILE};
 use crate::model::checkpoint::INDEX_FILE;
 use crate::model::Checkpoint;
 use crate::progress::Progress;
-use crate::quant::rtn::Rtn;
+use crate::quant::rtn::{Rtn, RtnOn};
 use crate::quant::stats::ErrorStats;
 use crate::quant::{QuantMethod, QuantScheme, Weight};
 
@@ -122,13 +123,26 @@ pub fn scale_dtype(model: DType) -> DType {
 }
 
 pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<QuantizeReport> {
+    quantize_on(opts, &Device::Cpu(CpuBackend::new()), progress)
+}
+
+/// `quantize` with the linears solved on `device` (output byte-identical to the CPU's).
+pub fn quantize_on(
+    opts: &QuantizeOptions,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<QuantizeReport> {
     let started = Instant::now();
     let mut timer = Timer::new();
     let ckpt = Checkpoint::open(&opts.model)?;
     ckpt.validate()?;
     let scale_dtype = scale_dtype(ckpt.model_dtype()?);
-    let method: Box<dyn QuantMethod> = match opts.method {
-        Method::Rtn => Box::new(Rtn {
+    let method: Box<dyn QuantMethod + '_> = match (opts.method, device) {
+        (Method::Rtn, Device::Cpu(_)) => Box::new(Rtn {
+            scheme: opts.scheme,
+        }),
+        (Method::Rtn, Device::Cuda(backend)) => Box::new(RtnOn {
+            backend: backend.as_ref(),
             scheme: opts.scheme,
         }),
     };

@@ -21,7 +21,10 @@ use cudarc::nvrtc::Ptx;
 use crate::backend::{
     check_len, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind, MemStats,
 };
+use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::quant::rtn::Rtn;
+use crate::quant::{QuantMethod, QuantScheme, QuantizedLinear, Weight};
 use compile::KernelFile;
 use probe::no_panic;
 
@@ -734,5 +737,66 @@ impl Backend for CudaBackend {
         // SAFETY: matches attention_f32 (4 warps); shapes checked above.
         unsafe { b.launch(cfg) }.map_err(Self::launch_err("attention_f32"))?;
         Ok(())
+    }
+
+    fn quantize_rtn(&self, scheme: &QuantScheme, w: &Weight<'_>) -> Result<QuantizedLinear> {
+        let (n, k) = (w.out_features, w.in_features);
+        scheme.check_shape(w.name, n, k)?;
+        check_len("quantize_rtn", w.name, w.data.len(), n * k)?;
+        let glen = scheme.group_len(k);
+        let groups = scheme.num_groups(k);
+        let store = match w.scale_dtype {
+            DType::F16 => 0u32,
+            DType::BF16 => 1,
+            DType::F32 => 2,
+            DType::I32 => {
+                return Err(Error::tensor(w.name, "scales cannot be stored as I32"));
+            }
+        };
+        let wd = self.upload(w.data)?;
+        let mut q = self.zeros::<u8>(n * k)?;
+        let mut scales = self.zeros::<f32>(groups * n)?;
+        let mut zeros = self.zeros::<u32>(groups * n)?;
+        let mut overflow = self.zeros::<u32>(1)?;
+        if n * k > 0 {
+            let f = self.func(&compile::RTN, "rtn_quantize")?;
+            let (n_u, k_u, gl, gr, bits, sym) = (
+                as_u32("out_features", n)?,
+                as_u32("in_features", k)?,
+                as_u32("group_len", glen)?,
+                as_u32("groups", groups)?,
+                scheme.bits as u32,
+                scheme.sym as u32,
+            );
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&wd.slice)
+                .arg(&mut q.slice)
+                .arg(&mut scales.slice)
+                .arg(&mut zeros.slice)
+                .arg(&mut overflow.slice)
+                .arg(&n_u)
+                .arg(&k_u)
+                .arg(&gl)
+                .arg(&gr)
+                .arg(&bits)
+                .arg(&sym)
+                .arg(&store);
+            // SAFETY: matches rtn_quantize: one warp per (row, group).
+            unsafe { b.launch(grid_1d((n * groups) as u64 * 32, 256)?) }
+                .map_err(Self::launch_err("rtn_quantize"))?;
+        }
+        if self.download(&overflow)?[0] != 0 {
+            // A scale overflows the store dtype: the CPU path names the group's scale.
+            return Rtn { scheme: *scheme }.quantize(w);
+        }
+        Ok(QuantizedLinear {
+            scheme: *scheme,
+            out_features: n,
+            in_features: k,
+            q: self.download(&q)?,
+            scales: self.download(&scales)?,
+            zeros: self.download(&zeros)?,
+            g_idx: (0..k).map(|i| (i / glen) as u32).collect(),
+        })
     }
 }
