@@ -110,3 +110,25 @@ extern "C" __global__ void kv_append_f32(const float* __restrict__ k, const floa
     kc[at] = k[idx];
     vc[at] = v[idx];
 }
+
+// x[i] += y[i]
+extern "C" __global__ void add_f32(float* __restrict__ x, const float* __restrict__ y, u64 n) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
+// x[r, j] += bias[j]
+extern "C" __global__ void add_bias_f32(float* __restrict__ x, const float* __restrict__ bias, u64 n, u32 cols) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += bias[i % cols];
+}
+
+// out[r] = x[idx[r]] (rows of `width`); rows outside x give NaN rows.
+extern "C" __global__ void gather_rows_f32(const float* __restrict__ x, const u32* __restrict__ idx,
+                                           float* __restrict__ out, u32 rows_out, u32 rows_in, u32 width) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)rows_out * width) return;
+    const u32 r = (u32)(i / width), j = (u32)(i % width);
+    const u32 src = idx[r];
+    out[i] = src < rows_in ? x[(u64)src * width + j] : __int_as_float(0x7fc00000);
+}

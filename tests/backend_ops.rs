@@ -315,15 +315,18 @@ fn sample_linear(
 }
 
 fn gptq_body<B: Backend>(b: &B) {
-    let (n, k) = (128usize, 512usize);
+    let n = 128usize;
     let mut worst = 0f64;
-    for (bits, gs, sym, act_order, kind) in [
-        (4u8, 128i64, true, false, HalfKind::BF16),
-        (4, 32, false, false, HalfKind::F16),
-        (4, -1, true, false, HalfKind::F16),
-        (4, 64, true, true, HalfKind::BF16),
-        (8, 128, true, false, HalfKind::F16),
-        (8, 32, false, true, HalfKind::BF16),
+    // k = 264 is not a multiple of 32: the GPU's prefill takes its CUDA-core fallback.
+    for (bits, gs, sym, act_order, kind, k) in [
+        (4u8, 128i64, true, false, HalfKind::BF16, 512usize),
+        (4, 32, false, false, HalfKind::F16, 512),
+        (4, -1, true, false, HalfKind::F16, 512),
+        (4, 64, true, true, HalfKind::BF16, 512),
+        (8, 128, true, false, HalfKind::F16, 512),
+        (8, 32, false, true, HalfKind::BF16, 512),
+        (4, 8, true, false, HalfKind::BF16, 264),
+        (8, 8, false, true, HalfKind::F16, 264),
     ] {
         let ql = sample_linear(bits, gs, sym, act_order, n, k, kind, bits as u64 * 31 + 7);
         let dtype = match kind {
@@ -510,6 +513,36 @@ fn shape_errors_body<B: Backend>(b: &B) {
     report("shape errors", b, 0.0, 0.0);
 }
 
+fn add_gather_body<B: Backend>(b: &B) {
+    let (rows, width) = (6usize, 100usize);
+    let x = randn(31, rows * width, 1.0);
+    let y = randn(32, rows * width, 1.0);
+    let bias = randn(33, width, 1.0);
+    let mut xd = b.upload(&x).unwrap();
+    b.add(&mut xd, &b.upload(&y).unwrap()).unwrap();
+    b.add_bias(&mut xd, &b.upload(&bias).unwrap()).unwrap();
+    let want: Vec<f32> = (0..rows * width)
+        .map(|i| x[i] + y[i] + bias[i % width])
+        .collect();
+    let got = b.download(&xd).unwrap();
+    assert_eq!(got, want, "add/add_bias on {}", b.name());
+    let idx = vec![5u32, 0, 5, 2];
+    let mut out = b.zeros::<f32>(idx.len() * width).unwrap();
+    b.gather_rows(&xd, width, &b.upload(&idx).unwrap(), &mut out)
+        .unwrap();
+    let want: Vec<f32> = idx
+        .iter()
+        .flat_map(|&r| got[r as usize * width..(r as usize + 1) * width].to_vec())
+        .collect();
+    assert_eq!(
+        b.download(&out).unwrap(),
+        want,
+        "gather_rows on {}",
+        b.name()
+    );
+    report("add, add_bias, gather_rows (exact)", b, 0.0, 0.0);
+}
+
 /// RTN through the backend is byte-identical to `quant::rtn::Rtn` on the CPU: levels, scales
 /// and zeros, every scheme and scale dtype, with planted edge cases (all-zero groups,
 /// all-positive groups whose asymmetric zero would be 0, exact .5 ties, outliers).
@@ -602,6 +635,7 @@ both! {
     attention_body => attention_cpu, attention_cuda;
     shape_errors_body => shape_errors_cpu, shape_errors_cuda;
     rtn_body => rtn_cpu, rtn_cuda;
+    add_gather_body => add_gather_cpu, add_gather_cuda;
 }
 
 /// `quantize --method rtn --device cuda` writes the same model files, byte for byte, as the
@@ -741,6 +775,29 @@ fn cuda_memory_is_counted() {
     println!("memory: before {before:?}\n        during {during:?}\n        after  {after:?}");
 }
 
+/// The kernels build with NVRTC for Hopper and Ampere; needs only libnvrtc (no GPU), e.g. the
+/// `nvidia-cuda-nvrtc` wheel's lib/ on LD_LIBRARY_PATH.
+#[test]
+#[ignore = "needs libnvrtc"]
+fn kernels_compile_with_nvrtc() {
+    let verbose = std::env::var_os("HY_QUANT_PTXAS_VERBOSE").is_some();
+    for cc in [(9, 0), (8, 0)] {
+        let extra: &[&str] = if verbose {
+            &["--ptxas-options=-v"]
+        } else {
+            &[]
+        };
+        let built = hy_quant::backend::cuda::compile::compile_all_with(cc, extra).unwrap();
+        for (name, size, log) in &built {
+            println!("sm_{}{} {name}: {size} bytes", cc.0, cc.1);
+            if verbose {
+                println!("{log}");
+            }
+        }
+        assert_eq!(built.len(), 4);
+    }
+}
+
 /// Without a driver (CI, this project's dev machines) `auto` falls back to the CPU with a
 /// reason and `cuda` is a clean error; with one, both open the GPU.
 #[test]
@@ -819,6 +876,18 @@ fn cuda_timings() {
             let fused = time(&mut || b.gemm_gptq(&x, &w, m, &mut out).unwrap());
             let mut out2 = b.zeros::<f32>(m * n).unwrap();
             let dense = time(&mut || b.gemm(&x, &deq, kind, m, n, k, &mut out2).unwrap());
+            // Full-size shapes are checked too: fused vs dequantize-then-cuBLAS.
+            let (f, d) = (b.download(&out).unwrap(), b.download(&out2).unwrap());
+            let scale = d.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let err = f
+                .iter()
+                .zip(&d)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                err <= 1e-4 * scale,
+                "w{bits} m={m}: fused vs cuBLAS max err {err} (scale {scale})"
+            );
             let gbs = w.bytes() as f64 / fused / 1e3;
             println!(
                 "timing gemm_gptq w{bits} {n}x{k} m={m:<4} fused {fused:8.1} us ({gbs:6.1} GB/s of packed weight, {:7.2} TFLOP/s) | cuBLAS bf16 on the dequantized weight {dense:8.1} us",

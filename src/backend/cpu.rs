@@ -330,4 +330,40 @@ impl Backend for CpuBackend {
     fn quantize_rtn(&self, scheme: &QuantScheme, w: &Weight<'_>) -> Result<QuantizedLinear> {
         Rtn { scheme: *scheme }.quantize(w)
     }
+
+    fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<()> {
+        check_len("add", "y", y.len(), x.len())?;
+        x.par_iter_mut()
+            .zip(y.par_iter())
+            .for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>) -> Result<()> {
+        rows_of("add_bias", "x", x.len(), bias.len())?;
+        x.par_chunks_mut(bias.len()).for_each(|row| {
+            row.iter_mut().zip(bias).for_each(|(a, b)| *a += b);
+        });
+        Ok(())
+    }
+
+    fn gather_rows(
+        &self,
+        x: &Vec<f32>,
+        width: usize,
+        rows: &Vec<u32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let rows_in = rows_of("gather_rows", "x", x.len(), width)?;
+        check_len("gather_rows", "out", out.len(), rows.len() * width)?;
+        for (dst, &r) in out.chunks_mut(width).zip(rows) {
+            if r as usize >= rows_in {
+                return Err(runner_err(format!(
+                    "gather_rows: row {r} of a {rows_in}-row input"
+                )));
+            }
+            dst.copy_from_slice(&x[r as usize * width..(r as usize + 1) * width]);
+        }
+        Ok(())
+    }
 }

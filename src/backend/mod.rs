@@ -356,6 +356,21 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Buf<f32>,
     ) -> Result<()>;
 
+    /// `x += y`, elementwise.
+    fn add(&self, x: &mut Self::Buf<f32>, y: &Self::Buf<f32>) -> Result<()>;
+
+    /// `x[r, j] += bias[j]` for every row of `x` ([rows, bias.len()]).
+    fn add_bias(&self, x: &mut Self::Buf<f32>, bias: &Self::Buf<f32>) -> Result<()>;
+
+    /// `out[r] = x[rows[r]]`, rows of length `width`.
+    fn gather_rows(
+        &self,
+        x: &Self::Buf<f32>,
+        width: usize,
+        rows: &Self::Buf<u32>,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
     /// Round-to-nearest quantization of one linear by `quant::rtn`'s rules (host weight in,
     /// levels and group parameters out). Byte-identical on every backend.
     fn quantize_rtn(&self, scheme: &QuantScheme, w: &Weight<'_>) -> Result<QuantizedLinear>;

@@ -47,6 +47,39 @@ impl KernelFile {
     }
 }
 
+/// Every kernel file.
+pub(crate) const ALL: [KernelFile; 4] = [ELEMENTWISE, ATTENTION, GPTQ, RTN];
+
+/// Compiles every kernel file for compute capability `cc` without a GPU or a cache (only
+/// libnvrtc is needed): a check that the sources build, and the cubin sizes.
+pub fn compile_all(cc: (i32, i32)) -> Result<Vec<(&'static str, usize)>> {
+    compile_all_with(cc, &[]).map(|v| v.into_iter().map(|(n, s, _)| (n, s)).collect())
+}
+
+/// `compile_all` with extra NVRTC options (e.g. `--ptxas-options=-v`), returning each file's
+/// compiler log too.
+pub fn compile_all_with(
+    cc: (i32, i32),
+    extra: &[&str],
+) -> Result<Vec<(&'static str, usize, String)>> {
+    let libs = super::probe::libraries();
+    if !libs.nvrtc {
+        return Err(Error::cuda(
+            "libnvrtc.so could not be loaded; put it on LD_LIBRARY_PATH or point CUDA_PATH at a CUDA toolkit",
+        ));
+    }
+    super::probe::no_panic("NVRTC", || {
+        let nvrtc = nvrtc_version()?;
+        let include = cuda_include_dir();
+        ALL.iter()
+            .map(|f| {
+                let (bin, log) = compile_logged(f, cc, nvrtc, include.as_deref(), extra)?;
+                Ok((f.name, bin.len(), log))
+            })
+            .collect()
+    })
+}
+
 /// NVRTC's version (major, minor).
 pub(crate) fn nvrtc_version() -> Result<(i32, i32)> {
     let (mut major, mut minor): (c_int, c_int) = (0, 0);
@@ -175,13 +208,24 @@ fn compile(
     nvrtc_ver: (i32, i32),
     include: Option<&Path>,
 ) -> Result<Vec<u8>> {
+    compile_logged(file, cc, nvrtc_ver, include, &[]).map(|(bin, _)| bin)
+}
+
+fn compile_logged(
+    file: &KernelFile,
+    cc: (i32, i32),
+    nvrtc_ver: (i32, i32),
+    include: Option<&Path>,
+    extra: &[&str],
+) -> Result<(Vec<u8>, String)> {
     let src = CString::new(file.full_source())
         .map_err(|_| Error::cuda(format!("kernels/{}.cu contains a NUL byte", file.name)))?;
     let name = CString::new(format!("{}.cu", file.name))
         .map_err(|_| Error::cuda("kernel name contains a NUL byte"))?;
     let prog = nvrtc::create_program(&src, Some(&name))
         .map_err(|e| Error::cuda(format!("nvrtcCreateProgram({}.cu): {e:?}", file.name)))?;
-    let opts = options(cc, include);
+    let mut opts = options(cc, include);
+    opts.extend(extra.iter().map(|o| o.to_string()));
     // SAFETY: `prog` is a live program; the options are plain strings.
     let compiled = unsafe { nvrtc::compile_program(prog, &opts) };
     let result = match compiled {
@@ -216,7 +260,13 @@ fn compile(
                 log.trim()
             )))
         }
-        Ok(()) => get_cubin(prog, file.name),
+        Ok(()) => get_cubin(prog, file.name).map(|bin| {
+            // SAFETY: `prog` is live.
+            let log = unsafe { nvrtc::get_program_log(prog) }
+                .map(|l| c_buf_to_string(&l))
+                .unwrap_or_default();
+            (bin, log)
+        }),
     };
     // SAFETY: `prog` is live and not used after this.
     let _ = unsafe { nvrtc::destroy_program(prog) };

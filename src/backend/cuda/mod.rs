@@ -93,6 +93,7 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     cc: (i32, i32),
+    sm_count: u32,
     device_name: String,
     total_mem: u64,
     cache_dir: Option<PathBuf>,
@@ -142,6 +143,13 @@ impl CudaBackend {
             let ctx = drv("cuCtx (primary context)", CudaContext::new(opts.ordinal))?;
             let cc = drv("compute capability", ctx.compute_capability())?;
             let device_name = drv("device name", ctx.name())?;
+            let sm_count = drv(
+                "multiprocessor count",
+                ctx.attribute(
+                    cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                ),
+            )?
+            .max(1) as u32;
             let (free, total) = drv("cuMemGetInfo", ctx.mem_get_info())?;
             let stream = ctx.default_stream();
             let blas = CudaBlas::new(stream.clone())
@@ -153,6 +161,7 @@ impl CudaBackend {
                 stream,
                 blas,
                 cc,
+                sm_count,
                 device_name,
                 total_mem: total as u64,
                 cache_dir: opts
@@ -180,12 +189,7 @@ impl CudaBackend {
 
     /// Compiles (or loads from the cache) every kernel file now, so timings exclude it.
     pub fn warm_up(&self) -> Result<()> {
-        for f in [
-            compile::ELEMENTWISE,
-            compile::ATTENTION,
-            compile::GPTQ,
-            compile::RTN,
-        ] {
+        for f in compile::ALL {
             self.module(&f)?;
         }
         Ok(())
@@ -220,6 +224,24 @@ impl CudaBackend {
         let slice = drv(
             &format!("allocating {} bytes", len.max(1) * std::mem::size_of::<T>()),
             self.stream.alloc_zeros::<T>(len.max(1)),
+        )?;
+        let buf = CudaBuf {
+            slice,
+            len,
+            tracker: self.tracker.clone(),
+        };
+        let free = self.ctx.mem_get_info().ok().map(|(f, _)| f as u64);
+        self.tracker.alloc(buf.bytes(), free);
+        Ok(buf)
+    }
+
+    /// Uninitialized device memory (every element is written before it is read), counted
+    /// like any other buffer.
+    fn scratch<T: Elem>(&self, len: usize) -> Result<CudaBuf<T>> {
+        // SAFETY: callers write every element before reading it.
+        let slice = drv(
+            &format!("allocating {} bytes", len.max(1) * std::mem::size_of::<T>()),
+            unsafe { self.stream.alloc::<T>(len.max(1)) },
         )?;
         let buf = CudaBuf {
             slice,
@@ -547,14 +569,35 @@ impl Backend for CudaBackend {
         );
         let null: u64 = 0;
         if m <= 16 {
+            // Split K so that about two blocks per multiprocessor are busy, and so that each
+            // slice's activations fit in 32 KiB of shared memory.
             let mb = m.next_power_of_two();
+            let pf = 32 / bits as usize;
+            let words = k / pf;
+            let col_tiles = n.div_ceil(128);
+            let by_parallelism = (2 * self.sm_count as usize).div_ceil(col_tiles);
+            let by_memory = k.div_ceil(8192 / mb);
+            let splits = by_parallelism.max(by_memory).clamp(1, words.max(1));
+            let rows_per_split = words.div_ceil(splits).max(1);
+            let splits = words.div_ceil(rows_per_split).max(1);
+            let smem = (mb * rows_per_split * pf * 4).max(4 * mb * 128 * 4);
+            let mut part = if splits > 1 {
+                Some(self.scratch::<f32>(splits * m * n)?)
+            } else {
+                None
+            };
             let name = format!("gptq_gemv_w{bits}_m{mb}");
             let f = self.func(&compile::GPTQ, &name)?;
             let cfg = LaunchConfig {
-                grid_dim: (n_u.div_ceil(32), 1, 1),
-                block_dim: (8 * 32, 1, 1),
-                shared_mem_bytes: 0,
+                grid_dim: (
+                    as_u32("column tiles", col_tiles)?,
+                    as_u32("splits", splits)?,
+                    1,
+                ),
+                block_dim: (4 * 32, 1, 1),
+                shared_mem_bytes: as_u32("shared memory", smem)?,
             };
+            let rps = as_u32("rows per split", rows_per_split)?;
             let mut b = self.stream.launch_builder(&f);
             b.arg(&x.slice)
                 .arg(&w.qweight.slice)
@@ -564,19 +607,40 @@ impl Backend for CudaBackend {
                 Some(g) => b.arg(&g.slice),
                 None => b.arg(&null),
             };
-            b.arg(&mut out.slice)
-                .arg(&m_u)
+            match &mut part {
+                Some(p) => b.arg(&mut p.slice),
+                None => b.arg(&mut out.slice),
+            };
+            b.arg(&m_u)
                 .arg(&n_u)
                 .arg(&k_u)
                 .arg(&gl)
-                .arg(&kind);
-            // SAFETY: matches gptq_gemv_w{bits}_m{mb}; shapes checked at upload and above.
+                .arg(&kind)
+                .arg(&rps);
+            // SAFETY: matches gptq_gemv_w{bits}_m{mb}; shapes checked at upload and above;
+            // the partial buffer holds splits x m x n floats.
             unsafe { b.launch(cfg) }.map_err(Self::launch_err(&name))?;
+            if let Some(p) = &part {
+                let f = self.func(&compile::GPTQ, "gptq_splitk_reduce")?;
+                let (sp, len) = (as_u32("splits", splits)?, (m * n) as u64);
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&p.slice).arg(&mut out.slice).arg(&sp).arg(&len);
+                // SAFETY: matches gptq_splitk_reduce.
+                unsafe { b.launch(grid_1d(len, 256)?) }
+                    .map_err(Self::launch_err("gptq_splitk_reduce"))?;
+            }
         } else {
-            let f = self.func(&compile::GPTQ, "gptq_gemm")?;
+            // Tensor cores when K is a multiple of 32, else the CUDA-core kernel.
+            let mma = k % 32 == 0;
+            let (name, tile, threads) = if mma {
+                ("gptq_gemm_mma", 64, 128)
+            } else {
+                ("gptq_gemm", 64, 256)
+            };
+            let f = self.func(&compile::GPTQ, name)?;
             let cfg = LaunchConfig {
-                grid_dim: (n_u.div_ceil(64), m_u.div_ceil(64), 1),
-                block_dim: (256, 1, 1),
+                grid_dim: (n_u.div_ceil(tile), m_u.div_ceil(tile), 1),
+                block_dim: (threads, 1, 1),
                 shared_mem_bytes: 0,
             };
             let mut b = self.stream.launch_builder(&f);
@@ -595,8 +659,8 @@ impl Backend for CudaBackend {
                 .arg(&gl)
                 .arg(&bits)
                 .arg(&kind);
-            // SAFETY: matches gptq_gemm.
-            unsafe { b.launch(cfg) }.map_err(Self::launch_err("gptq_gemm"))?;
+            // SAFETY: both kernels take these arguments; shapes checked above.
+            unsafe { b.launch(cfg) }.map_err(Self::launch_err(name))?;
         }
         Ok(())
     }
@@ -736,6 +800,65 @@ impl Backend for CudaBackend {
             .arg(&scale);
         // SAFETY: matches attention_f32 (4 warps); shapes checked above.
         unsafe { b.launch(cfg) }.map_err(Self::launch_err("attention_f32"))?;
+        Ok(())
+    }
+
+    fn add(&self, x: &mut CudaBuf<f32>, y: &CudaBuf<f32>) -> Result<()> {
+        check_len("add", "y", y.len, x.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "add_f32")?;
+        let n = x.len as u64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.slice).arg(&y.slice).arg(&n);
+        // SAFETY: matches add_f32.
+        unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("add_f32"))?;
+        Ok(())
+    }
+
+    fn add_bias(&self, x: &mut CudaBuf<f32>, bias: &CudaBuf<f32>) -> Result<()> {
+        rows_of("add_bias", "x", x.len, bias.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "add_bias_f32")?;
+        let (n, cols) = (x.len as u64, as_u32("bias length", bias.len)?);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.slice).arg(&bias.slice).arg(&n).arg(&cols);
+        // SAFETY: matches add_bias_f32.
+        unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("add_bias_f32"))?;
+        Ok(())
+    }
+
+    fn gather_rows(
+        &self,
+        x: &CudaBuf<f32>,
+        width: usize,
+        rows: &CudaBuf<u32>,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        let rows_in = rows_of("gather_rows", "x", x.len, width)?;
+        check_len("gather_rows", "out", out.len, rows.len * width)?;
+        if out.len == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "gather_rows_f32")?;
+        let (ro, ri, w) = (
+            as_u32("rows", rows.len)?,
+            as_u32("rows", rows_in)?,
+            as_u32("width", width)?,
+        );
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.slice)
+            .arg(&rows.slice)
+            .arg(&mut out.slice)
+            .arg(&ro)
+            .arg(&ri)
+            .arg(&w);
+        // SAFETY: matches gather_rows_f32.
+        unsafe { b.launch(grid_1d(out.len as u64, 256)?) }
+            .map_err(Self::launch_err("gather_rows_f32"))?;
         Ok(())
     }
 
