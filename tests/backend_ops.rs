@@ -543,6 +543,112 @@ fn add_gather_body<B: Backend>(b: &B) {
     report("add, add_bias, gather_rows (exact)", b, 0.0, 0.0);
 }
 
+/// The decoder on the backend (`runner::backend_model`) against the CPU reference runner
+/// (f32 activations) and against itself on the CPU backend, full precision and GPTQ int4, with
+/// batched greedy decoding and slot refill (3 prompts, 2 slots).
+fn runner_body<B: Backend>(b: &B) {
+    use hy_quant::model::synth::{synth, Preset, SynthOptions};
+    use hy_quant::model::Checkpoint;
+    use hy_quant::progress::Silent;
+    use hy_quant::quant::pipeline::{quantize, Method, QuantizeOptions};
+    use hy_quant::runner::backend_model::{generate_on, BackendModel};
+    use hy_quant::runner::{generate, GenerateOptions, Model};
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = tmp.path().join("tiny");
+    synth(
+        &SynthOptions {
+            preset: Preset::Tiny,
+            dtype: DType::BF16,
+            seed: 5,
+            out: fp.clone(),
+            force: false,
+        },
+        &Silent,
+    )
+    .unwrap();
+    let q4 = tmp.path().join("q4");
+    quantize(
+        &QuantizeOptions {
+            model: fp.clone(),
+            out: q4.clone(),
+            method: Method::Rtn,
+            scheme: QuantScheme::new(4, 32, true).unwrap(),
+            force: false,
+            max_shard_bytes: 5_000_000_000,
+            command: vec!["test".into()],
+        },
+        &Silent,
+    )
+    .unwrap();
+    let mut r = SplitMix64(77);
+    let prompts: Vec<Vec<u32>> = [5usize, 9, 3]
+        .iter()
+        .map(|&n| (0..n).map(|_| (r.next_u64() % 1024) as u32).collect())
+        .collect();
+    let opts = GenerateOptions {
+        max_new_tokens: 6,
+        max_batch: 2,
+        stop_ids: Vec::new(),
+        keep_first_logits: true,
+    };
+    let rel = |a: &[f32], w: &[f32]| -> f64 {
+        let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        a.iter()
+            .zip(w)
+            .map(|(x, y)| (x - y).abs() as f64)
+            .fold(0.0, f64::max)
+            / scale
+    };
+    let mut worst_vs_ref = 0f64;
+    let mut worst_vs_cpu_backend = 0f64;
+    for dir in [&fp, &q4] {
+        let reference = Model::load(&Checkpoint::open(dir).unwrap()).unwrap();
+        let (want, _) = generate(&reference, &prompts, &opts).unwrap();
+        let model = BackendModel::load(b, &Checkpoint::open(dir).unwrap()).unwrap();
+        assert!(model.weight_bytes > 0);
+        let (got, stats, kv_bytes) = generate_on(b, &model, &prompts, &opts).unwrap();
+        assert_eq!(stats.generated_tokens, 18);
+        assert!(kv_bytes > 0);
+        let cpu = CpuBackend::new();
+        let cpu_model = BackendModel::load(&cpu, &Checkpoint::open(dir).unwrap()).unwrap();
+        let (on_cpu, _, _) = generate_on(&cpu, &cpu_model, &prompts, &opts).unwrap();
+        let one_at_a_time = GenerateOptions {
+            max_batch: 1,
+            ..opts.clone()
+        };
+        let (sequential, _, _) = generate_on(&cpu, &cpu_model, &prompts, &one_at_a_time).unwrap();
+        let mut same_tokens = 0;
+        for i in 0..prompts.len() {
+            // Batching and slot reuse do not change the CPU backend's results at all.
+            assert_eq!(on_cpu[i].token_ids, sequential[i].token_ids, "prompt {i}");
+            let g = got[i].first_logits.as_ref().unwrap();
+            worst_vs_ref = worst_vs_ref.max(rel(g, want[i].first_logits.as_ref().unwrap()));
+            worst_vs_cpu_backend =
+                worst_vs_cpu_backend.max(rel(g, on_cpu[i].first_logits.as_ref().unwrap()));
+            same_tokens += got[i]
+                .token_ids
+                .iter()
+                .zip(&on_cpu[i].token_ids)
+                .take_while(|(a, b)| a == b)
+                .count();
+        }
+        println!(
+            "runner {} on {}: weights {} B, KV cache {kv_bytes} B, greedy tokens equal to the CPU backend's (prefix) {same_tokens}/18",
+            dir.file_name().unwrap().to_string_lossy(),
+            b.name(),
+            model.weight_bytes
+        );
+    }
+    report(
+        "runner first logits vs CPU backend",
+        b,
+        worst_vs_cpu_backend,
+        1e-3,
+    );
+    // 16-bit linear inputs vs the reference runner's f32 activations.
+    report("runner first logits vs f32 runner", b, worst_vs_ref, 5e-2);
+}
+
 /// RTN through the backend is byte-identical to `quant::rtn::Rtn` on the CPU: levels, scales
 /// and zeros, every scheme and scale dtype, with planted edge cases (all-zero groups,
 /// all-positive groups whose asymmetric zero would be 0, exact .5 ties, outliers).
@@ -636,6 +742,7 @@ both! {
     shape_errors_body => shape_errors_cpu, shape_errors_cuda;
     rtn_body => rtn_cpu, rtn_cuda;
     add_gather_body => add_gather_cpu, add_gather_cuda;
+    runner_body => runner_cpu, runner_cuda;
 }
 
 /// `quantize --method rtn --device cuda` writes the same model files, byte for byte, as the
