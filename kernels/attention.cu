@@ -11,10 +11,16 @@
 #define ATT_WARPS 4
 #define ATT_MAX_CHUNKS 8
 
+// Keys [split * chunk, (split + 1) * chunk) of the row's context, split = blockIdx.z. With one
+// split (gridDim.z == 1) the block writes the normalized output to `out`; with several it
+// writes its running max, sum and unnormalized weighted values to `part`
+// [rows, heads, splits, head_dim + 2] and attention_merge_f32 combines the splits in order
+// (split-K over the context for decode rows, as flash-decoding does).
 extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_f32(const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc,
               const u32* __restrict__ slots, const u32* __restrict__ pos, float* __restrict__ out,
-              u32 heads, u32 kv_heads, u32 head_dim, u32 max_len, u32 n_slots, float scale) {
+              float* __restrict__ part, u32 heads, u32 kv_heads, u32 head_dim, u32 max_len,
+              u32 n_slots, float scale, u32 chunk) {
     __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
     __shared__ float sacc[ATT_WARPS][256];
     const u32 h = blockIdx.x, r = blockIdx.y;
@@ -36,7 +42,9 @@ attention_f32(const float* __restrict__ q, const float* __restrict__ kc, const f
         acc[c] = 0.0f;
     }
     float m = -__int_as_float(0x7f800000), l = 0.0f;
-    for (u32 j = warp; j < ctx; j += ATT_WARPS) {
+    const u32 split = blockIdx.z, splits = gridDim.z;
+    const u32 j_end = min(ctx, (split + 1) * chunk);
+    for (u32 j = split * chunk + warp; j < j_end; j += ATT_WARPS) {
         const float* kr = kc + base + (u64)j * kvd;
         const float* vr = vc + base + (u64)j * kvd;
         float d = 0.0f;
@@ -67,10 +75,47 @@ attention_f32(const float* __restrict__ q, const float* __restrict__ kc, const f
         wt[w] = sl[w] > 0.0f ? expf(sm[w] - big) : 0.0f;
         total += sl[w] * wt[w];
     }
-    float* o = out + (u64)r * qd + (u64)h * head_dim;
+    if (splits == 1) {
+        float* o = out + (u64)r * qd + (u64)h * head_dim;
+        for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) {
+            float v = 0.0f;
+            for (u32 w = 0; w < ATT_WARPS; ++w) v += sacc[w][d] * wt[w];
+            o[d] = total > 0.0f ? v / total : 0.0f;
+        }
+    } else {
+        float* p = part + (((u64)r * heads + h) * splits + split) * (head_dim + 2);
+        if (threadIdx.x == 0) {
+            p[0] = big;
+            p[1] = total;
+        }
+        for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) {
+            float v = 0.0f;
+            for (u32 w = 0; w < ATT_WARPS; ++w) v += sacc[w][d] * wt[w];
+            p[2 + d] = v;
+        }
+    }
+}
+
+// One block per (head, row): combines the splits of attention_f32 in split order.
+extern "C" __global__ void attention_merge_f32(const float* __restrict__ part, float* __restrict__ out,
+                                               u32 heads, u32 head_dim, u32 splits) {
+    const u32 h = blockIdx.x, r = blockIdx.y;
+    const float* p = part + ((u64)r * heads + h) * splits * (head_dim + 2);
+    float big = -__int_as_float(0x7f800000);
+    for (u32 s = 0; s < splits; ++s)
+        if (p[s * (head_dim + 2) + 1] > 0.0f) big = fmaxf(big, p[s * (head_dim + 2)]);
+    float total = 0.0f;
+    for (u32 s = 0; s < splits; ++s) {
+        const float l = p[s * (head_dim + 2) + 1];
+        if (l > 0.0f) total += l * expf(p[s * (head_dim + 2)] - big);
+    }
+    float* o = out + (u64)r * heads * head_dim + (u64)h * head_dim;
     for (u32 d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float v = 0.0f;
-        for (u32 w = 0; w < ATT_WARPS; ++w) v += sacc[w][d] * wt[w];
+        for (u32 s = 0; s < splits; ++s) {
+            const float l = p[s * (head_dim + 2) + 1];
+            if (l > 0.0f) v += p[s * (head_dim + 2) + 2 + d] * expf(p[s * (head_dim + 2)] - big);
+        }
         o[d] = total > 0.0f ? v / total : 0.0f;
     }
 }

@@ -141,6 +141,10 @@ impl CudaBackend {
         }
         no_panic("opening the CUDA device", || {
             let ctx = drv("cuCtx (primary context)", CudaContext::new(opts.ordinal))?;
+            // SAFETY: every buffer of this backend lives on its one stream, so cudarc's
+            // cross-stream event bookkeeping (an event record/wait per kernel argument) buys
+            // nothing; turned off before the first allocation.
+            unsafe { ctx.disable_event_tracking() };
             let cc = drv("compute capability", ctx.compute_capability())?;
             let device_name = drv("device name", ctx.name())?;
             let sm_count = drv(
@@ -230,9 +234,29 @@ impl CudaBackend {
             len,
             tracker: self.tracker.clone(),
         };
-        let free = self.ctx.mem_get_info().ok().map(|(f, _)| f as u64);
-        self.tracker.alloc(buf.bytes(), free);
+        self.tracker
+            .alloc(buf.bytes(), self.free_memory_if_large(buf.bytes()));
         Ok(buf)
+    }
+
+    /// cuMemGetInfo costs a driver round trip: sampled for allocations of 1 MiB and more,
+    /// which is where the peak comes from.
+    fn free_memory_if_large(&self, bytes: u64) -> Option<u64> {
+        (bytes >= 1 << 20)
+            .then(|| self.ctx.mem_get_info().ok().map(|(f, _)| f as u64))
+            .flatten()
+    }
+
+    /// Device time of the work `f` queues, in milliseconds (CUDA events around it).
+    pub fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f32> {
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = drv("cuEventCreate", self.ctx.new_event(flags))?;
+        let end = drv("cuEventCreate", self.ctx.new_event(flags))?;
+        drv("cuEventRecord", start.record(&self.stream))?;
+        f()?;
+        drv("cuEventRecord", end.record(&self.stream))?;
+        drv("cuEventSynchronize", end.synchronize())?;
+        drv("cuEventElapsedTime", start.elapsed_ms(&end))
     }
 
     /// Uninitialized device memory (every element is written before it is read), counted
@@ -248,8 +272,8 @@ impl CudaBackend {
             len,
             tracker: self.tracker.clone(),
         };
-        let free = self.ctx.mem_get_info().ok().map(|(f, _)| f as u64);
-        self.tracker.alloc(buf.bytes(), free);
+        self.tracker
+            .alloc(buf.bytes(), self.free_memory_if_large(buf.bytes()));
         Ok(buf)
     }
 
@@ -780,26 +804,61 @@ impl Backend for CudaBackend {
             as_u32("slots", n_slots)?,
         );
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        // Split the context when (heads x rows) blocks alone would leave multiprocessors idle:
+        // chunks of at least 256 keys, about four blocks per multiprocessor in all.
+        let blocks = shape.heads * rows;
+        let by_parallelism = (4 * self.sm_count as usize).div_ceil(blocks);
+        let splits = by_parallelism.min(shape.max_len.div_ceil(256)).max(1);
+        let chunk = as_u32("chunk", shape.max_len.div_ceil(splits))?;
+        let mut part = if splits > 1 {
+            Some(self.scratch::<f32>(rows * shape.heads * splits * (shape.head_dim + 2))?)
+        } else {
+            None
+        };
         let cfg = LaunchConfig {
-            grid_dim: (heads, rows as u32, 1),
+            grid_dim: (heads, rows as u32, as_u32("splits", splits)?),
             block_dim: (4 * 32, 1, 1),
             shared_mem_bytes: 0,
         };
+        let null: u64 = 0;
         let mut b = self.stream.launch_builder(&f);
         b.arg(&q.slice)
             .arg(&k_cache.slice)
             .arg(&v_cache.slice)
             .arg(&slots.slice)
             .arg(&positions.slice)
-            .arg(&mut out.slice)
-            .arg(&heads)
+            .arg(&mut out.slice);
+        match &mut part {
+            Some(p) => b.arg(&mut p.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&heads)
             .arg(&kvh)
             .arg(&hd)
             .arg(&ml)
             .arg(&ns)
-            .arg(&scale);
-        // SAFETY: matches attention_f32 (4 warps); shapes checked above.
+            .arg(&scale)
+            .arg(&chunk);
+        // SAFETY: matches attention_f32 (4 warps); shapes checked above; `part` holds
+        // rows x heads x splits x (head_dim + 2) floats when there are several splits.
         unsafe { b.launch(cfg) }.map_err(Self::launch_err("attention_f32"))?;
+        if let Some(p) = &part {
+            let f = self.func(&compile::ATTENTION, "attention_merge_f32")?;
+            let sp = as_u32("splits", splits)?;
+            let cfg = LaunchConfig {
+                grid_dim: (heads, rows as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p.slice)
+                .arg(&mut out.slice)
+                .arg(&heads)
+                .arg(&hd)
+                .arg(&sp);
+            // SAFETY: matches attention_merge_f32.
+            unsafe { b.launch(cfg) }.map_err(Self::launch_err("attention_merge_f32"))?;
+        }
         Ok(())
     }
 
