@@ -102,6 +102,9 @@ struct EvalArgs {
     out: PathBuf,
     #[arg(long)]
     json: bool,
+    /// cpu (the f32 reference runner), cuda (the GPU runner; adds the VRAM report), or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -133,6 +136,10 @@ struct TranslateArgs {
     /// Print one JSON object per segment.
     #[arg(long)]
     json: bool,
+    /// cpu (the f32 reference runner), cuda (the GPU runner: 16-bit linear inputs), or auto
+    /// (CUDA when a driver and GPU are usable, else the CPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Text to translate (one or more segments).
     text: Vec<String>,
 }
@@ -308,16 +315,21 @@ fn run_translate(a: TranslateArgs) -> Result<()> {
     }
     let model = resolve_model(&a.model)?;
     let t0 = std::time::Instant::now();
-    let mut tr = Translator::load(&model)?;
+    let selection = Device::select(a.device.parse::<DeviceChoice>()?)?;
+    if let Some(note) = &selection.note {
+        eprintln!("{note}");
+    }
+    let mut tr = Translator::load_on(&model, selection.device)?;
     eprintln!(
-        "loaded {} ({:?}, {}, {:.2} GB of weights) in {:.1}s",
+        "loaded {} ({:?}, {}, {:.2} GB of weights on {}) in {:.1}s",
         model.display(),
-        tr.model.kind,
-        tr.model
-            .quant
+        tr.engine.kind(),
+        tr.engine
+            .quant()
             .map(|q| q.to_string())
             .unwrap_or_else(|| "full precision".into()),
-        tr.model.weight_bytes() as f64 / 1e9,
+        tr.engine.weight_bytes() as f64 / 1e9,
+        tr.engine.device_name(),
         t0.elapsed().as_secs_f64()
     );
     tr.options.max_new_tokens = a.max_new_tokens;
@@ -382,8 +394,12 @@ fn run(cli: Cli) -> Result<bool> {
                 bootstrap_samples: a.bootstrap,
                 seed: a.seed,
                 out_dir: a.out.clone(),
+                device: a.device.parse()?,
             };
             let report = hy_quant::eval::run::eval(&opts, &Console::new())?;
+            if let Some(note) = &report.device_note {
+                eprintln!("{note}");
+            }
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -266,5 +266,16 @@ fn device_flag_is_checked_and_cuda_without_a_gpu_is_a_clean_error() {
         ]);
         assert_eq!(code, 0, "{err}");
         assert_eq!(err.matches("using the CPU backend").count(), 1, "{err}");
+        // translate asks for the device before it loads anything.
+        let (code, _, err) = run(&[
+            "translate",
+            "--model",
+            c.model.to_str().unwrap(),
+            "--device",
+            "cuda",
+            "hello",
+        ]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("cuda: ") && !err.contains("panicked"), "{err}");
     }
 }
