@@ -81,6 +81,10 @@ pub enum Error {
     /// A partial output that `--resume` cannot continue.
     #[error("{path}: cannot resume: {msg}")]
     Resume { path: PathBuf, msg: String },
+
+    /// The CUDA backend: driver or libraries missing, no GPU, a failed call or kernel build.
+    #[error("cuda: {msg}")]
+    Cuda { msg: String },
 }
 
 impl Error {
@@ -103,6 +107,10 @@ impl Error {
             path: path.into(),
             msg: msg.into(),
         }
+    }
+
+    pub(crate) fn cuda(msg: impl Into<String>) -> Self {
+        Error::Cuda { msg: msg.into() }
     }
 
     pub(crate) fn flag(flag: impl Into<String>, msg: impl Into<String>) -> Self {

@@ -5,6 +5,7 @@
 //! `quant` (methods, layer-streaming pipeline) -> `export` (file formats) -> `io` (staged,
 //! hashed output) + `manifest`; `eval` scores translations.
 
+pub mod backend;
 pub mod calib;
 pub mod convert;
 pub mod dequantize;

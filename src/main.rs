@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use hy_quant::backend::{Device, DeviceChoice};
 use hy_quant::calib::CalibOptions;
 use hy_quant::dtype::DType;
 use hy_quant::model::hub::resolve_model;
@@ -104,6 +105,9 @@ struct EvalArgs {
     out: PathBuf,
     #[arg(long)]
     json: bool,
+    /// cpu (the f32 reference runner), cuda (the GPU runner; adds the VRAM report), or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -135,6 +139,10 @@ struct TranslateArgs {
     /// Print one JSON object per segment.
     #[arg(long)]
     json: bool,
+    /// cpu (the f32 reference runner), cuda (the GPU runner: 16-bit linear inputs), or auto
+    /// (CUDA when a driver and GPU are usable, else the CPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Text to translate (one or more segments).
     text: Vec<String>,
 }
@@ -196,6 +204,10 @@ struct QuantizeArgs {
     /// GPTQ: continue an interrupted run of the same command from its last finished layer.
     #[arg(long)]
     resume: bool,
+    /// Where the linears are quantized: cpu, cuda, or auto (CUDA when a driver and GPU are
+    /// usable, else the CPU). The output is byte-identical either way.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -287,7 +299,16 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
         }
         .into());
     }
-    let report = pipeline::quantize(&opts, &Console::new())?;
+    let mut choice = a.device.parse::<DeviceChoice>()?;
+    if opts.method == Method::Gptq && choice == DeviceChoice::Auto {
+        // GPTQ has no CUDA path yet: auto means the CPU for it.
+        choice = DeviceChoice::Cpu;
+    }
+    let selection = Device::select(choice)?;
+    if let Some(note) = &selection.note {
+        eprintln!("{note}");
+    }
+    let report = pipeline::quantize_on(&opts, &selection.device, &Console::new())?;
     let m = &report.manifest;
     if a.json {
         let worst = m
@@ -394,16 +415,21 @@ fn run_translate(a: TranslateArgs) -> Result<()> {
     }
     let model = resolve_model(&a.model)?;
     let t0 = std::time::Instant::now();
-    let mut tr = Translator::load(&model)?;
+    let selection = Device::select(a.device.parse::<DeviceChoice>()?)?;
+    if let Some(note) = &selection.note {
+        eprintln!("{note}");
+    }
+    let mut tr = Translator::load_on(&model, selection.device)?;
     eprintln!(
-        "loaded {} ({:?}, {}, {:.2} GB of weights) in {:.1}s",
+        "loaded {} ({:?}, {}, {:.2} GB of weights on {}) in {:.1}s",
         model.display(),
-        tr.model.kind,
-        tr.model
-            .quant
+        tr.engine.kind(),
+        tr.engine
+            .quant()
             .map(|q| q.to_string())
             .unwrap_or_else(|| "full precision".into()),
-        tr.model.weight_bytes() as f64 / 1e9,
+        tr.engine.weight_bytes() as f64 / 1e9,
+        tr.engine.device_name(),
         t0.elapsed().as_secs_f64()
     );
     tr.options.max_new_tokens = a.max_new_tokens;
@@ -468,8 +494,12 @@ fn run(cli: Cli) -> Result<bool> {
                 bootstrap_samples: a.bootstrap,
                 seed: a.seed,
                 out_dir: a.out.clone(),
+                device: a.device.parse()?,
             };
             let report = hy_quant::eval::run::eval(&opts, &Console::new())?;
+            if let Some(note) = &report.device_note {
+                eprintln!("{note}");
+            }
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

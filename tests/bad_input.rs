@@ -247,3 +247,35 @@ fn disk_full_leaves_nothing_behind() {
     let listing = stdout.split("LISTING").nth(1).unwrap_or("").trim();
     assert!(listing.is_empty(), "left behind: {listing}");
 }
+
+#[test]
+fn device_flag_is_checked_and_cuda_without_a_gpu_is_a_clean_error() {
+    let c = case();
+    fails(&c, &["--device", "tpu"], &["--device", "auto, cpu or cuda"]);
+    if hy_quant::backend::cuda::probe::device_count().is_err() {
+        fails(&c, &["--device", "cuda"], &["cuda: "]);
+        // auto falls back to the CPU and says why, once.
+        let (code, _, err) = run(&[
+            "quantize",
+            "--model",
+            c.model.to_str().unwrap(),
+            "--out",
+            c.out.to_str().unwrap(),
+            "--device",
+            "auto",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(err.matches("using the CPU backend").count(), 1, "{err}");
+        // translate asks for the device before it loads anything.
+        let (code, _, err) = run(&[
+            "translate",
+            "--model",
+            c.model.to_str().unwrap(),
+            "--device",
+            "cuda",
+            "hello",
+        ]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("cuda: ") && !err.contains("panicked"), "{err}");
+    }
+}

@@ -80,3 +80,33 @@ fn tokenizer_larger_than_the_model_vocab_is_refused() {
         "{err}"
     );
 }
+
+/// `--device auto` without a GPU runs the CPU reference runner (no VRAM report); with one, the
+/// GPU runner, whose VRAM report counts the weights and the KV cache.
+#[test]
+fn translator_on_the_selected_device() {
+    use hy_quant::backend::{Device, DeviceChoice};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tiny_with_tokenizer(tmp.path());
+    let selection = Device::select(DeviceChoice::Auto).unwrap();
+    let on_gpu = selection.device.is_cuda();
+    let mut tr = Translator::load_on(&dir, selection.device).unwrap();
+    tr.options.max_new_tokens = 4;
+    let out = tr
+        .translate_batch(&[Prompt {
+            text: "w10 w11 w12".into(),
+            source_lang: Some("en".into()),
+            target_lang: "zh".into(),
+        }])
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(tr.engine.weight_bytes() > 0);
+    match tr.vram() {
+        None => assert!(!on_gpu),
+        Some(v) => {
+            assert!(on_gpu);
+            assert_eq!(v.weights_bytes, tr.engine.weight_bytes());
+            assert!(v.kv_cache_bytes > 0 && v.peak_allocated_bytes >= v.weights_bytes);
+        }
+    }
+}

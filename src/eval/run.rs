@@ -8,6 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::backend::{Device, DeviceChoice};
 use crate::error::{Error, IoContext, Result};
 use crate::eval::memory;
 use crate::eval::metrics::{
@@ -18,7 +19,7 @@ use crate::eval::testset::TestSet;
 use crate::io::staged_dir::write_file;
 use crate::model::{Checkpoint, ModelConfig};
 use crate::progress::Progress;
-use crate::runner::translator::{Prompt, Translator};
+use crate::runner::translator::{Prompt, Translator, VramReport};
 
 pub struct EvalOptions {
     pub original: PathBuf,
@@ -35,6 +36,9 @@ pub struct EvalOptions {
     pub seed: u64,
     /// Where eval.json, eval.md and hypotheses go.
     pub out_dir: PathBuf,
+    /// Where the decoder runs (each model gets a fresh backend, so its memory peaks are its
+    /// own).
+    pub device: DeviceChoice,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -81,6 +85,8 @@ pub struct ModelResult {
     pub weight_bytes_resident: u64,
     /// Peak RSS of the process while this model was loaded and ran (CPU runner).
     pub peak_rss_bytes: Option<u64>,
+    /// Device memory, when the decoder ran on the GPU.
+    pub vram: Option<VramReport>,
     pub sets: Vec<SetResult>,
 }
 
@@ -91,6 +97,8 @@ pub struct EvalReport {
     pub bootstrap_samples: usize,
     pub seed: u64,
     pub device: String,
+    /// Why `--device auto` ran on the CPU, when it did.
+    pub device_note: Option<String>,
     pub models: Vec<ModelResult>,
 }
 
@@ -254,6 +262,8 @@ pub fn eval(opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
     let mut dirs = vec![opts.original.clone()];
     dirs.extend(opts.quantized.iter().cloned());
     let mut models: Vec<ModelResult> = Vec::new();
+    let mut device_name = String::from("cpu");
+    let mut device_note = None;
     // Per set, the original's outputs and sufficient statistics.
     let mut baseline: Vec<(Vec<String>, Vec<_>, Vec<_>)> = Vec::new();
     let total_segments: usize = sets.iter().map(|(s, _, _)| s.pairs.len()).sum();
@@ -267,7 +277,12 @@ pub fn eval(opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
         };
         memory::reset_peak_rss();
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-        let mut tr = Translator::load(dir)?;
+        let selection = Device::select(opts.device)?;
+        if selection.note.is_some() {
+            device_note = selection.note.clone();
+        }
+        let mut tr = Translator::load_on(dir, selection.device)?;
+        device_name = tr.engine.device_name();
         tr.options.max_new_tokens = opts.max_new_tokens;
         tr.options.max_batch = opts.batch;
         let mut result = ModelResult {
@@ -275,8 +290,9 @@ pub fn eval(opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
             dir: dir.clone(),
             quantization: describe_quantization(&cfg, dir),
             bytes_on_disk: dir_bytes(dir)?,
-            weight_bytes_resident: tr.model.weight_bytes() as u64,
+            weight_bytes_resident: tr.engine.weight_bytes(),
             peak_rss_bytes: None,
+            vram: None,
             sets: Vec::new(),
         };
         let chunk_len = opts.batch.max(1) * 4;
@@ -363,6 +379,7 @@ pub fn eval(opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
         }
         progress.end();
         result.peak_rss_bytes = memory::peak_rss_bytes();
+        result.vram = tr.vram();
         drop(tr);
         models.push(result);
     }
@@ -381,7 +398,8 @@ pub fn eval(opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
         chrf_signature: chrf_cfg.signature(1),
         bootstrap_samples: opts.bootstrap_samples,
         seed: opts.seed,
-        device: "cpu".into(),
+        device: device_name,
+        device_note,
         models,
     };
     let mut json = serde_json::to_vec_pretty(&report).expect("report serializes");
@@ -438,6 +456,27 @@ impl EvalReport {
             self.bootstrap_samples,
             self.seed
         ));
+        if self.models.iter().any(|m| m.vram.is_some()) {
+            s.push_str(&format!(
+                "\nVRAM on {} (weights resident = bytes of the weights on the device; peaks since each model was loaded):\n\n",
+                self.device
+            ));
+            s.push_str("| model | weights resident | allocator for weights | KV cache (last batch) | allocator peak | cuMemGetInfo peak delta |\n|---|---|---|---|---|---|\n");
+            for m in &self.models {
+                if let Some(v) = &m.vram {
+                    let gb = |b: u64| format!("{:.3} GB", b as f64 / 1e9);
+                    s.push_str(&format!(
+                        "| {} | {} | {} | {} | {} | {} |\n",
+                        m.label,
+                        gb(v.weights_bytes),
+                        gb(v.weights_allocated_bytes),
+                        gb(v.kv_cache_bytes),
+                        gb(v.peak_allocated_bytes),
+                        gb(v.peak_device_delta_bytes)
+                    ));
+                }
+            }
+        }
         s
     }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use crate::backend::{CpuBackend, Device};
 use crate::dtype::DType;
 use crate::error::{Error, IoContext, Result};
 use crate::export::gptq_v1;
@@ -23,7 +24,7 @@ use crate::progress::Progress;
 use crate::quant::gptq::ActOrder;
 use crate::quant::gptq_pipeline::{run_layers, GptqSettings};
 use crate::quant::resume::{LinearResult, RESUME_DIR};
-use crate::quant::rtn::Rtn;
+use crate::quant::rtn::{Rtn, RtnOn};
 use crate::quant::stats::ErrorStats;
 use crate::quant::{QuantMethod, QuantScheme, Weight};
 
@@ -131,6 +132,15 @@ pub fn scale_dtype(model: DType) -> DType {
 }
 
 pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<QuantizeReport> {
+    quantize_on(opts, &Device::Cpu(CpuBackend::new()), progress)
+}
+
+/// `quantize` with the linears solved on `device` (output byte-identical to the CPU's).
+pub fn quantize_on(
+    opts: &QuantizeOptions,
+    device: &Device,
+    progress: &dyn Progress,
+) -> Result<QuantizeReport> {
     let started = Instant::now();
     let mut timer = Timer::new();
     let ckpt = Checkpoint::open(&opts.model)?;
@@ -140,6 +150,12 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
         (Method::Rtn, _) => None,
         (Method::Gptq, Some(g)) => {
             g.check()?;
+            if let Device::Cuda(_) = device {
+                return Err(Error::flag(
+                    "--device",
+                    "GPTQ runs on the CPU in this build (the CUDA GPTQ path is not done yet); use --device cpu",
+                ));
+            }
             Some(g)
         }
         (Method::Gptq, None) => {
@@ -149,8 +165,14 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
             ))
         }
     };
-    let rtn = Rtn {
-        scheme: opts.scheme,
+    let method: Box<dyn QuantMethod + '_> = match device {
+        Device::Cpu(_) => Box::new(Rtn {
+            scheme: opts.scheme,
+        }),
+        Device::Cuda(backend) => Box::new(RtnOn {
+            backend: backend.as_ref(),
+            scheme: opts.scheme,
+        }),
     };
     for layer in 0..ckpt.arch.num_layers() {
         for lin in ckpt.arch.layer_linears(layer) {
@@ -213,7 +235,7 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
                 }
                 Ok(stored)
             }
-            None => rtn_layer(&ckpt, layer, &rtn, scale_dtype, clock),
+            None => rtn_layer(&ckpt, layer, method.as_ref(), scale_dtype, clock),
         }
     };
     let (inputs, streamed) = std::thread::scope(|scope| {
@@ -249,7 +271,7 @@ pub fn quantize(opts: &QuantizeOptions, progress: &dyn Progress) -> Result<Quant
     timer.add("hash inputs (wait)", (streamed_secs - inner).max(0.0));
     timer.mark = Instant::now();
     let method_name = match opts.method {
-        Method::Rtn => rtn.name(),
+        Method::Rtn => method.name(),
         Method::Gptq => "gptq",
     };
     let calibration = match calibrated {

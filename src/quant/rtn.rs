@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use crate::backend::Backend;
 use crate::error::Result;
 use crate::quant::grid::GroupParams;
 use crate::quant::{QuantMethod, QuantScheme, QuantizedLinear, Weight};
@@ -63,6 +64,27 @@ impl QuantMethod for Rtn {
             zeros,
             g_idx: (0..k_in).map(|k| (k / glen) as u32).collect(),
         })
+    }
+}
+
+/// RTN computed by a compute backend (`quantize --device cuda`): the same rules and the same
+/// bytes as `Rtn` (tests/backend_ops.rs checks the GPU against it).
+pub struct RtnOn<'a, B: Backend> {
+    pub backend: &'a B,
+    pub scheme: QuantScheme,
+}
+
+impl<B: Backend> QuantMethod for RtnOn<'_, B> {
+    fn name(&self) -> &'static str {
+        "rtn"
+    }
+
+    fn scheme(&self) -> &QuantScheme {
+        &self.scheme
+    }
+
+    fn quantize(&self, w: &Weight<'_>) -> Result<QuantizedLinear> {
+        self.backend.quantize_rtn(&self.scheme, w)
     }
 }
 

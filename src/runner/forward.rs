@@ -503,7 +503,7 @@ pub(crate) fn silu(x: f32) -> f32 {
 /// Softmax attention of one query head over the first `ctx` cached positions. `kc`/`vc` are
 /// [len, stride]; this head's slice starts at `off`.
 #[allow(clippy::too_many_arguments)]
-fn attend(
+pub(crate) fn attend(
     q: &[f32],
     kc: &[f32],
     vc: &[f32],

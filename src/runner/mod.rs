@@ -9,6 +9,7 @@
 //! - `tokenizer`, `prompt`: tokenizer.json, chat templates, Tencent's translation prompts
 //! - `translator`: all of it behind `Translator::translate_batch`
 
+pub mod backend_model;
 pub mod forward;
 pub mod generate;
 pub mod prompt;

@@ -3,8 +3,12 @@
 
 use std::path::Path;
 
+use crate::backend::{Backend, CpuBackend, CudaBackend, Device, MemStats};
 use crate::error::Result;
+use crate::model::arch::ArchKind;
 use crate::model::Checkpoint;
+use crate::quant::QuantScheme;
+use crate::runner::backend_model::{generate_on, BackendModel};
 use crate::runner::forward::Model;
 use crate::runner::generate::{generate, FinishReason, GenerateOptions, GenerateStats};
 use crate::runner::prompt::{translation_instruction, ChatTemplate};
@@ -32,19 +36,94 @@ pub struct Output {
     pub margins: Vec<f32>,
 }
 
+/// What runs the decoder.
+pub enum Engine {
+    /// The CPU reference runner (f32 activations).
+    Reference(Box<Model>),
+    /// The decoder on the GPU (`runner::backend_model`: 16-bit linear inputs, f32 accumulate).
+    Cuda {
+        backend: Box<CudaBackend>,
+        model: Box<BackendModel<CudaBackend>>,
+    },
+}
+
+impl Engine {
+    pub fn kind(&self) -> ArchKind {
+        match self {
+            Engine::Reference(m) => m.kind,
+            Engine::Cuda { model, .. } => model.kind,
+        }
+    }
+
+    pub fn quant(&self) -> Option<QuantScheme> {
+        match self {
+            Engine::Reference(m) => m.quant,
+            Engine::Cuda { model, .. } => model.quant,
+        }
+    }
+
+    pub fn vocab(&self) -> usize {
+        match self {
+            Engine::Reference(m) => m.dims.vocab,
+            Engine::Cuda { model, .. } => model.dims.vocab,
+        }
+    }
+
+    /// Bytes the runner holds for parameters (host memory on the CPU, device memory on the
+    /// GPU).
+    pub fn weight_bytes(&self) -> u64 {
+        match self {
+            Engine::Reference(m) => m.weight_bytes() as u64,
+            Engine::Cuda { model, .. } => model.weight_bytes,
+        }
+    }
+
+    /// "cpu" or the GPU's name.
+    pub fn device_name(&self) -> String {
+        match self {
+            Engine::Reference(_) => CpuBackend::new().name(),
+            Engine::Cuda { backend, .. } => backend.name(),
+        }
+    }
+}
+
+/// Device memory of a GPU run, for the VRAM report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VramReport {
+    /// Bytes of the weights as held on the device.
+    pub weights_bytes: u64,
+    /// What our allocator counted for loading them.
+    pub weights_allocated_bytes: u64,
+    /// KV cache of the last `translate_batch` call.
+    pub kv_cache_bytes: u64,
+    /// High-water mark of our allocator since the model was loaded.
+    pub peak_allocated_bytes: u64,
+    /// Largest cuMemGetInfo delta since the backend opened (all device memory the process
+    /// took: our buffers, cuBLAS workspace, kernels, context).
+    pub peak_device_delta_bytes: u64,
+}
+
 /// A model directory ready to translate: weights, tokenizer, template, stop ids.
 pub struct Translator {
-    pub model: Model,
+    pub engine: Engine,
     pub tokenizer: TextTokenizer,
     pub template: ChatTemplate,
     pub options: GenerateOptions,
     /// Statistics of the last `translate_batch` call.
     pub last_stats: GenerateStats,
+    /// KV-cache bytes of the last `translate_batch` call on the GPU.
+    pub last_kv_cache_bytes: u64,
 }
 
 impl Translator {
-    /// Loads a full-precision or GPTQ v1 checkpoint with its tokenizer.
+    /// Loads a full-precision or GPTQ v1 checkpoint with its tokenizer for the CPU reference
+    /// runner.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_on(dir, Device::Cpu(CpuBackend::new()))
+    }
+
+    /// `load`, with the decoder on `device` (weights copied to the GPU for `Device::Cuda`).
+    pub fn load_on(dir: &Path, device: Device) -> Result<Self> {
         let ckpt = Checkpoint::open(dir)?;
         let tokenizer = TextTokenizer::from_dir(dir)?;
         // Embedding tables are often padded past the tokenizer's size (Qwen2: 151936 rows for
@@ -62,9 +141,15 @@ impl Translator {
         }
         let template = ChatTemplate::detect(dir, ckpt.arch.kind, Some(&tokenizer))?;
         let stop_ids = stop_token_ids(dir, &ckpt.config.raw, Some(&tokenizer))?;
-        let model = Model::load(&ckpt)?;
+        let engine = match device {
+            Device::Cpu(_) => Engine::Reference(Box::new(Model::load(&ckpt)?)),
+            Device::Cuda(backend) => {
+                let model = Box::new(BackendModel::load(backend.as_ref(), &ckpt)?);
+                Engine::Cuda { backend, model }
+            }
+        };
         Ok(Translator {
-            model,
+            engine,
             tokenizer,
             template,
             options: GenerateOptions {
@@ -72,7 +157,25 @@ impl Translator {
                 ..GenerateOptions::default()
             },
             last_stats: GenerateStats::default(),
+            last_kv_cache_bytes: 0,
         })
+    }
+
+    /// Device memory used so far, when the decoder runs on the GPU.
+    pub fn vram(&self) -> Option<VramReport> {
+        match &self.engine {
+            Engine::Reference(_) => None,
+            Engine::Cuda { backend, model } => {
+                let m: MemStats = backend.memory();
+                Some(VramReport {
+                    weights_bytes: model.weight_bytes,
+                    weights_allocated_bytes: model.allocated_bytes.unwrap_or(0),
+                    kv_cache_bytes: self.last_kv_cache_bytes,
+                    peak_allocated_bytes: m.peak_allocated_bytes,
+                    peak_device_delta_bytes: m.device_peak_delta.unwrap_or(0),
+                })
+            }
+        }
     }
 
     /// The full prompt text (chat template applied) of one segment.
@@ -92,7 +195,14 @@ impl Translator {
             .iter()
             .map(|p| self.prompt_ids(p))
             .collect::<Result<Vec<_>>>()?;
-        let (gens, stats) = generate(&self.model, &ids, &self.options)?;
+        let (gens, stats) = match &self.engine {
+            Engine::Reference(model) => generate(model, &ids, &self.options)?,
+            Engine::Cuda { backend, model } => {
+                let (g, s, kv) = generate_on(backend.as_ref(), model, &ids, &self.options)?;
+                self.last_kv_cache_bytes = kv;
+                (g, s)
+            }
+        };
         self.last_stats = stats;
         gens.into_iter()
             .zip(ids)
@@ -125,7 +235,7 @@ pub fn write_logit_dump(
     use crate::error::{Error, IoContext};
     use serde_json::json;
     std::fs::create_dir_all(dir).at(dir)?;
-    let vocab = tr.model.dims.vocab;
+    let vocab = tr.engine.vocab();
     let mut raw = Vec::with_capacity(outputs.len() * vocab * 4);
     let mut items = Vec::with_capacity(outputs.len());
     for (p, o) in prompts.iter().zip(outputs) {

@@ -1,0 +1,64 @@
+// Shared by every kernel file (prepended by src/backend/cuda/compile.rs before NVRTC sees it).
+// No CUDA headers are included: 16-bit floats travel as their bit patterns (unsigned short)
+// and are converted here, so NVRTC needs no include path for our own kernels.
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+// bf16 is the top half of an f32.
+__device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
+
+// Round to nearest even, NaN stays NaN (same results as the `half` crate's bf16::from_f32).
+__device__ __forceinline__ u16 f32_to_bf16(float x) {
+    u32 u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (u16)(u >> 16);
+}
+
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// kind: 0 = f16, 1 = bf16 (HalfKind::code).
+__device__ __forceinline__ float half_to_f32(u16 b, u32 kind) {
+    return kind ? bf16_to_f32(b) : f16_to_f32(b);
+}
+
+__device__ __forceinline__ u16 f32_to_half(float x, u32 kind) {
+    return kind ? f32_to_bf16(x) : f32_to_f16(x);
+}
+
+__device__ __forceinline__ float round_half(float x, u32 kind) {
+    return half_to_f32(f32_to_half(x, kind), kind);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// The order is fixed, so the result is deterministic.
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float partial[32];
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    const u32 nwarps = blockDim.x >> 5;
+    float s = 0.0f;
+    for (u32 w = 0; w < nwarps; ++w) s += partial[w];
+    return s;
+}

@@ -1,0 +1,134 @@
+// Row-wise and elementwise ops of the decoder (see src/backend/mod.rs for their contracts and
+// src/runner/forward.rs for the CPU numerics they mirror).
+
+// One block per row.
+extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float* __restrict__ w,
+                                        float* __restrict__ out, u32 rows, u32 dim, float eps) {
+    const u32 row = blockIdx.x;
+    if (row >= rows) return;
+    const float* xr = x + (u64)row * dim;
+    float ss = 0.0f;
+    for (u32 i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = xr[i];
+        ss += v * v;
+    }
+    ss = block_sum(ss);
+    const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    float* o = out + (u64)row * dim;
+    for (u32 i = threadIdx.x; i < dim; i += blockDim.x) o[i] = (xr[i] * inv) * w[i];
+}
+
+// NeoX rotate-half: dimension i pairs with i + head_dim/2. The angle is an f32 product
+// (transformers computes inv_freq @ positions in f32); cos/sin in double, then rounded,
+// as the CPU runner does.
+extern "C" __global__ void rope_f32(float* __restrict__ x, const u32* __restrict__ pos,
+                                    const float* __restrict__ inv_freq, u32 rows, u32 width,
+                                    u32 head_dim) {
+    const u32 half = head_dim / 2, heads = width / head_dim;
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    const u64 total = (u64)rows * heads * half;
+    if (idx >= total) return;
+    const u32 i = (u32)(idx % half);
+    const u32 h = (u32)((idx / half) % heads);
+    const u32 r = (u32)(idx / ((u64)half * heads));
+    const float a = __fmul_rn((float)pos[r], inv_freq[i]);
+    const float c = (float)cos((double)a), s = (float)sin((double)a);
+    float* p = x + (u64)r * width + (u64)h * head_dim;
+    const float x0 = p[i], x1 = p[i + half];
+    p[i] = x0 * c - x1 * s;
+    p[i + half] = x1 * c + x0 * s;
+}
+
+extern "C" __global__ void silu_mul_f32(const float* __restrict__ gate, const float* __restrict__ up,
+                                        float* __restrict__ out, u64 n) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+}
+
+// Out-of-range ids give NaN rows (the host cannot check ids that live on the device).
+extern "C" __global__ void embedding_half(const u16* __restrict__ table, const u32* __restrict__ ids,
+                                          float* __restrict__ out, u32 rows, u32 hidden, u32 vocab,
+                                          u32 kind) {
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (u64)rows * hidden) return;
+    const u32 r = (u32)(idx / hidden), j = (u32)(idx % hidden);
+    const u32 t = ids[r];
+    out[idx] = t < vocab ? half_to_f32(table[(u64)t * hidden + j], kind) : __int_as_float(0x7fc00000);
+}
+
+// One block per row; ties go to the lowest index (torch.argmax), NaNs are never chosen.
+extern "C" __global__ void argmax_f32(const float* __restrict__ x, u32* __restrict__ out, u32 rows,
+                                      u32 cols) {
+    __shared__ float best_v[256];  // launched with exactly 256 threads
+    __shared__ u32 best_i[256];
+    const u32 row = blockIdx.x;
+    if (row >= rows) return;
+    const float* xr = x + (u64)row * cols;
+    float bv = -__int_as_float(0x7f800000);
+    u32 bi = 0;
+    for (u32 i = threadIdx.x; i < cols; i += blockDim.x) {
+        const float v = xr[i];
+        if (v > bv) { bv = v; bi = i; }
+    }
+    best_v[threadIdx.x] = bv;
+    best_i[threadIdx.x] = bi;
+    __syncthreads();
+    for (u32 s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            const float ov = best_v[threadIdx.x + s];
+            const u32 oi = best_i[threadIdx.x + s];
+            const float mv = best_v[threadIdx.x];
+            const u32 mi = best_i[threadIdx.x];
+            if (ov > mv || (ov == mv && oi < mi)) {
+                best_v[threadIdx.x] = ov;
+                best_i[threadIdx.x] = oi;
+            }
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[row] = best_i[0];
+}
+
+extern "C" __global__ void to_half_f32(const float* __restrict__ x, u16* __restrict__ out, u64 n, u32 kind) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = f32_to_half(x[i], kind);
+}
+
+// Rows whose slot or position is outside the cache are skipped (the host checks what it can).
+extern "C" __global__ void kv_append_f32(const float* __restrict__ k, const float* __restrict__ v,
+                                         const u32* __restrict__ slots, const u32* __restrict__ pos,
+                                         float* __restrict__ kc, float* __restrict__ vc, u32 rows,
+                                         u32 kvd, u32 max_len, u32 n_slots) {
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (u64)rows * kvd) return;
+    const u32 r = (u32)(idx / kvd), j = (u32)(idx % kvd);
+    const u32 s = slots[r], p = pos[r];
+    if (s >= n_slots || p >= max_len) return;
+    const u64 at = ((u64)s * max_len + p) * kvd + j;
+    kc[at] = k[idx];
+    vc[at] = v[idx];
+}
+
+// x[i] += y[i]
+extern "C" __global__ void add_f32(float* __restrict__ x, const float* __restrict__ y, u64 n) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += y[i];
+}
+
+// x[r, j] += bias[j]
+extern "C" __global__ void add_bias_f32(float* __restrict__ x, const float* __restrict__ bias, u64 n, u32 cols) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += bias[i % cols];
+}
+
+// out[r] = x[idx[r]] (rows of `width`); rows outside x give NaN rows.
+extern "C" __global__ void gather_rows_f32(const float* __restrict__ x, const u32* __restrict__ idx,
+                                           float* __restrict__ out, u32 rows_out, u32 rows_in, u32 width) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)rows_out * width) return;
+    const u32 r = (u32)(i / width), j = (u32)(i % width);
+    const u32 src = idx[r];
+    out[i] = src < rows_in ? x[(u64)src * width + j] : __int_as_float(0x7fc00000);
+}

@@ -1,0 +1,369 @@
+//! The CPU backend: host `Vec`s, the runner's own numerics (`runner::forward`) where they
+//! exist, rayon across rows.
+
+use rayon::prelude::*;
+
+use crate::backend::{
+    check_len, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind, MemStats,
+};
+use crate::error::Result;
+use crate::quant::rtn::Rtn;
+use crate::quant::{QuantMethod, QuantScheme, QuantizedLinear, Weight};
+use crate::runner::forward::{attend, kv_head_of, rms_norm, silu, Rope};
+use crate::runner::weights::dot;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+/// Row `n` of a GPTQ weight as the GPU kernels compute it: `half(scale * (q - zero))`.
+fn gptq_row(w: &GptqWeight<CpuBackend>, n: usize, out: &mut [f32]) {
+    let bits = w.bits as usize;
+    let pf = 32 / bits;
+    let mask = (1u32 << bits) - 1;
+    let n_out = w.out_features;
+    for (k, v) in out.iter_mut().enumerate() {
+        let word = w.qweight[(k / pf) * n_out + n] as u32;
+        let q = (word >> (bits * (k % pf))) & mask;
+        let g = match &w.g_idx {
+            Some(gi) => gi[k] as usize,
+            None => k / w.group_len,
+        };
+        let zword = w.qzeros[g * (n_out / pf) + n / pf] as u32;
+        // GPTQ v1 stores zero - 1; loaders add the 1 back without masking.
+        let z = ((zword >> (bits * (n % pf))) & mask) + 1;
+        let s = w.half.to_f32(w.scales[g * n_out + n]);
+        *v = w.half.round(s * (q as f32 - z as f32));
+    }
+}
+
+fn check_gptq_input(op: &str, x_len: usize, w: &GptqWeight<CpuBackend>, m: usize) -> Result<()> {
+    check_len(op, "x", x_len, m * w.in_features)
+}
+
+impl Backend for CpuBackend {
+    type Buf<T: Elem> = Vec<T>;
+
+    fn name(&self) -> String {
+        "cpu".to_string()
+    }
+
+    fn upload<T: Elem>(&self, host: &[T]) -> Result<Vec<T>> {
+        Ok(host.to_vec())
+    }
+
+    fn zeros<T: Elem>(&self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::default(); len])
+    }
+
+    fn download<T: Elem>(&self, buf: &Vec<T>) -> Result<Vec<T>> {
+        Ok(buf.clone())
+    }
+
+    fn len_of<T: Elem>(&self, buf: &Vec<T>) -> usize {
+        buf.len()
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn memory(&self) -> MemStats {
+        MemStats::default()
+    }
+
+    fn rms_norm(&self, x: &Vec<f32>, w: &Vec<f32>, eps: f32, out: &mut Vec<f32>) -> Result<()> {
+        rows_of("rms_norm", "x", x.len(), w.len())?;
+        check_len("rms_norm", "out", out.len(), x.len())?;
+        out.copy_from_slice(x);
+        out.par_chunks_mut(w.len())
+            .for_each(|row| rms_norm(row, w, eps));
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        positions: &Vec<u32>,
+        inv_freq: &Vec<f32>,
+        head_dim: usize,
+    ) -> Result<()> {
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(runner_err(format!("rope: head_dim {head_dim} is not even")));
+        }
+        check_len("rope", "inv_freq", inv_freq.len(), head_dim / 2)?;
+        let rows = positions.len();
+        if rows == 0 {
+            return check_len("rope", "x", x.len(), 0);
+        }
+        let width = rows_of("rope", "x", x.len(), rows)?;
+        rows_of("rope", "a row of x", width, head_dim)?;
+        let rope = Rope {
+            head_dim,
+            inv_freq: inv_freq.clone(),
+        };
+        x.par_chunks_mut(width)
+            .zip(positions.par_iter())
+            .for_each(|(row, &p)| rope.apply(row, p as usize));
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &Vec<f32>, up: &Vec<f32>, out: &mut Vec<f32>) -> Result<()> {
+        check_len("silu_mul", "up", up.len(), gate.len())?;
+        check_len("silu_mul", "out", out.len(), gate.len())?;
+        out.par_iter_mut()
+            .zip(gate.par_iter().zip(up.par_iter()))
+            .for_each(|(o, (g, u))| *o = silu(*g) * u);
+        Ok(())
+    }
+
+    fn embedding(
+        &self,
+        table: &Vec<u16>,
+        half: HalfKind,
+        hidden: usize,
+        ids: &Vec<u32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let vocab = rows_of("embedding", "table", table.len(), hidden)?;
+        check_len("embedding", "out", out.len(), ids.len() * hidden)?;
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(runner_err(format!(
+                "embedding: token id {bad} is outside the vocabulary (size {vocab})"
+            )));
+        }
+        out.par_chunks_mut(hidden)
+            .zip(ids.par_iter())
+            .for_each(|(row, &t)| {
+                let src = &table[t as usize * hidden..(t as usize + 1) * hidden];
+                for (o, &b) in row.iter_mut().zip(src) {
+                    *o = half.to_f32(b);
+                }
+            });
+        Ok(())
+    }
+
+    fn argmax(&self, x: &Vec<f32>, cols: usize, out: &mut Vec<u32>) -> Result<()> {
+        let rows = rows_of("argmax", "x", x.len(), cols)?;
+        check_len("argmax", "out", out.len(), rows)?;
+        out.par_iter_mut()
+            .zip(x.par_chunks(cols))
+            .for_each(|(o, row)| {
+                let (mut best, mut top) = (0usize, f32::NEG_INFINITY);
+                for (i, &v) in row.iter().enumerate() {
+                    if v > top {
+                        top = v;
+                        best = i;
+                    }
+                }
+                *o = best as u32;
+            });
+        Ok(())
+    }
+
+    fn to_half(&self, x: &Vec<f32>, half: HalfKind, out: &mut Vec<u16>) -> Result<()> {
+        check_len("to_half", "out", out.len(), x.len())?;
+        out.par_iter_mut()
+            .zip(x.par_iter())
+            .for_each(|(o, &v)| *o = half.from_f32(v));
+        Ok(())
+    }
+
+    fn gemm(
+        &self,
+        x: &Vec<u16>,
+        w: &Vec<u16>,
+        half: HalfKind,
+        m: usize,
+        n: usize,
+        k: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_len("gemm", "x", x.len(), m * k)?;
+        check_len("gemm", "w", w.len(), n * k)?;
+        check_len("gemm", "out", out.len(), m * n)?;
+        let xf: Vec<f32> = x.iter().map(|&b| half.to_f32(b)).collect();
+        // Output transposed ([n, m]) so each task owns a contiguous block.
+        let mut yt = vec![0f32; n * m];
+        yt.par_chunks_mut(m.max(1)).enumerate().for_each_init(
+            || vec![0f32; k],
+            |wrow, (j, col)| {
+                for (d, &b) in wrow.iter_mut().zip(&w[j * k..(j + 1) * k]) {
+                    *d = half.to_f32(b);
+                }
+                for (i, o) in col.iter_mut().enumerate() {
+                    *o = dot(&xf[i * k..(i + 1) * k], wrow);
+                }
+            },
+        );
+        for j in 0..n {
+            for i in 0..m {
+                out[i * n + j] = yt[j * m + i];
+            }
+        }
+        Ok(())
+    }
+
+    fn gemm_gptq(
+        &self,
+        x: &Vec<u16>,
+        w: &GptqWeight<Self>,
+        m: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        check_gptq_input("gemm_gptq", x.len(), w, m)?;
+        let (n, k) = (w.out_features, w.in_features);
+        check_len("gemm_gptq", "out", out.len(), m * n)?;
+        let xf: Vec<f32> = x.iter().map(|&b| w.half.to_f32(b)).collect();
+        let mut yt = vec![0f32; n * m];
+        yt.par_chunks_mut(m.max(1)).enumerate().for_each_init(
+            || vec![0f32; k],
+            |wrow, (j, col)| {
+                gptq_row(w, j, wrow);
+                for (i, o) in col.iter_mut().enumerate() {
+                    *o = dot(&xf[i * k..(i + 1) * k], wrow);
+                }
+            },
+        );
+        for j in 0..n {
+            for i in 0..m {
+                out[i * n + j] = yt[j * m + i];
+            }
+        }
+        Ok(())
+    }
+
+    fn dequantize_gptq(&self, w: &GptqWeight<Self>, out: &mut Vec<u16>) -> Result<()> {
+        let (n, k) = (w.out_features, w.in_features);
+        check_len("dequantize_gptq", "out", out.len(), n * k)?;
+        out.par_chunks_mut(k).enumerate().for_each_init(
+            || vec![0f32; k],
+            |row, (j, dst)| {
+                gptq_row(w, j, row);
+                for (d, &v) in dst.iter_mut().zip(row.iter()) {
+                    *d = w.half.from_f32(v);
+                }
+            },
+        );
+        Ok(())
+    }
+
+    fn kv_append(
+        &self,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        slots: &Vec<u32>,
+        positions: &Vec<u32>,
+        shape: &AttnShape,
+        k_cache: &mut Vec<f32>,
+        v_cache: &mut Vec<f32>,
+    ) -> Result<()> {
+        shape.check()?;
+        let kvd = shape.kv_width();
+        let rows = slots.len();
+        check_len("kv_append", "positions", positions.len(), rows)?;
+        check_len("kv_append", "k", k.len(), rows * kvd)?;
+        check_len("kv_append", "v", v.len(), rows * kvd)?;
+        let n_slots = rows_of("kv_append", "k_cache", k_cache.len(), shape.max_len * kvd)?;
+        check_len("kv_append", "v_cache", v_cache.len(), k_cache.len())?;
+        for r in 0..rows {
+            let (s, p) = (slots[r] as usize, positions[r] as usize);
+            if s >= n_slots || p >= shape.max_len {
+                return Err(runner_err(format!(
+                    "kv_append: row {r} writes slot {s} position {p}; the cache has {n_slots} slots of {} positions",
+                    shape.max_len
+                )));
+            }
+            let at = (s * shape.max_len + p) * kvd;
+            k_cache[at..at + kvd].copy_from_slice(&k[r * kvd..(r + 1) * kvd]);
+            v_cache[at..at + kvd].copy_from_slice(&v[r * kvd..(r + 1) * kvd]);
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        k_cache: &Vec<f32>,
+        v_cache: &Vec<f32>,
+        slots: &Vec<u32>,
+        positions: &Vec<u32>,
+        shape: &AttnShape,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        shape.check()?;
+        let (qd, kvd, hd) = (shape.q_width(), shape.kv_width(), shape.head_dim);
+        let rows = slots.len();
+        check_len("attention", "positions", positions.len(), rows)?;
+        check_len("attention", "q", q.len(), rows * qd)?;
+        check_len("attention", "out", out.len(), rows * qd)?;
+        let n_slots = rows_of("attention", "k_cache", k_cache.len(), shape.max_len * kvd)?;
+        check_len("attention", "v_cache", v_cache.len(), k_cache.len())?;
+        for r in 0..rows {
+            if slots[r] as usize >= n_slots || positions[r] as usize >= shape.max_len {
+                return Err(runner_err(format!(
+                    "attention: row {r} reads slot {} position {}; the cache has {n_slots} slots of {} positions",
+                    slots[r], positions[r], shape.max_len
+                )));
+            }
+        }
+        let group = shape.heads / shape.kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let slot_len = shape.max_len * kvd;
+        out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+            let (row, head) = (idx / shape.heads, idx % shape.heads);
+            let s = slots[row] as usize;
+            let kc = &k_cache[s * slot_len..(s + 1) * slot_len];
+            let vc = &v_cache[s * slot_len..(s + 1) * slot_len];
+            let qh = &q[row * qd + head * hd..][..hd];
+            let off = kv_head_of(head, group) * hd;
+            attend(qh, kc, vc, positions[row] as usize + 1, kvd, off, scale, o);
+        });
+        Ok(())
+    }
+
+    fn quantize_rtn(&self, scheme: &QuantScheme, w: &Weight<'_>) -> Result<QuantizedLinear> {
+        Rtn { scheme: *scheme }.quantize(w)
+    }
+
+    fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<()> {
+        check_len("add", "y", y.len(), x.len())?;
+        x.par_iter_mut()
+            .zip(y.par_iter())
+            .for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn add_bias(&self, x: &mut Vec<f32>, bias: &Vec<f32>) -> Result<()> {
+        rows_of("add_bias", "x", x.len(), bias.len())?;
+        x.par_chunks_mut(bias.len()).for_each(|row| {
+            row.iter_mut().zip(bias).for_each(|(a, b)| *a += b);
+        });
+        Ok(())
+    }
+
+    fn gather_rows(
+        &self,
+        x: &Vec<f32>,
+        width: usize,
+        rows: &Vec<u32>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let rows_in = rows_of("gather_rows", "x", x.len(), width)?;
+        check_len("gather_rows", "out", out.len(), rows.len() * width)?;
+        for (dst, &r) in out.chunks_mut(width).zip(rows) {
+            if r as usize >= rows_in {
+                return Err(runner_err(format!(
+                    "gather_rows: row {r} of a {rows_in}-row input"
+                )));
+            }
+            dst.copy_from_slice(&x[r as usize * width..(r as usize + 1) * width]);
+        }
+        Ok(())
+    }
+}

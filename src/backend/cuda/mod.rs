@@ -1,0 +1,984 @@
+//! The CUDA backend: one context and stream on one device, cuBLAS for 16-bit GEMM, our own
+//! kernels (kernels/*.cu, compiled by NVRTC at first use, see `compile`) for everything else.
+//! Every device buffer goes through `CudaBuf`, which counts the bytes we hold and their
+//! high-water mark; cuMemGetInfo deltas are sampled at each allocation too.
+
+pub mod compile;
+pub mod probe;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::{sys as blas_sys, CudaBlas};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+    LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use crate::backend::{
+    check_len, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind, MemStats,
+};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::quant::rtn::Rtn;
+use crate::quant::{QuantMethod, QuantScheme, QuantizedLinear, Weight};
+use compile::KernelFile;
+use probe::no_panic;
+
+/// How to open the CUDA backend.
+#[derive(Clone, Debug, Default)]
+pub struct CudaOptions {
+    /// Device ordinal.
+    pub ordinal: usize,
+    /// Where compiled kernels are cached; `None` = `compile::default_cache_dir()`.
+    pub kernel_cache: Option<PathBuf>,
+}
+
+/// Bytes held in `CudaBuf`s and the device's free memory, for `MemStats`.
+#[derive(Debug)]
+struct MemTracker {
+    current: AtomicU64,
+    peak: AtomicU64,
+    free_at_start: u64,
+    min_free: AtomicU64,
+}
+
+impl MemTracker {
+    fn alloc(&self, bytes: u64, free_now: Option<u64>) {
+        let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        if let Some(f) = free_now {
+            self.min_free.fetch_min(f, Ordering::Relaxed);
+        }
+    }
+
+    fn free(&self, bytes: u64) {
+        self.current.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Device memory owned by the CUDA backend. Zero-length buffers hold one element (CUDA
+/// cannot allocate zero bytes) but report length 0.
+pub struct CudaBuf<T: Elem> {
+    slice: CudaSlice<T>,
+    len: usize,
+    tracker: Arc<MemTracker>,
+}
+
+impl<T: Elem> CudaBuf<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn bytes(&self) -> u64 {
+        (self.len.max(1) * std::mem::size_of::<T>()) as u64
+    }
+}
+
+impl<T: Elem> Drop for CudaBuf<T> {
+    fn drop(&mut self) {
+        self.tracker.free(self.bytes());
+    }
+}
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    cc: (i32, i32),
+    sm_count: u32,
+    device_name: String,
+    total_mem: u64,
+    cache_dir: Option<PathBuf>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    tracker: Arc<MemTracker>,
+}
+
+fn drv<T>(what: &str, r: std::result::Result<T, cudarc::driver::DriverError>) -> Result<T> {
+    r.map_err(|e| Error::cuda(format!("{what}: {e}")))
+}
+
+fn grid_1d(n: u64, block: u32) -> Result<LaunchConfig> {
+    let blocks = n.div_ceil(block as u64);
+    if blocks > i32::MAX as u64 {
+        return Err(Error::cuda(format!(
+            "{n} elements are too many for one launch"
+        )));
+    }
+    Ok(LaunchConfig {
+        grid_dim: (blocks.max(1) as u32, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+fn as_u32(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| runner_err(format!("{what} = {v} does not fit in 32 bits")))
+}
+
+impl CudaBackend {
+    /// Opens device `opts.ordinal`. Fails with `Error::Cuda` (never panics) when the driver,
+    /// NVRTC or cuBLAS cannot be loaded or there is no such GPU.
+    pub fn new(opts: &CudaOptions) -> Result<Self> {
+        let count = probe::device_count()?;
+        if count == 0 {
+            return Err(Error::cuda(
+                "the NVIDIA driver is loaded but reports no CUDA device",
+            ));
+        }
+        if opts.ordinal >= count {
+            return Err(Error::cuda(format!(
+                "device {} asked for, but only {count} CUDA device(s) are visible",
+                opts.ordinal
+            )));
+        }
+        no_panic("opening the CUDA device", || {
+            let ctx = drv("cuCtx (primary context)", CudaContext::new(opts.ordinal))?;
+            // SAFETY: every buffer of this backend lives on its one stream, so cudarc's
+            // cross-stream event bookkeeping (an event record/wait per kernel argument) buys
+            // nothing; turned off before the first allocation.
+            unsafe { ctx.disable_event_tracking() };
+            let cc = drv("compute capability", ctx.compute_capability())?;
+            let device_name = drv("device name", ctx.name())?;
+            let sm_count = drv(
+                "multiprocessor count",
+                ctx.attribute(
+                    cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                ),
+            )?
+            .max(1) as u32;
+            let (free, total) = drv("cuMemGetInfo", ctx.mem_get_info())?;
+            let stream = ctx.default_stream();
+            let blas = CudaBlas::new(stream.clone())
+                .map_err(|e| Error::cuda(format!("cublasCreate: {e:?}")))?;
+            // NVRTC must answer before any kernel is needed, so a broken toolkit shows here.
+            compile::nvrtc_version()?;
+            Ok(CudaBackend {
+                ctx,
+                stream,
+                blas,
+                cc,
+                sm_count,
+                device_name,
+                total_mem: total as u64,
+                cache_dir: opts
+                    .kernel_cache
+                    .clone()
+                    .or_else(compile::default_cache_dir),
+                modules: Mutex::new(HashMap::new()),
+                tracker: Arc::new(MemTracker {
+                    current: AtomicU64::new(0),
+                    peak: AtomicU64::new(0),
+                    free_at_start: free as u64,
+                    min_free: AtomicU64::new(free as u64),
+                }),
+            })
+        })
+    }
+
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.cc
+    }
+
+    pub fn total_memory(&self) -> u64 {
+        self.total_mem
+    }
+
+    /// Compiles (or loads from the cache) every kernel file now, so timings exclude it.
+    pub fn warm_up(&self) -> Result<()> {
+        for f in compile::ALL {
+            self.module(&f)?;
+        }
+        Ok(())
+    }
+
+    fn module(&self, file: &KernelFile) -> Result<Arc<CudaModule>> {
+        let mut mods = self
+            .modules
+            .lock()
+            .map_err(|_| Error::cuda("kernel module cache poisoned by an earlier panic"))?;
+        if let Some(m) = mods.get(file.name) {
+            return Ok(m.clone());
+        }
+        let cubin = compile::cubin(file, self.cc, self.cache_dir.as_deref())?;
+        let module = drv(
+            &format!("loading kernels/{}.cu", file.name),
+            self.ctx.load_module(Ptx::from_binary(cubin)),
+        )?;
+        mods.insert(file.name, module.clone());
+        Ok(module)
+    }
+
+    fn func(&self, file: &KernelFile, name: &str) -> Result<CudaFunction> {
+        let m = self.module(file)?;
+        drv(
+            &format!("kernel {name} in kernels/{}.cu", file.name),
+            m.load_function(name),
+        )
+    }
+
+    fn alloc<T: Elem>(&self, len: usize) -> Result<CudaBuf<T>> {
+        let slice = drv(
+            &format!("allocating {} bytes", len.max(1) * std::mem::size_of::<T>()),
+            self.stream.alloc_zeros::<T>(len.max(1)),
+        )?;
+        let buf = CudaBuf {
+            slice,
+            len,
+            tracker: self.tracker.clone(),
+        };
+        self.tracker
+            .alloc(buf.bytes(), self.free_memory_if_large(buf.bytes()));
+        Ok(buf)
+    }
+
+    /// cuMemGetInfo costs a driver round trip: sampled for allocations of 1 MiB and more,
+    /// which is where the peak comes from.
+    fn free_memory_if_large(&self, bytes: u64) -> Option<u64> {
+        (bytes >= 1 << 20)
+            .then(|| self.ctx.mem_get_info().ok().map(|(f, _)| f as u64))
+            .flatten()
+    }
+
+    /// Device time of the work `f` queues, in milliseconds (CUDA events around it).
+    pub fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f32> {
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = drv("cuEventCreate", self.ctx.new_event(flags))?;
+        let end = drv("cuEventCreate", self.ctx.new_event(flags))?;
+        drv("cuEventRecord", start.record(&self.stream))?;
+        f()?;
+        drv("cuEventRecord", end.record(&self.stream))?;
+        drv("cuEventSynchronize", end.synchronize())?;
+        drv("cuEventElapsedTime", start.elapsed_ms(&end))
+    }
+
+    /// Uninitialized device memory (every element is written before it is read), counted
+    /// like any other buffer.
+    fn scratch<T: Elem>(&self, len: usize) -> Result<CudaBuf<T>> {
+        // SAFETY: callers write every element before reading it.
+        let slice = drv(
+            &format!("allocating {} bytes", len.max(1) * std::mem::size_of::<T>()),
+            unsafe { self.stream.alloc::<T>(len.max(1)) },
+        )?;
+        let buf = CudaBuf {
+            slice,
+            len,
+            tracker: self.tracker.clone(),
+        };
+        self.tracker
+            .alloc(buf.bytes(), self.free_memory_if_large(buf.bytes()));
+        Ok(buf)
+    }
+
+    fn launch_err(name: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+        move |e| Error::cuda(format!("launching {name}: {e}"))
+    }
+}
+
+impl Backend for CudaBackend {
+    type Buf<T: Elem> = CudaBuf<T>;
+
+    fn name(&self) -> String {
+        format!(
+            "cuda:{} ({}, sm_{}{}, {:.0} GiB)",
+            self.ctx.ordinal(),
+            self.device_name,
+            self.cc.0,
+            self.cc.1,
+            self.total_mem as f64 / (1u64 << 30) as f64
+        )
+    }
+
+    fn upload<T: Elem>(&self, host: &[T]) -> Result<CudaBuf<T>> {
+        let mut buf = self.alloc::<T>(host.len())?;
+        if !host.is_empty() {
+            let mut view = buf.slice.slice_mut(0..host.len());
+            drv("copy to device", self.stream.memcpy_htod(host, &mut view))?;
+        }
+        Ok(buf)
+    }
+
+    fn zeros<T: Elem>(&self, len: usize) -> Result<CudaBuf<T>> {
+        self.alloc(len)
+    }
+
+    fn download<T: Elem>(&self, buf: &CudaBuf<T>) -> Result<Vec<T>> {
+        if buf.len == 0 {
+            return Ok(Vec::new());
+        }
+        let mut host = vec![T::default(); buf.len];
+        let view = buf.slice.slice(0..buf.len);
+        drv("copy to host", self.stream.memcpy_dtoh(&view, &mut host))?;
+        drv("synchronize", self.stream.synchronize())?;
+        Ok(host)
+    }
+
+    fn len_of<T: Elem>(&self, buf: &CudaBuf<T>) -> usize {
+        buf.len
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        drv("synchronize", self.stream.synchronize())
+    }
+
+    fn memory(&self) -> MemStats {
+        let t = &self.tracker;
+        let used_now = self
+            .ctx
+            .mem_get_info()
+            .ok()
+            .map(|(f, _)| t.free_at_start.saturating_sub(f as u64));
+        if let Some(u) = used_now {
+            t.min_free
+                .fetch_min(t.free_at_start.saturating_sub(u), Ordering::Relaxed);
+        }
+        MemStats {
+            allocated_bytes: t.current.load(Ordering::Relaxed),
+            peak_allocated_bytes: t.peak.load(Ordering::Relaxed),
+            device_used_delta: used_now,
+            device_peak_delta: Some(
+                t.free_at_start
+                    .saturating_sub(t.min_free.load(Ordering::Relaxed)),
+            ),
+        }
+    }
+
+    fn rms_norm(
+        &self,
+        x: &CudaBuf<f32>,
+        w: &CudaBuf<f32>,
+        eps: f32,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        let rows = rows_of("rms_norm", "x", x.len, w.len)?;
+        check_len("rms_norm", "out", out.len, x.len)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let (rows_u, dim) = (as_u32("rows", rows)?, as_u32("dim", w.len)?);
+        let f = self.func(&compile::ELEMENTWISE, "rms_norm_f32")?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows_u, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.slice)
+            .arg(&w.slice)
+            .arg(&mut out.slice)
+            .arg(&rows_u)
+            .arg(&dim)
+            .arg(&eps);
+        // SAFETY: argument types and order match rms_norm_f32; lengths checked above.
+        unsafe { b.launch(cfg) }.map_err(Self::launch_err("rms_norm_f32"))?;
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        x: &mut CudaBuf<f32>,
+        positions: &CudaBuf<u32>,
+        inv_freq: &CudaBuf<f32>,
+        head_dim: usize,
+    ) -> Result<()> {
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(runner_err(format!("rope: head_dim {head_dim} is not even")));
+        }
+        check_len("rope", "inv_freq", inv_freq.len, head_dim / 2)?;
+        let rows = positions.len;
+        if rows == 0 {
+            return check_len("rope", "x", x.len, 0);
+        }
+        let width = rows_of("rope", "x", x.len, rows)?;
+        rows_of("rope", "a row of x", width, head_dim)?;
+        let f = self.func(&compile::ELEMENTWISE, "rope_f32")?;
+        let cfg = grid_1d((x.len / 2) as u64, 256)?;
+        let (rows_u, width_u, hd) = (
+            as_u32("rows", rows)?,
+            as_u32("width", width)?,
+            as_u32("head_dim", head_dim)?,
+        );
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.slice)
+            .arg(&positions.slice)
+            .arg(&inv_freq.slice)
+            .arg(&rows_u)
+            .arg(&width_u)
+            .arg(&hd);
+        // SAFETY: matches rope_f32; shapes checked above.
+        unsafe { b.launch(cfg) }.map_err(Self::launch_err("rope_f32"))?;
+        Ok(())
+    }
+
+    fn silu_mul(
+        &self,
+        gate: &CudaBuf<f32>,
+        up: &CudaBuf<f32>,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        check_len("silu_mul", "up", up.len, gate.len)?;
+        check_len("silu_mul", "out", out.len, gate.len)?;
+        if gate.len == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "silu_mul_f32")?;
+        let n = gate.len as u64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&gate.slice)
+            .arg(&up.slice)
+            .arg(&mut out.slice)
+            .arg(&n);
+        // SAFETY: matches silu_mul_f32.
+        unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("silu_mul_f32"))?;
+        Ok(())
+    }
+
+    fn embedding(
+        &self,
+        table: &CudaBuf<u16>,
+        half: HalfKind,
+        hidden: usize,
+        ids: &CudaBuf<u32>,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        let vocab = rows_of("embedding", "table", table.len, hidden)?;
+        check_len("embedding", "out", out.len, ids.len * hidden)?;
+        if ids.len == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "embedding_half")?;
+        let (rows, hid, voc, kind) = (
+            as_u32("rows", ids.len)?,
+            as_u32("hidden", hidden)?,
+            as_u32("vocab", vocab)?,
+            half.code(),
+        );
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&table.slice)
+            .arg(&ids.slice)
+            .arg(&mut out.slice)
+            .arg(&rows)
+            .arg(&hid)
+            .arg(&voc)
+            .arg(&kind);
+        // SAFETY: matches embedding_half.
+        unsafe { b.launch(grid_1d(out.len as u64, 256)?) }
+            .map_err(Self::launch_err("embedding_half"))?;
+        Ok(())
+    }
+
+    fn argmax(&self, x: &CudaBuf<f32>, cols: usize, out: &mut CudaBuf<u32>) -> Result<()> {
+        let rows = rows_of("argmax", "x", x.len, cols)?;
+        check_len("argmax", "out", out.len, rows)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "argmax_f32")?;
+        let (rows_u, cols_u) = (as_u32("rows", rows)?, as_u32("cols", cols)?);
+        let cfg = LaunchConfig {
+            grid_dim: (rows_u, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.slice)
+            .arg(&mut out.slice)
+            .arg(&rows_u)
+            .arg(&cols_u);
+        // SAFETY: matches argmax_f32, which needs exactly 256 threads.
+        unsafe { b.launch(cfg) }.map_err(Self::launch_err("argmax_f32"))?;
+        Ok(())
+    }
+
+    fn to_half(&self, x: &CudaBuf<f32>, half: HalfKind, out: &mut CudaBuf<u16>) -> Result<()> {
+        check_len("to_half", "out", out.len, x.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "to_half_f32")?;
+        let (n, kind) = (x.len as u64, half.code());
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.slice).arg(&mut out.slice).arg(&n).arg(&kind);
+        // SAFETY: matches to_half_f32.
+        unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("to_half_f32"))?;
+        Ok(())
+    }
+
+    fn gemm(
+        &self,
+        x: &CudaBuf<u16>,
+        w: &CudaBuf<u16>,
+        half: HalfKind,
+        m: usize,
+        n: usize,
+        k: usize,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        check_len("gemm", "x", x.len, m * k)?;
+        check_len("gemm", "w", w.len, n * k)?;
+        check_len("gemm", "out", out.len, m * n)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let int = |what: &str, v: usize| {
+            i32::try_from(v).map_err(|_| runner_err(format!("gemm: {what} = {v} is too large")))
+        };
+        let (mi, ni, ki) = (int("m", m)?, int("n", n)?, int("k", k)?);
+        let dt = match half {
+            HalfKind::F16 => blas_sys::cudaDataType::CUDA_R_16F,
+            HalfKind::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
+        };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Row-major out[m, n] = x[m, k] . w[n, k]^T is column-major out^T[n, m] =
+        // (w as column-major [k, n])^T . (x as column-major [k, m]).
+        let (xp, _gx) = x.slice.device_ptr(&self.stream);
+        let (wp, _gw) = w.slice.device_ptr(&self.stream);
+        let (op, _go) = out.slice.device_ptr_mut(&self.stream);
+        // SAFETY: pointers are live device buffers of the checked sizes; types match `dt` and
+        // CUDA_R_32F; the handle is bound to our stream.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                ni,
+                mi,
+                ki,
+                &alpha as *const f32 as *const _,
+                wp as *const _,
+                dt,
+                ki,
+                xp as *const _,
+                dt,
+                ki,
+                &beta as *const f32 as *const _,
+                op as *mut _,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                ni,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| Error::cuda(format!("cublasGemmEx ({m}x{n}x{k}): {e:?}")))?;
+        Ok(())
+    }
+
+    fn gemm_gptq(
+        &self,
+        x: &CudaBuf<u16>,
+        w: &GptqWeight<Self>,
+        m: usize,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        let (n, k) = (w.out_features, w.in_features);
+        check_len("gemm_gptq", "x", x.len, m * k)?;
+        check_len("gemm_gptq", "out", out.len, m * n)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let (m_u, n_u, k_u, gl, bits, kind) = (
+            as_u32("m", m)?,
+            as_u32("out_features", n)?,
+            as_u32("in_features", k)?,
+            as_u32("group_len", w.group_len)?,
+            w.bits,
+            w.half.code(),
+        );
+        let null: u64 = 0;
+        if m <= 16 {
+            // Split K so that about two blocks per multiprocessor are busy, and so that each
+            // slice's activations fit in 32 KiB of shared memory.
+            let mb = m.next_power_of_two();
+            let pf = 32 / bits as usize;
+            let words = k / pf;
+            let col_tiles = n.div_ceil(128);
+            let by_parallelism = (2 * self.sm_count as usize).div_ceil(col_tiles);
+            let by_memory = k.div_ceil(8192 / mb);
+            let splits = by_parallelism.max(by_memory).clamp(1, words.max(1));
+            let rows_per_split = words.div_ceil(splits).max(1);
+            let splits = words.div_ceil(rows_per_split).max(1);
+            let smem = (mb * rows_per_split * pf * 4).max(4 * mb * 128 * 4);
+            let mut part = if splits > 1 {
+                Some(self.scratch::<f32>(splits * m * n)?)
+            } else {
+                None
+            };
+            let name = format!("gptq_gemv_w{bits}_m{mb}");
+            let f = self.func(&compile::GPTQ, &name)?;
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    as_u32("column tiles", col_tiles)?,
+                    as_u32("splits", splits)?,
+                    1,
+                ),
+                block_dim: (4 * 32, 1, 1),
+                shared_mem_bytes: as_u32("shared memory", smem)?,
+            };
+            let rps = as_u32("rows per split", rows_per_split)?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&x.slice)
+                .arg(&w.qweight.slice)
+                .arg(&w.qzeros.slice)
+                .arg(&w.scales.slice);
+            match &w.g_idx {
+                Some(g) => b.arg(&g.slice),
+                None => b.arg(&null),
+            };
+            match &mut part {
+                Some(p) => b.arg(&mut p.slice),
+                None => b.arg(&mut out.slice),
+            };
+            b.arg(&m_u)
+                .arg(&n_u)
+                .arg(&k_u)
+                .arg(&gl)
+                .arg(&kind)
+                .arg(&rps);
+            // SAFETY: matches gptq_gemv_w{bits}_m{mb}; shapes checked at upload and above;
+            // the partial buffer holds splits x m x n floats.
+            unsafe { b.launch(cfg) }.map_err(Self::launch_err(&name))?;
+            if let Some(p) = &part {
+                let f = self.func(&compile::GPTQ, "gptq_splitk_reduce")?;
+                let (sp, len) = (as_u32("splits", splits)?, (m * n) as u64);
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&p.slice).arg(&mut out.slice).arg(&sp).arg(&len);
+                // SAFETY: matches gptq_splitk_reduce.
+                unsafe { b.launch(grid_1d(len, 256)?) }
+                    .map_err(Self::launch_err("gptq_splitk_reduce"))?;
+            }
+        } else {
+            // Tensor cores when K is a multiple of 32, else the CUDA-core kernel.
+            let mma = k % 32 == 0;
+            let (name, tile, threads) = if mma {
+                ("gptq_gemm_mma", 64, 128)
+            } else {
+                ("gptq_gemm", 64, 256)
+            };
+            let f = self.func(&compile::GPTQ, name)?;
+            let cfg = LaunchConfig {
+                grid_dim: (n_u.div_ceil(tile), m_u.div_ceil(tile), 1),
+                block_dim: (threads, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&x.slice)
+                .arg(&w.qweight.slice)
+                .arg(&w.qzeros.slice)
+                .arg(&w.scales.slice);
+            match &w.g_idx {
+                Some(g) => b.arg(&g.slice),
+                None => b.arg(&null),
+            };
+            b.arg(&mut out.slice)
+                .arg(&m_u)
+                .arg(&n_u)
+                .arg(&k_u)
+                .arg(&gl)
+                .arg(&bits)
+                .arg(&kind);
+            // SAFETY: both kernels take these arguments; shapes checked above.
+            unsafe { b.launch(cfg) }.map_err(Self::launch_err(name))?;
+        }
+        Ok(())
+    }
+
+    fn dequantize_gptq(&self, w: &GptqWeight<Self>, out: &mut CudaBuf<u16>) -> Result<()> {
+        let (n, k) = (w.out_features, w.in_features);
+        check_len("dequantize_gptq", "out", out.len, n * k)?;
+        if n * k == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::GPTQ, "gptq_dequantize")?;
+        let (n_u, k_u, gl, bits, kind) = (
+            as_u32("out_features", n)?,
+            as_u32("in_features", k)?,
+            as_u32("group_len", w.group_len)?,
+            w.bits,
+            w.half.code(),
+        );
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&w.qweight.slice)
+            .arg(&w.qzeros.slice)
+            .arg(&w.scales.slice);
+        match &w.g_idx {
+            Some(g) => b.arg(&g.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&mut out.slice)
+            .arg(&n_u)
+            .arg(&k_u)
+            .arg(&gl)
+            .arg(&bits)
+            .arg(&kind);
+        // SAFETY: matches gptq_dequantize.
+        unsafe { b.launch(grid_1d((n * k) as u64, 256)?) }
+            .map_err(Self::launch_err("gptq_dequantize"))?;
+        Ok(())
+    }
+
+    fn kv_append(
+        &self,
+        k: &CudaBuf<f32>,
+        v: &CudaBuf<f32>,
+        slots: &CudaBuf<u32>,
+        positions: &CudaBuf<u32>,
+        shape: &AttnShape,
+        k_cache: &mut CudaBuf<f32>,
+        v_cache: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        shape.check()?;
+        let kvd = shape.kv_width();
+        let rows = slots.len;
+        check_len("kv_append", "positions", positions.len, rows)?;
+        check_len("kv_append", "k", k.len, rows * kvd)?;
+        check_len("kv_append", "v", v.len, rows * kvd)?;
+        let n_slots = rows_of("kv_append", "k_cache", k_cache.len, shape.max_len * kvd)?;
+        check_len("kv_append", "v_cache", v_cache.len, k_cache.len)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "kv_append_f32")?;
+        let (rows_u, kvd_u, ml, ns) = (
+            as_u32("rows", rows)?,
+            as_u32("kv width", kvd)?,
+            as_u32("max_len", shape.max_len)?,
+            as_u32("slots", n_slots)?,
+        );
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&k.slice)
+            .arg(&v.slice)
+            .arg(&slots.slice)
+            .arg(&positions.slice)
+            .arg(&mut k_cache.slice)
+            .arg(&mut v_cache.slice)
+            .arg(&rows_u)
+            .arg(&kvd_u)
+            .arg(&ml)
+            .arg(&ns);
+        // SAFETY: matches kv_append_f32; out-of-range rows are skipped by the kernel.
+        unsafe { b.launch(grid_1d((rows * kvd) as u64, 256)?) }
+            .map_err(Self::launch_err("kv_append_f32"))?;
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CudaBuf<f32>,
+        k_cache: &CudaBuf<f32>,
+        v_cache: &CudaBuf<f32>,
+        slots: &CudaBuf<u32>,
+        positions: &CudaBuf<u32>,
+        shape: &AttnShape,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        shape.check()?;
+        let (qd, kvd) = (shape.q_width(), shape.kv_width());
+        let rows = slots.len;
+        check_len("attention", "positions", positions.len, rows)?;
+        check_len("attention", "q", q.len, rows * qd)?;
+        check_len("attention", "out", out.len, rows * qd)?;
+        let n_slots = rows_of("attention", "k_cache", k_cache.len, shape.max_len * kvd)?;
+        check_len("attention", "v_cache", v_cache.len, k_cache.len)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        if rows > 65_535 {
+            return Err(runner_err(format!(
+                "attention: {rows} rows in one call; at most 65535"
+            )));
+        }
+        let f = self.func(&compile::ATTENTION, "attention_f32")?;
+        let (heads, kvh, hd, ml, ns) = (
+            as_u32("heads", shape.heads)?,
+            as_u32("kv_heads", shape.kv_heads)?,
+            as_u32("head_dim", shape.head_dim)?,
+            as_u32("max_len", shape.max_len)?,
+            as_u32("slots", n_slots)?,
+        );
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        // Split the context when (heads x rows) blocks alone would leave multiprocessors idle:
+        // chunks of at least 256 keys, about four blocks per multiprocessor in all.
+        let blocks = shape.heads * rows;
+        let by_parallelism = (4 * self.sm_count as usize).div_ceil(blocks);
+        let splits = by_parallelism.min(shape.max_len.div_ceil(256)).max(1);
+        let chunk = as_u32("chunk", shape.max_len.div_ceil(splits))?;
+        let mut part = if splits > 1 {
+            Some(self.scratch::<f32>(rows * shape.heads * splits * (shape.head_dim + 2))?)
+        } else {
+            None
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (heads, rows as u32, as_u32("splits", splits)?),
+            block_dim: (4 * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&q.slice)
+            .arg(&k_cache.slice)
+            .arg(&v_cache.slice)
+            .arg(&slots.slice)
+            .arg(&positions.slice)
+            .arg(&mut out.slice);
+        match &mut part {
+            Some(p) => b.arg(&mut p.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&heads)
+            .arg(&kvh)
+            .arg(&hd)
+            .arg(&ml)
+            .arg(&ns)
+            .arg(&scale)
+            .arg(&chunk);
+        // SAFETY: matches attention_f32 (4 warps); shapes checked above; `part` holds
+        // rows x heads x splits x (head_dim + 2) floats when there are several splits.
+        unsafe { b.launch(cfg) }.map_err(Self::launch_err("attention_f32"))?;
+        if let Some(p) = &part {
+            let f = self.func(&compile::ATTENTION, "attention_merge_f32")?;
+            let sp = as_u32("splits", splits)?;
+            let cfg = LaunchConfig {
+                grid_dim: (heads, rows as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&p.slice)
+                .arg(&mut out.slice)
+                .arg(&heads)
+                .arg(&hd)
+                .arg(&sp);
+            // SAFETY: matches attention_merge_f32.
+            unsafe { b.launch(cfg) }.map_err(Self::launch_err("attention_merge_f32"))?;
+        }
+        Ok(())
+    }
+
+    fn add(&self, x: &mut CudaBuf<f32>, y: &CudaBuf<f32>) -> Result<()> {
+        check_len("add", "y", y.len, x.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "add_f32")?;
+        let n = x.len as u64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.slice).arg(&y.slice).arg(&n);
+        // SAFETY: matches add_f32.
+        unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("add_f32"))?;
+        Ok(())
+    }
+
+    fn add_bias(&self, x: &mut CudaBuf<f32>, bias: &CudaBuf<f32>) -> Result<()> {
+        rows_of("add_bias", "x", x.len, bias.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "add_bias_f32")?;
+        let (n, cols) = (x.len as u64, as_u32("bias length", bias.len)?);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.slice).arg(&bias.slice).arg(&n).arg(&cols);
+        // SAFETY: matches add_bias_f32.
+        unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("add_bias_f32"))?;
+        Ok(())
+    }
+
+    fn gather_rows(
+        &self,
+        x: &CudaBuf<f32>,
+        width: usize,
+        rows: &CudaBuf<u32>,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        let rows_in = rows_of("gather_rows", "x", x.len, width)?;
+        check_len("gather_rows", "out", out.len, rows.len * width)?;
+        if out.len == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "gather_rows_f32")?;
+        let (ro, ri, w) = (
+            as_u32("rows", rows.len)?,
+            as_u32("rows", rows_in)?,
+            as_u32("width", width)?,
+        );
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.slice)
+            .arg(&rows.slice)
+            .arg(&mut out.slice)
+            .arg(&ro)
+            .arg(&ri)
+            .arg(&w);
+        // SAFETY: matches gather_rows_f32.
+        unsafe { b.launch(grid_1d(out.len as u64, 256)?) }
+            .map_err(Self::launch_err("gather_rows_f32"))?;
+        Ok(())
+    }
+
+    fn quantize_rtn(&self, scheme: &QuantScheme, w: &Weight<'_>) -> Result<QuantizedLinear> {
+        let (n, k) = (w.out_features, w.in_features);
+        scheme.check_shape(w.name, n, k)?;
+        check_len("quantize_rtn", w.name, w.data.len(), n * k)?;
+        let glen = scheme.group_len(k);
+        let groups = scheme.num_groups(k);
+        let store = match w.scale_dtype {
+            DType::F16 => 0u32,
+            DType::BF16 => 1,
+            DType::F32 => 2,
+            DType::I32 => {
+                return Err(Error::tensor(w.name, "scales cannot be stored as I32"));
+            }
+        };
+        let wd = self.upload(w.data)?;
+        let mut q = self.zeros::<u8>(n * k)?;
+        let mut scales = self.zeros::<f32>(groups * n)?;
+        let mut zeros = self.zeros::<u32>(groups * n)?;
+        let mut overflow = self.zeros::<u32>(1)?;
+        if n * k > 0 {
+            let f = self.func(&compile::RTN, "rtn_quantize")?;
+            let (n_u, k_u, gl, gr, bits, sym) = (
+                as_u32("out_features", n)?,
+                as_u32("in_features", k)?,
+                as_u32("group_len", glen)?,
+                as_u32("groups", groups)?,
+                scheme.bits as u32,
+                scheme.sym as u32,
+            );
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&wd.slice)
+                .arg(&mut q.slice)
+                .arg(&mut scales.slice)
+                .arg(&mut zeros.slice)
+                .arg(&mut overflow.slice)
+                .arg(&n_u)
+                .arg(&k_u)
+                .arg(&gl)
+                .arg(&gr)
+                .arg(&bits)
+                .arg(&sym)
+                .arg(&store);
+            // SAFETY: matches rtn_quantize: one warp per (row, group).
+            unsafe { b.launch(grid_1d((n * groups) as u64 * 32, 256)?) }
+                .map_err(Self::launch_err("rtn_quantize"))?;
+        }
+        if self.download(&overflow)?[0] != 0 {
+            // A scale overflows the store dtype: the CPU path names the group's scale.
+            return Rtn { scheme: *scheme }.quantize(w);
+        }
+        Ok(QuantizedLinear {
+            scheme: *scheme,
+            out_features: n,
+            in_features: k,
+            q: self.download(&q)?,
+            scales: self.download(&scales)?,
+            zeros: self.download(&zeros)?,
+            g_idx: (0..k).map(|i| (i / glen) as u32).collect(),
+        })
+    }
+}

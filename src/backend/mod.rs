@@ -1,0 +1,507 @@
+//! Compute backends: one `Backend` trait, two implementations (DESIGN.md).
+//!
+//! - `cpu`: plain Rust + rayon, always available; the reference the GPU is checked against.
+//! - `cuda`: cudarc with the driver, NVRTC and cuBLAS loaded at run time. The binary builds and
+//!   runs without CUDA; `Device::select` probes for a usable driver + GPU and falls back to the
+//!   CPU (with one line saying why) unless CUDA was asked for explicitly.
+//!
+//! Buffers belong to the backend (`Backend::Buf<T>`: a `Vec` on the CPU, device memory on the
+//! GPU). Ops validate shapes on the host and return `Error::Runner`/`Error::Cuda` instead of
+//! panicking. Activations are f32; GEMM inputs are 16-bit (`HalfKind`: f16 or bf16 bit
+//! patterns in `u16`), products accumulate in f32.
+
+pub mod cpu;
+pub mod cuda;
+
+use std::fmt;
+use std::str::FromStr;
+
+use half::{bf16, f16};
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::quant::{QuantScheme, QuantizedLinear, Weight};
+
+pub use cpu::CpuBackend;
+pub use cuda::CudaBackend;
+
+/// Element types a backend buffer can hold.
+pub trait Elem:
+    Copy
+    + Default
+    + PartialEq
+    + Send
+    + Sync
+    + fmt::Debug
+    + 'static
+    + cudarc::driver::DeviceRepr
+    + cudarc::driver::ValidAsZeroBits
+{
+}
+impl Elem for f32 {}
+impl Elem for u32 {}
+impl Elem for i32 {}
+impl Elem for u16 {}
+impl Elem for u8 {}
+
+/// Which 16-bit float a `u16` buffer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HalfKind {
+    F16,
+    BF16,
+}
+
+impl HalfKind {
+    /// The half type weights of `dtype` are computed in (f32 checkpoints use f16, like their
+    /// GPTQ scales).
+    pub fn for_dtype(dtype: DType) -> Self {
+        match dtype {
+            DType::BF16 => HalfKind::BF16,
+            _ => HalfKind::F16,
+        }
+    }
+
+    pub fn to_f32(self, bits: u16) -> f32 {
+        match self {
+            HalfKind::F16 => f16::from_bits(bits).to_f32(),
+            HalfKind::BF16 => bf16::from_bits(bits).to_f32(),
+        }
+    }
+
+    /// Round to nearest, ties to even.
+    pub fn from_f32(self, x: f32) -> u16 {
+        match self {
+            HalfKind::F16 => f16::from_f32(x).to_bits(),
+            HalfKind::BF16 => bf16::from_f32(x).to_bits(),
+        }
+    }
+
+    /// `x` rounded to this type and back.
+    pub fn round(self, x: f32) -> f32 {
+        self.to_f32(self.from_f32(x))
+    }
+
+    /// The code kernels take (0 = f16, 1 = bf16).
+    pub fn code(self) -> u32 {
+        match self {
+            HalfKind::F16 => 0,
+            HalfKind::BF16 => 1,
+        }
+    }
+}
+
+/// Shape of grouped-query attention over a slot-based KV cache: `k_cache`/`v_cache` are
+/// [slots, max_len, kv_heads * head_dim] f32; row r of a step belongs to slot `slots[r]` at
+/// position `positions[r]` and attends to positions 0..=positions[r] of its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// Positions per slot in the cache.
+    pub max_len: usize,
+}
+
+impl AttnShape {
+    pub fn q_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    pub fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+            return Err(runner_err(format!(
+                "attention: {} query heads are not a multiple of {} kv heads",
+                self.heads, self.kv_heads
+            )));
+        }
+        if self.head_dim == 0 || self.head_dim % 32 != 0 || self.head_dim > 256 {
+            return Err(runner_err(format!(
+                "attention: head_dim {} is not a multiple of 32 up to 256",
+                self.head_dim
+            )));
+        }
+        if self.max_len == 0 {
+            return Err(runner_err("attention: KV cache has max_len 0"));
+        }
+        Ok(())
+    }
+}
+
+/// A GPTQ v1 linear held on a backend in its packed form (see `export::gptq_v1` and
+/// docs/formats.md): `qweight` int32 [K/pf, N], `qzeros` int32 [G, N/pf] (zero - 1),
+/// `scales` [G, N] as `half` bit patterns, `g_idx` [K] only when it is not k / group_len.
+pub struct GptqWeight<B: Backend + ?Sized> {
+    pub bits: u32,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub groups: usize,
+    pub group_len: usize,
+    /// Dtype of the scales, and of the dequantized weight the kernels compute with.
+    pub half: HalfKind,
+    pub qweight: B::Buf<i32>,
+    pub qzeros: B::Buf<i32>,
+    pub scales: B::Buf<u16>,
+    /// `None` when g_idx[k] == k / group_len (sequential groups, the fast path).
+    pub g_idx: Option<B::Buf<i32>>,
+}
+
+/// The host side of a `GptqWeight`: the tensors as the checkpoint stores them.
+pub struct GptqHost<'a> {
+    pub name: &'a str,
+    pub scheme: QuantScheme,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub qweight: &'a [i32],
+    pub qzeros: &'a [i32],
+    /// Bit patterns of `half`.
+    pub scales: &'a [u16],
+    pub half: HalfKind,
+    pub g_idx: &'a [i32],
+}
+
+impl<B: Backend> GptqWeight<B> {
+    /// Checks shapes and copies the packed tensors to `backend`.
+    pub fn upload(backend: &B, h: &GptqHost<'_>) -> Result<Self> {
+        let (k, n) = (h.in_features, h.out_features);
+        h.scheme.check_shape(h.name, n, k)?;
+        let pf = h.scheme.pack_factor();
+        let group_len = h.scheme.group_len(k);
+        let groups = h.scheme.num_groups(k);
+        let want = |what: &str, got: usize, want: usize| -> Result<()> {
+            if got == want {
+                Ok(())
+            } else {
+                Err(Error::tensor(
+                    h.name,
+                    format!("{what} has {got} elements, expected {want}"),
+                ))
+            }
+        };
+        want("qweight", h.qweight.len(), k / pf * n)?;
+        want("qzeros", h.qzeros.len(), groups * n / pf)?;
+        want("scales", h.scales.len(), groups * n)?;
+        want("g_idx", h.g_idx.len(), k)?;
+        if let Some(bad) = h.g_idx.iter().find(|&&g| g < 0 || g as usize >= groups) {
+            return Err(Error::tensor(
+                h.name,
+                format!("g_idx holds {bad}, outside 0..{groups}"),
+            ));
+        }
+        let sequential = group_len % pf == 0
+            && h.g_idx
+                .iter()
+                .enumerate()
+                .all(|(i, &g)| g as usize == i / group_len);
+        Ok(GptqWeight {
+            bits: h.scheme.bits as u32,
+            in_features: k,
+            out_features: n,
+            groups,
+            group_len,
+            half: h.half,
+            qweight: backend.upload(h.qweight)?,
+            qzeros: backend.upload(h.qzeros)?,
+            scales: backend.upload(h.scales)?,
+            g_idx: if sequential {
+                None
+            } else {
+                Some(backend.upload(h.g_idx)?)
+            },
+        })
+    }
+
+    /// Bytes the packed tensors occupy on the backend.
+    pub fn bytes(&self) -> usize {
+        let pf = 32 / self.bits as usize;
+        let (k, n) = (self.in_features, self.out_features);
+        k / pf * n * 4
+            + self.groups * n / pf * 4
+            + self.groups * n * 2
+            + self.g_idx.as_ref().map_or(0, |_| k * 4)
+    }
+}
+
+/// Memory a backend has allocated, for the VRAM report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemStats {
+    /// Bytes held in our buffers now.
+    pub allocated_bytes: u64,
+    /// High-water mark of `allocated_bytes`.
+    pub peak_allocated_bytes: u64,
+    /// Device memory in use now minus at backend creation (cuMemGetInfo), GPU only.
+    pub device_used_delta: Option<u64>,
+    /// Largest such delta seen at any allocation, GPU only.
+    pub device_peak_delta: Option<u64>,
+}
+
+/// The ops the runner and the quantizer need. Every op has a CPU and a CUDA implementation;
+/// tests/backend_ops.rs runs one body per op on both and compares with a host reference.
+pub trait Backend: Send + Sync {
+    type Buf<T: Elem>: Send + Sync;
+
+    /// "cpu", or "cuda:0 (NVIDIA H200, sm_90)".
+    fn name(&self) -> String;
+    fn upload<T: Elem>(&self, host: &[T]) -> Result<Self::Buf<T>>;
+    fn zeros<T: Elem>(&self, len: usize) -> Result<Self::Buf<T>>;
+    fn download<T: Elem>(&self, buf: &Self::Buf<T>) -> Result<Vec<T>>;
+    fn len_of<T: Elem>(&self, buf: &Self::Buf<T>) -> usize;
+    /// Waits for queued work (a no-op on the CPU).
+    fn synchronize(&self) -> Result<()>;
+    fn memory(&self) -> MemStats;
+
+    /// `out = x * w / sqrt(mean(x^2) + eps)` over each row of length `w.len()` (also used per
+    /// head for HunYuan's QK-norm, with a head_dim-long `w`).
+    fn rms_norm(
+        &self,
+        x: &Self::Buf<f32>,
+        w: &Self::Buf<f32>,
+        eps: f32,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// NeoX rotate-half RoPE in place: `x` is [rows, heads * head_dim], row r at
+    /// `positions[r]`; `inv_freq` [head_dim / 2] (from `runner::forward::Rope`, so HunYuan's
+    /// dynamic-alpha base is just another table).
+    fn rope(
+        &self,
+        x: &mut Self::Buf<f32>,
+        positions: &Self::Buf<u32>,
+        inv_freq: &Self::Buf<f32>,
+        head_dim: usize,
+    ) -> Result<()>;
+
+    /// `out = silu(gate) * up`, elementwise.
+    fn silu_mul(
+        &self,
+        gate: &Self::Buf<f32>,
+        up: &Self::Buf<f32>,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// `out[r] = table[ids[r]]` as f32; `table` is [vocab, hidden] of `half`. Ids must be
+    /// below vocab (the GPU writes NaN rows for others, the CPU returns an error).
+    fn embedding(
+        &self,
+        table: &Self::Buf<u16>,
+        half: HalfKind,
+        hidden: usize,
+        ids: &Self::Buf<u32>,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// Index of the largest value of each row of length `cols` (first one on ties, as
+    /// torch.argmax).
+    fn argmax(&self, x: &Self::Buf<f32>, cols: usize, out: &mut Self::Buf<u32>) -> Result<()>;
+
+    /// f32 to 16-bit, round to nearest even.
+    fn to_half(&self, x: &Self::Buf<f32>, half: HalfKind, out: &mut Self::Buf<u16>) -> Result<()>;
+
+    /// `out[m, n] = x[m, k] . w[n, k]^T` with 16-bit inputs and f32 accumulation and output
+    /// (cuBLAS on the GPU).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        x: &Self::Buf<u16>,
+        w: &Self::Buf<u16>,
+        half: HalfKind,
+        m: usize,
+        n: usize,
+        k: usize,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// `out[m, N] = x[m, K] . W^T` with W the GPTQ weight dequantized in registers
+    /// (`w.half`-rounded `scale * (q - zero)`), f32 accumulation. `x` is in `w.half`.
+    fn gemm_gptq(
+        &self,
+        x: &Self::Buf<u16>,
+        w: &GptqWeight<Self>,
+        m: usize,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// The weight a GPTQ loader reconstructs, [N, K] in `w.half` (the reference the fused
+    /// kernels are checked against, and the act-order slow path).
+    fn dequantize_gptq(&self, w: &GptqWeight<Self>, out: &mut Self::Buf<u16>) -> Result<()>;
+
+    /// Writes the rows of `k`/`v` ([rows, kv_width]) into the caches at (slot, position).
+    #[allow(clippy::too_many_arguments)]
+    fn kv_append(
+        &self,
+        k: &Self::Buf<f32>,
+        v: &Self::Buf<f32>,
+        slots: &Self::Buf<u32>,
+        positions: &Self::Buf<u32>,
+        shape: &AttnShape,
+        k_cache: &mut Self::Buf<f32>,
+        v_cache: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// Causal softmax attention of `q` ([rows, q_width]) over the cache, scale
+    /// 1/sqrt(head_dim), GQA. The GPU runs one fused kernel with an online softmax (no score
+    /// matrix in global memory).
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Self::Buf<f32>,
+        k_cache: &Self::Buf<f32>,
+        v_cache: &Self::Buf<f32>,
+        slots: &Self::Buf<u32>,
+        positions: &Self::Buf<u32>,
+        shape: &AttnShape,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// `x += y`, elementwise.
+    fn add(&self, x: &mut Self::Buf<f32>, y: &Self::Buf<f32>) -> Result<()>;
+
+    /// `x[r, j] += bias[j]` for every row of `x` ([rows, bias.len()]).
+    fn add_bias(&self, x: &mut Self::Buf<f32>, bias: &Self::Buf<f32>) -> Result<()>;
+
+    /// `out[r] = x[rows[r]]`, rows of length `width`.
+    fn gather_rows(
+        &self,
+        x: &Self::Buf<f32>,
+        width: usize,
+        rows: &Self::Buf<u32>,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
+    /// Round-to-nearest quantization of one linear by `quant::rtn`'s rules (host weight in,
+    /// levels and group parameters out). Byte-identical on every backend.
+    fn quantize_rtn(&self, scheme: &QuantScheme, w: &Weight<'_>) -> Result<QuantizedLinear>;
+}
+
+pub(crate) fn runner_err(msg: impl Into<String>) -> Error {
+    Error::Runner { msg: msg.into() }
+}
+
+/// `Err` unless `got == want`; shared by both backends so they fail alike.
+pub(crate) fn check_len(op: &str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(runner_err(format!(
+            "{op}: {what} has {got} elements, expected {want}"
+        )))
+    }
+}
+
+/// Rows of a [rows, cols] buffer of `len` elements.
+pub(crate) fn rows_of(op: &str, what: &str, len: usize, cols: usize) -> Result<usize> {
+    if cols == 0 || len % cols != 0 {
+        return Err(runner_err(format!(
+            "{op}: {what} has {len} elements, not a multiple of {cols}"
+        )));
+    }
+    Ok(len / cols)
+}
+
+/// `--device auto|cpu|cuda`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// CUDA when a driver and a GPU are usable, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda),
+            other => Err(Error::flag(
+                "--device",
+                format!("{other:?} is not a device; expected auto, cpu or cuda"),
+            )),
+        }
+    }
+}
+
+/// The backend a command runs on.
+pub enum Device {
+    Cpu(CpuBackend),
+    Cuda(Box<CudaBackend>),
+}
+
+/// A chosen device and, when `auto` fell back to the CPU, the one line that says why.
+pub struct Selection {
+    pub device: Device,
+    pub note: Option<String>,
+}
+
+impl Device {
+    /// `Cuda` fails with `Error::Cuda` when no usable GPU is found; `Auto` never fails.
+    pub fn select(choice: DeviceChoice) -> Result<Selection> {
+        match choice {
+            DeviceChoice::Cpu => Ok(Selection {
+                device: Device::Cpu(CpuBackend::new()),
+                note: None,
+            }),
+            DeviceChoice::Cuda => Ok(Selection {
+                device: Device::Cuda(Box::new(CudaBackend::new(&cuda::CudaOptions::default())?)),
+                note: None,
+            }),
+            DeviceChoice::Auto => Ok(Device::auto()),
+        }
+    }
+
+    /// CUDA if a driver and GPU are usable, else the CPU with a note saying why.
+    pub fn auto() -> Selection {
+        match CudaBackend::new(&cuda::CudaOptions::default()) {
+            Ok(b) => Selection {
+                device: Device::Cuda(Box::new(b)),
+                note: None,
+            },
+            Err(e) => Selection {
+                device: Device::Cpu(CpuBackend::new()),
+                note: Some(format!("using the CPU backend: {e}")),
+            },
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Device::Cpu(b) => b.name(),
+            Device::Cuda(b) => b.name(),
+        }
+    }
+
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_flag_parses() {
+        assert_eq!("auto".parse::<DeviceChoice>().unwrap(), DeviceChoice::Auto);
+        assert_eq!("cuda".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda);
+        let err = "tpu".parse::<DeviceChoice>().unwrap_err();
+        assert!(err.to_string().contains("--device"), "{err}");
+    }
+
+    #[test]
+    fn half_kinds_round_trip() {
+        for kind in [HalfKind::F16, HalfKind::BF16] {
+            for x in [0.0f32, 1.0, -2.5, 65504.0, 1e-3] {
+                let r = kind.round(x);
+                assert_eq!(kind.to_f32(kind.from_f32(r)), r);
+            }
+        }
+        assert_eq!(HalfKind::BF16.from_f32(1.0), 0x3f80);
+        assert_eq!(HalfKind::F16.from_f32(1.0), 0x3c00);
+    }
+}

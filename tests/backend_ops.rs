@@ -1,0 +1,1048 @@
+//! Every backend op, one test body each, run on the CPU backend always and on the CUDA backend
+//! in `#[ignore]`d tests (CI has no GPU; run them on a GPU machine with
+//! `cargo test --release --test backend_ops -- --ignored --test-threads=1 --nocapture`).
+//! Each body compares the backend against a reference computed here on the host (f64 sums
+//! over the same 16-bit-rounded inputs), and prints its largest error.
+
+use hy_quant::backend::cuda::{probe, CudaOptions};
+use hy_quant::backend::{
+    AttnShape, Backend, CpuBackend, CudaBackend, Device, DeviceChoice, GptqHost, GptqWeight,
+    HalfKind,
+};
+use hy_quant::dtype::DType;
+use hy_quant::export::gptq_v1;
+use hy_quant::quant::{QuantScheme, QuantizedLinear};
+use hy_quant::rng::SplitMix64;
+use hy_quant::runner::forward::Rope;
+
+fn randn(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut r = SplitMix64(seed);
+    (0..n).map(|_| r.normal() as f32 * scale).collect()
+}
+
+fn halves(kind: HalfKind, v: &[f32]) -> Vec<u16> {
+    v.iter().map(|&x| kind.from_f32(x)).collect()
+}
+
+fn max_abs_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| {
+            assert!(g.is_finite(), "non-finite output {g} (want {w})");
+            (g as f64 - w).abs()
+        })
+        .fold(0.0, f64::max)
+}
+
+fn report(op: &str, b: &impl Backend, err: f64, tol: f64) {
+    println!(
+        "{op:<28} {:<40} max err {err:.3e} (tol {tol:.0e})",
+        b.name()
+    );
+    assert!(
+        err <= tol,
+        "{op} on {}: max err {err:e} > {tol:e}",
+        b.name()
+    );
+}
+
+// ---------------------------------------------------------------- test bodies
+
+fn rms_norm_body<B: Backend>(b: &B) {
+    for (rows, dim, seed) in [(7usize, 896usize, 1u64), (24, 128, 2), (1, 4096, 3)] {
+        let x = randn(seed, rows * dim, 2.0);
+        let w = randn(seed + 100, dim, 1.0);
+        let eps = 1e-6f32;
+        let want: Vec<f64> = x
+            .chunks(dim)
+            .flat_map(|row| {
+                let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / dim as f64;
+                let inv = 1.0 / (ms + eps as f64).sqrt();
+                row.iter()
+                    .zip(&w)
+                    .map(move |(&v, &g)| v as f64 * inv * g as f64)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let (xd, wd) = (b.upload(&x).unwrap(), b.upload(&w).unwrap());
+        let mut out = b.zeros::<f32>(rows * dim).unwrap();
+        b.rms_norm(&xd, &wd, eps, &mut out).unwrap();
+        let got = b.download(&out).unwrap();
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        report(
+            &format!("rms_norm {rows}x{dim}"),
+            b,
+            max_abs_err(&got, &want) / scale,
+            1e-5,
+        );
+    }
+}
+
+fn rope_body<B: Backend>(b: &B) {
+    let (heads, hd) = (4usize, 128usize);
+    // Plain base, and HunYuan's dynamic-alpha base (rope_theta * alpha^(d/(d-2)), alpha 1000).
+    let hunyuan = 10000.0f64 * 1000f64.powf(hd as f64 / (hd as f64 - 2.0));
+    for base in [10000.0f64, 1_000_000.0, hunyuan] {
+        let rope = Rope::new(base, hd);
+        let positions: Vec<u32> = vec![0, 1, 7, 100, 2047, 8191];
+        let rows = positions.len();
+        let x = randn(base as u64, rows * heads * hd, 1.0);
+        let half = hd / 2;
+        let mut want = vec![0f64; x.len()];
+        for (r, &p) in positions.iter().enumerate() {
+            for h in 0..heads {
+                let o = r * heads * hd + h * hd;
+                for i in 0..half {
+                    let a = (p as f32 * rope.inv_freq[i]) as f64;
+                    let (c, s) = (a.cos() as f32 as f64, a.sin() as f32 as f64);
+                    let (x0, x1) = (x[o + i] as f64, x[o + i + half] as f64);
+                    want[o + i] = x0 * c - x1 * s;
+                    want[o + i + half] = x1 * c + x0 * s;
+                }
+            }
+        }
+        let mut xd = b.upload(&x).unwrap();
+        let pd = b.upload(&positions).unwrap();
+        let fd = b.upload(&rope.inv_freq).unwrap();
+        b.rope(&mut xd, &pd, &fd, hd).unwrap();
+        let got = b.download(&xd).unwrap();
+        report(
+            &format!("rope base {base:.3e}"),
+            b,
+            max_abs_err(&got, &want),
+            2e-6,
+        );
+    }
+}
+
+fn silu_mul_body<B: Backend>(b: &B) {
+    let n = 10_007;
+    let g = randn(5, n, 4.0);
+    let u = randn(6, n, 1.0);
+    let want: Vec<f64> = g
+        .iter()
+        .zip(&u)
+        .map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64)
+        .collect();
+    let (gd, ud) = (b.upload(&g).unwrap(), b.upload(&u).unwrap());
+    let mut out = b.zeros::<f32>(n).unwrap();
+    b.silu_mul(&gd, &ud, &mut out).unwrap();
+    let got = b.download(&out).unwrap();
+    report("silu_mul", b, max_abs_err(&got, &want), 1e-5);
+}
+
+fn embedding_body<B: Backend>(b: &B) {
+    let (vocab, hidden) = (300usize, 96usize);
+    for kind in [HalfKind::BF16, HalfKind::F16] {
+        let table = halves(kind, &randn(7, vocab * hidden, 0.5));
+        let ids: Vec<u32> = vec![0, 299, 17, 17, 150];
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&t| {
+                table[t as usize * hidden..(t as usize + 1) * hidden]
+                    .iter()
+                    .map(|&h| kind.to_f32(h))
+            })
+            .collect();
+        let (td, idd) = (b.upload(&table).unwrap(), b.upload(&ids).unwrap());
+        let mut out = b.zeros::<f32>(ids.len() * hidden).unwrap();
+        b.embedding(&td, kind, hidden, &idd, &mut out).unwrap();
+        assert_eq!(b.download(&out).unwrap(), want, "{kind:?} on {}", b.name());
+    }
+    report("embedding (exact)", b, 0.0, 0.0);
+}
+
+fn argmax_body<B: Backend>(b: &B) {
+    let cols = 151_936; // Qwen2.5's vocabulary
+    let rows = 4;
+    let mut x = randn(8, rows * cols, 3.0);
+    // Row 1: a tie between two maxima; the first wins.
+    x[cols + 500] = 100.0;
+    x[cols + 90_000] = 100.0;
+    // Row 2: the maximum is the last element.
+    x[3 * cols - 1] = 1000.0;
+    // Row 3: NaNs are never chosen.
+    x[3 * cols + 5] = f32::NAN;
+    let want: Vec<u32> = x
+        .chunks(cols)
+        .map(|row| {
+            let (mut best, mut top) = (0usize, f32::NEG_INFINITY);
+            for (i, &v) in row.iter().enumerate() {
+                if v > top {
+                    top = v;
+                    best = i;
+                }
+            }
+            best as u32
+        })
+        .collect();
+    assert_eq!(want[1], 500);
+    let xd = b.upload(&x).unwrap();
+    let mut out = b.zeros::<u32>(rows).unwrap();
+    b.argmax(&xd, cols, &mut out).unwrap();
+    assert_eq!(b.download(&out).unwrap(), want, "on {}", b.name());
+    report("argmax (exact)", b, 0.0, 0.0);
+}
+
+fn to_half_body<B: Backend>(b: &B) {
+    let mut x = randn(9, 4096, 10.0);
+    // Ties, subnormals, overflow, infinities.
+    x.extend_from_slice(&[
+        1.0 + 1.0 / 2048.0,
+        1.0 + 3.0 / 2048.0,
+        1.0 + 1.0 / 256.0,
+        6e-8,
+        1e-40,
+        70000.0,
+        -1e30,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+    ]);
+    for kind in [HalfKind::BF16, HalfKind::F16] {
+        let want = halves(kind, &x);
+        let xd = b.upload(&x).unwrap();
+        let mut out = b.zeros::<u16>(x.len()).unwrap();
+        b.to_half(&xd, kind, &mut out).unwrap();
+        assert_eq!(b.download(&out).unwrap(), want, "{kind:?} on {}", b.name());
+    }
+    report("to_half (exact)", b, 0.0, 0.0);
+}
+
+/// Host reference `x . w^T` over 16-bit values, f64 sums, and the per-output scale
+/// sum |x_i w_i| the error is measured against.
+fn matmul_ref(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut y = vec![0f64; m * n];
+    let mut mag = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut a) = (0f64, 0f64);
+            for t in 0..k {
+                let p = x[i * k + t] as f64 * w[j * k + t] as f64;
+                s += p;
+                a += p.abs();
+            }
+            y[i * n + j] = s;
+            mag[i * n + j] = a;
+        }
+    }
+    (y, mag)
+}
+
+fn rel_err(got: &[f32], want: &[f64], mag: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want.iter().zip(mag))
+        .map(|(&g, (&w, &a))| {
+            assert!(g.is_finite(), "non-finite output {g}");
+            (g as f64 - w).abs() / a.max(1e-30)
+        })
+        .fold(0.0, f64::max)
+}
+
+fn gemm_body<B: Backend>(b: &B) {
+    let (n, k) = (96usize, 320usize);
+    for kind in [HalfKind::BF16, HalfKind::F16] {
+        for m in [1usize, 5, 33] {
+            let xh = halves(kind, &randn(10 + m as u64, m * k, 1.0));
+            let wh = halves(kind, &randn(11, n * k, 0.05));
+            let xf: Vec<f32> = xh.iter().map(|&h| kind.to_f32(h)).collect();
+            let wf: Vec<f32> = wh.iter().map(|&h| kind.to_f32(h)).collect();
+            let (want, mag) = matmul_ref(&xf, &wf, m, n, k);
+            let (xd, wd) = (b.upload(&xh).unwrap(), b.upload(&wh).unwrap());
+            let mut out = b.zeros::<f32>(m * n).unwrap();
+            b.gemm(&xd, &wd, kind, m, n, k, &mut out).unwrap();
+            let got = b.download(&out).unwrap();
+            // f32 accumulation of k exact products: a few ulps of the magnitude.
+            report(
+                &format!("gemm {kind:?} m={m}"),
+                b,
+                rel_err(&got, &want, &mag),
+                1e-5,
+            );
+        }
+    }
+}
+
+/// A quantized linear with random levels, half-representable scales and valid zeros;
+/// `act_order` assigns groups through a permutation (as desc_act checkpoints do).
+#[allow(clippy::too_many_arguments)]
+fn sample_linear(
+    bits: u8,
+    gs: i64,
+    sym: bool,
+    act_order: bool,
+    n: usize,
+    k: usize,
+    kind: HalfKind,
+    seed: u64,
+) -> QuantizedLinear {
+    let scheme = QuantScheme::new(bits, gs, sym).unwrap();
+    let maxq = scheme.maxq();
+    let groups = scheme.num_groups(k);
+    let glen = scheme.group_len(k);
+    let mut r = SplitMix64(seed);
+    let mut perm: Vec<usize> = (0..k).collect();
+    if act_order {
+        for i in (1..k).rev() {
+            let j = (r.next_u64() % (i as u64 + 1)) as usize;
+            perm.swap(i, j);
+        }
+    }
+    QuantizedLinear {
+        scheme,
+        out_features: n,
+        in_features: k,
+        q: (0..n * k)
+            .map(|_| (r.next_u64() % (maxq as u64 + 1)) as u8)
+            .collect(),
+        scales: (0..groups * n)
+            .map(|_| kind.round(0.002 + r.unit() as f32 * 0.02))
+            .collect(),
+        zeros: (0..groups * n)
+            .map(|_| {
+                if sym {
+                    1 << (bits - 1)
+                } else {
+                    1 + (r.next_u64() % maxq as u64) as u32
+                }
+            })
+            .collect(),
+        g_idx: perm.iter().map(|&p| (p / glen) as u32).collect(),
+    }
+}
+
+fn gptq_body<B: Backend>(b: &B) {
+    let n = 128usize;
+    let mut worst = 0f64;
+    // k = 264 is not a multiple of 32: the GPU's prefill takes its CUDA-core fallback.
+    for (bits, gs, sym, act_order, kind, k) in [
+        (4u8, 128i64, true, false, HalfKind::BF16, 512usize),
+        (4, 32, false, false, HalfKind::F16, 512),
+        (4, -1, true, false, HalfKind::F16, 512),
+        (4, 64, true, true, HalfKind::BF16, 512),
+        (8, 128, true, false, HalfKind::F16, 512),
+        (8, 32, false, true, HalfKind::BF16, 512),
+        (4, 8, true, false, HalfKind::BF16, 264),
+        (8, 8, false, true, HalfKind::F16, 264),
+    ] {
+        let ql = sample_linear(bits, gs, sym, act_order, n, k, kind, bits as u64 * 31 + 7);
+        let dtype = match kind {
+            HalfKind::BF16 => DType::BF16,
+            HalfKind::F16 => DType::F16,
+        };
+        let packed = gptq_v1::pack(&ql, dtype);
+        let scales: Vec<u16> = packed
+            .scales
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        let host = GptqHost {
+            name: "test.linear",
+            scheme: ql.scheme,
+            in_features: k,
+            out_features: n,
+            qweight: &packed.qweight,
+            qzeros: &packed.qzeros,
+            scales: &scales,
+            half: kind,
+            g_idx: &packed.g_idx,
+        };
+        let w = GptqWeight::upload(b, &host).unwrap();
+        assert_eq!(w.g_idx.is_some(), act_order);
+        // The weight a loader reconstructs, rounded to the model dtype.
+        let wq: Vec<u16> = halves(kind, &ql.dequantize());
+        let mut deq = b.zeros::<u16>(n * k).unwrap();
+        b.dequantize_gptq(&w, &mut deq).unwrap();
+        assert_eq!(
+            b.download(&deq).unwrap(),
+            wq,
+            "dequantize {bits}-bit g{gs} sym={sym} act_order={act_order} on {}",
+            b.name()
+        );
+        let wf: Vec<f32> = wq.iter().map(|&h| kind.to_f32(h)).collect();
+        for m in [1usize, 3, 16, 17, 70] {
+            let xh = halves(kind, &randn(100 + m as u64, m * k, 1.0));
+            let xf: Vec<f32> = xh.iter().map(|&h| kind.to_f32(h)).collect();
+            let (want, mag) = matmul_ref(&xf, &wf, m, n, k);
+            let xd = b.upload(&xh).unwrap();
+            let mut out = b.zeros::<f32>(m * n).unwrap();
+            b.gemm_gptq(&xd, &w, m, &mut out).unwrap();
+            let fused = b.download(&out).unwrap();
+            let e = rel_err(&fused, &want, &mag);
+            // Dequantize-then-GEMM on the same backend (cuBLAS on the GPU).
+            let mut out2 = b.zeros::<f32>(m * n).unwrap();
+            b.gemm(&xd, &deq, kind, m, n, k, &mut out2).unwrap();
+            let via_gemm = b.download(&out2).unwrap();
+            let via: Vec<f64> = via_gemm.iter().map(|&v| v as f64).collect();
+            let e2 = rel_err(&fused, &via, &mag);
+            assert!(
+                e <= 1e-5 && e2 <= 2e-5,
+                "gptq {bits}-bit g{gs} sym={sym} act_order={act_order} m={m} on {}: vs f64 {e:e}, vs dequantize+gemm {e2:e}",
+                b.name()
+            );
+            worst = worst.max(e).max(e2);
+        }
+    }
+    report("gptq w4/w8 a16 (all cases)", b, worst, 2e-5);
+}
+
+fn attention_body<B: Backend>(b: &B) {
+    for (heads, kv_heads, hd) in [(8usize, 2usize, 128usize), (14, 2, 64), (4, 4, 256)] {
+        let shape = AttnShape {
+            heads,
+            kv_heads,
+            head_dim: hd,
+            max_len: 1100,
+        };
+        let (qd, kvd) = (shape.q_width(), shape.kv_width());
+        let n_slots = 3;
+        let lens = [5usize, 1, 1024];
+        let mut k_cache = b.zeros::<f32>(n_slots * shape.max_len * kvd).unwrap();
+        let mut v_cache = b.zeros::<f32>(n_slots * shape.max_len * kvd).unwrap();
+        // Host copies of what the cache holds.
+        let mut hk = vec![vec![0f32; shape.max_len * kvd]; n_slots];
+        let mut hv = hk.clone();
+        let (mut slots, mut positions) = (Vec::new(), Vec::new());
+        for (s, &len) in lens.iter().enumerate() {
+            for p in 0..len {
+                slots.push(s as u32);
+                positions.push(p as u32);
+            }
+        }
+        let rows = slots.len();
+        let kn = randn(hd as u64, rows * kvd, 1.0);
+        let vn = randn(hd as u64 + 1, rows * kvd, 1.0);
+        for r in 0..rows {
+            let (s, p) = (slots[r] as usize, positions[r] as usize);
+            hk[s][p * kvd..(p + 1) * kvd].copy_from_slice(&kn[r * kvd..(r + 1) * kvd]);
+            hv[s][p * kvd..(p + 1) * kvd].copy_from_slice(&vn[r * kvd..(r + 1) * kvd]);
+        }
+        let (sd, pd) = (b.upload(&slots).unwrap(), b.upload(&positions).unwrap());
+        let (kd, vd) = (b.upload(&kn).unwrap(), b.upload(&vn).unwrap());
+        b.kv_append(&kd, &vd, &sd, &pd, &shape, &mut k_cache, &mut v_cache)
+            .unwrap();
+        // Queries: a prefill of slot 0 (every position), slot 1's only token, and the last
+        // tokens of slot 2's long context.
+        let qrows: Vec<(u32, u32)> = (0..5)
+            .map(|p| (0, p))
+            .chain([(1, 0)])
+            .chain((1020..1024).map(|p| (2, p)))
+            .collect();
+        let q = randn(hd as u64 + 2, qrows.len() * qd, 1.0);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let group = heads / kv_heads;
+        let mut want = vec![0f64; qrows.len() * qd];
+        for (r, &(s, p)) in qrows.iter().enumerate() {
+            for h in 0..heads {
+                let kvh = h / group;
+                let qh = &q[r * qd + h * hd..r * qd + (h + 1) * hd];
+                let scores: Vec<f64> = (0..=p as usize)
+                    .map(|j| {
+                        let kr = &hk[s as usize][j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
+                        qh.iter()
+                            .zip(kr)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
+                            * scale
+                    })
+                    .collect();
+                let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for d in 0..hd {
+                    want[r * qd + h * hd + d] = e
+                        .iter()
+                        .enumerate()
+                        .map(|(j, w)| w * hv[s as usize][j * kvd + kvh * hd + d] as f64)
+                        .sum::<f64>()
+                        / sum;
+                }
+            }
+        }
+        let qs: Vec<u32> = qrows.iter().map(|r| r.0).collect();
+        let qp: Vec<u32> = qrows.iter().map(|r| r.1).collect();
+        let (qsd, qpd) = (b.upload(&qs).unwrap(), b.upload(&qp).unwrap());
+        let qdev = b.upload(&q).unwrap();
+        let mut out = b.zeros::<f32>(qrows.len() * qd).unwrap();
+        b.attention(&qdev, &k_cache, &v_cache, &qsd, &qpd, &shape, &mut out)
+            .unwrap();
+        let got = b.download(&out).unwrap();
+        report(
+            &format!("attention h{heads}/kv{kv_heads} d{hd}"),
+            b,
+            max_abs_err(&got, &want),
+            2e-5,
+        );
+    }
+}
+
+fn shape_errors_body<B: Backend>(b: &B) {
+    let x = b.upload(&[1.0f32; 10]).unwrap();
+    let w = b.upload(&[1.0f32; 4]).unwrap();
+    let mut out = b.zeros::<f32>(10).unwrap();
+    let err = b.rms_norm(&x, &w, 1e-6, &mut out).unwrap_err();
+    assert!(err.to_string().contains("rms_norm"), "{err}");
+    let xh = b.upload(&[0u16; 6]).unwrap();
+    let wh = b.upload(&[0u16; 6]).unwrap();
+    let mut o = b.zeros::<f32>(5).unwrap();
+    let err = b
+        .gemm(&xh, &wh, HalfKind::BF16, 2, 2, 3, &mut o)
+        .unwrap_err();
+    assert!(err.to_string().contains("gemm"), "{err}");
+    let bad_shape = AttnShape {
+        heads: 3,
+        kv_heads: 2,
+        head_dim: 64,
+        max_len: 4,
+    };
+    let err = b
+        .attention(
+            &x,
+            &x,
+            &x,
+            &b.zeros(0).unwrap(),
+            &b.zeros(0).unwrap(),
+            &bad_shape,
+            &mut out,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("heads"), "{err}");
+    report("shape errors", b, 0.0, 0.0);
+}
+
+fn add_gather_body<B: Backend>(b: &B) {
+    let (rows, width) = (6usize, 100usize);
+    let x = randn(31, rows * width, 1.0);
+    let y = randn(32, rows * width, 1.0);
+    let bias = randn(33, width, 1.0);
+    let mut xd = b.upload(&x).unwrap();
+    b.add(&mut xd, &b.upload(&y).unwrap()).unwrap();
+    b.add_bias(&mut xd, &b.upload(&bias).unwrap()).unwrap();
+    let want: Vec<f32> = (0..rows * width)
+        .map(|i| x[i] + y[i] + bias[i % width])
+        .collect();
+    let got = b.download(&xd).unwrap();
+    assert_eq!(got, want, "add/add_bias on {}", b.name());
+    let idx = vec![5u32, 0, 5, 2];
+    let mut out = b.zeros::<f32>(idx.len() * width).unwrap();
+    b.gather_rows(&xd, width, &b.upload(&idx).unwrap(), &mut out)
+        .unwrap();
+    let want: Vec<f32> = idx
+        .iter()
+        .flat_map(|&r| got[r as usize * width..(r as usize + 1) * width].to_vec())
+        .collect();
+    assert_eq!(
+        b.download(&out).unwrap(),
+        want,
+        "gather_rows on {}",
+        b.name()
+    );
+    report("add, add_bias, gather_rows (exact)", b, 0.0, 0.0);
+}
+
+/// The decoder on the backend (`runner::backend_model`) against the CPU reference runner
+/// (f32 activations) and against itself on the CPU backend, full precision and GPTQ int4, with
+/// batched greedy decoding and slot refill (3 prompts, 2 slots).
+fn runner_body<B: Backend>(b: &B) {
+    use hy_quant::model::synth::{synth, Preset, SynthOptions};
+    use hy_quant::model::Checkpoint;
+    use hy_quant::progress::Silent;
+    use hy_quant::quant::pipeline::{quantize, Method, QuantizeOptions};
+    use hy_quant::runner::backend_model::{generate_on, BackendModel};
+    use hy_quant::runner::{generate, GenerateOptions, Model};
+    let tmp = tempfile::tempdir().unwrap();
+    let fp = tmp.path().join("tiny");
+    synth(
+        &SynthOptions {
+            preset: Preset::Tiny,
+            dtype: DType::BF16,
+            seed: 5,
+            out: fp.clone(),
+            force: false,
+        },
+        &Silent,
+    )
+    .unwrap();
+    let q4 = tmp.path().join("q4");
+    quantize(
+        &QuantizeOptions {
+            model: fp.clone(),
+            out: q4.clone(),
+            method: Method::Rtn,
+            scheme: QuantScheme::new(4, 32, true).unwrap(),
+            force: false,
+            max_shard_bytes: 5_000_000_000,
+            command: vec!["test".into()],
+            gptq: None,
+        },
+        &Silent,
+    )
+    .unwrap();
+    let mut r = SplitMix64(77);
+    let prompts: Vec<Vec<u32>> = [5usize, 9, 3]
+        .iter()
+        .map(|&n| (0..n).map(|_| (r.next_u64() % 1024) as u32).collect())
+        .collect();
+    let opts = GenerateOptions {
+        max_new_tokens: 6,
+        max_batch: 2,
+        stop_ids: Vec::new(),
+        keep_first_logits: true,
+    };
+    let rel = |a: &[f32], w: &[f32]| -> f64 {
+        let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+        a.iter()
+            .zip(w)
+            .map(|(x, y)| (x - y).abs() as f64)
+            .fold(0.0, f64::max)
+            / scale
+    };
+    let mut worst_vs_ref = 0f64;
+    let mut worst_vs_cpu_backend = 0f64;
+    for dir in [&fp, &q4] {
+        let reference = Model::load(&Checkpoint::open(dir).unwrap()).unwrap();
+        let (want, _) = generate(&reference, &prompts, &opts).unwrap();
+        let model = BackendModel::load(b, &Checkpoint::open(dir).unwrap()).unwrap();
+        assert!(model.weight_bytes > 0);
+        let (got, stats, kv_bytes) = generate_on(b, &model, &prompts, &opts).unwrap();
+        assert_eq!(stats.generated_tokens, 18);
+        assert!(kv_bytes > 0);
+        let cpu = CpuBackend::new();
+        let cpu_model = BackendModel::load(&cpu, &Checkpoint::open(dir).unwrap()).unwrap();
+        let (on_cpu, _, _) = generate_on(&cpu, &cpu_model, &prompts, &opts).unwrap();
+        let one_at_a_time = GenerateOptions {
+            max_batch: 1,
+            ..opts.clone()
+        };
+        let (sequential, _, _) = generate_on(&cpu, &cpu_model, &prompts, &one_at_a_time).unwrap();
+        let mut same_tokens = 0;
+        for i in 0..prompts.len() {
+            // Batching and slot reuse do not change the CPU backend's results at all.
+            assert_eq!(on_cpu[i].token_ids, sequential[i].token_ids, "prompt {i}");
+            let g = got[i].first_logits.as_ref().unwrap();
+            worst_vs_ref = worst_vs_ref.max(rel(g, want[i].first_logits.as_ref().unwrap()));
+            worst_vs_cpu_backend =
+                worst_vs_cpu_backend.max(rel(g, on_cpu[i].first_logits.as_ref().unwrap()));
+            same_tokens += got[i]
+                .token_ids
+                .iter()
+                .zip(&on_cpu[i].token_ids)
+                .take_while(|(a, b)| a == b)
+                .count();
+        }
+        println!(
+            "runner {} on {}: weights {} B, KV cache {kv_bytes} B, greedy tokens equal to the CPU backend's (prefix) {same_tokens}/18",
+            dir.file_name().unwrap().to_string_lossy(),
+            b.name(),
+            model.weight_bytes
+        );
+    }
+    report(
+        "runner first logits vs CPU backend",
+        b,
+        worst_vs_cpu_backend,
+        1e-3,
+    );
+    // 16-bit linear inputs vs the reference runner's f32 activations.
+    report("runner first logits vs f32 runner", b, worst_vs_ref, 5e-2);
+}
+
+/// RTN through the backend is byte-identical to `quant::rtn::Rtn` on the CPU: levels, scales
+/// and zeros, every scheme and scale dtype, with planted edge cases (all-zero groups,
+/// all-positive groups whose asymmetric zero would be 0, exact .5 ties, outliers).
+fn rtn_body<B: Backend>(b: &B) {
+    use hy_quant::quant::rtn::Rtn;
+    use hy_quant::quant::{QuantMethod, Weight};
+    let (n, k) = (64usize, 512usize);
+    let mut data = randn(21, n * k, 0.02);
+    data[..128].iter_mut().for_each(|v| *v = 0.0);
+    data[k..k + 128].iter_mut().for_each(|v| *v = v.abs());
+    for (i, v) in data[2 * k..3 * k].iter_mut().enumerate() {
+        *v = (i % 16) as f32 * 0.5 - 4.0;
+    }
+    data[3 * k + 7] = 40.0;
+    data[4 * k + 9] = -1e-30;
+    let mut cases = 0;
+    for store in [DType::BF16, DType::F16, DType::F32] {
+        for (bits, gs) in [(4u8, 128i64), (4, 32), (8, 128), (4, -1), (8, -1)] {
+            for sym in [true, false] {
+                let scheme = QuantScheme::new(bits, gs, sym).unwrap();
+                let w = Weight {
+                    name: "model.layers.0.mlp.up_proj.weight",
+                    data: &data,
+                    out_features: n,
+                    in_features: k,
+                    scale_dtype: store,
+                };
+                let want = Rtn { scheme }.quantize(&w).unwrap();
+                let got = b.quantize_rtn(&scheme, &w).unwrap();
+                assert!(
+                    got == want,
+                    "rtn {bits}-bit g{gs} sym={sym} store={store} differs on {}",
+                    b.name()
+                );
+                cases += 1;
+            }
+        }
+    }
+    // A scale that overflows f16 is the CPU's error, naming the tensor.
+    let big = vec![1e6f32; 8 * 64];
+    let w = Weight {
+        name: "layers.0.q",
+        data: &big,
+        out_features: 8,
+        in_features: 64,
+        scale_dtype: DType::F16,
+    };
+    let scheme = QuantScheme::new(4, 32, true).unwrap();
+    let err = b.quantize_rtn(&scheme, &w).unwrap_err();
+    assert!(err.to_string().contains("layers.0.q") && err.to_string().contains("overflows"));
+    report(&format!("rtn byte-identical ({cases} cases)"), b, 0.0, 0.0);
+}
+
+// ---------------------------------------------------------------- CPU and CUDA runs
+
+fn cuda() -> CudaBackend {
+    match CudaBackend::new(&CudaOptions::default()) {
+        Ok(b) => {
+            b.warm_up().unwrap();
+            b
+        }
+        Err(e) => panic!("no CUDA backend: {e}\n{}", probe::describe()),
+    }
+}
+
+macro_rules! both {
+    ($($body:ident => $cpu:ident, $gpu:ident;)*) => {$(
+        #[test]
+        fn $cpu() {
+            $body(&CpuBackend::new());
+        }
+
+        #[test]
+        #[ignore = "needs a CUDA GPU"]
+        fn $gpu() {
+            $body(&cuda());
+        }
+    )*};
+}
+
+both! {
+    rms_norm_body => rms_norm_cpu, rms_norm_cuda;
+    rope_body => rope_cpu, rope_cuda;
+    silu_mul_body => silu_mul_cpu, silu_mul_cuda;
+    embedding_body => embedding_cpu, embedding_cuda;
+    argmax_body => argmax_cpu, argmax_cuda;
+    to_half_body => to_half_cpu, to_half_cuda;
+    gemm_body => gemm_cpu, gemm_cuda;
+    gptq_body => gptq_cpu, gptq_cuda;
+    attention_body => attention_cpu, attention_cuda;
+    shape_errors_body => shape_errors_cpu, shape_errors_cuda;
+    rtn_body => rtn_cpu, rtn_cuda;
+    add_gather_body => add_gather_cpu, add_gather_cuda;
+    runner_body => runner_cpu, runner_cuda;
+}
+
+/// `quantize --method rtn --device cuda` writes the same model files, byte for byte, as the
+/// CPU path (tiny synthetic HunYuan model; manifest.json differs only in timings/command).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn quantize_rtn_on_cuda_is_byte_identical_to_cpu() {
+    use hy_quant::model::synth::{synth, Preset, SynthOptions};
+    use hy_quant::progress::Silent;
+    use hy_quant::quant::pipeline::{quantize_on, Method, QuantizeOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny");
+    synth(
+        &SynthOptions {
+            preset: Preset::Tiny,
+            dtype: DType::BF16,
+            seed: 5,
+            out: model.clone(),
+            force: false,
+        },
+        &Silent,
+    )
+    .unwrap();
+    let cpu = Device::Cpu(CpuBackend::new());
+    let gpu = Device::Cuda(Box::new(cuda()));
+    for (bits, gs, sym) in [(4u8, 128i64, true), (4, 32, false), (8, -1, true)] {
+        let files = |device: &Device, name: &str| {
+            let out = tmp.path().join(format!("{name}-{bits}-{gs}-{sym}"));
+            let opts = QuantizeOptions {
+                model: model.clone(),
+                out: out.clone(),
+                method: Method::Rtn,
+                scheme: QuantScheme::new(bits, gs, sym).unwrap(),
+                force: false,
+                max_shard_bytes: 5_000_000_000,
+                command: vec!["test".into()],
+                gptq: None,
+            };
+            quantize_on(&opts, device, &Silent).unwrap();
+            let mut files = std::collections::BTreeMap::new();
+            for e in std::fs::read_dir(&out).unwrap() {
+                let p = e.unwrap().path();
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                if name != "manifest.json" {
+                    files.insert(name, std::fs::read(&p).unwrap());
+                }
+            }
+            files
+        };
+        let (a, b) = (files(&cpu, "cpu"), files(&gpu, "cuda"));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (name, bytes) in &a {
+            assert!(
+                bytes == &b[name],
+                "{name} differs ({bits}-bit g{gs} sym={sym})"
+            );
+        }
+        println!(
+            "quantize --device cuda {bits}-bit g{gs} sym={sym}: {} files byte-identical to the CPU's",
+            a.len()
+        );
+    }
+}
+
+/// CPU and CUDA agree with each other, not only with the host reference: a decode-shaped GPTQ
+/// product and attention, compared directly.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_matches_cpu_backend() {
+    let (cpu, gpu) = (CpuBackend::new(), cuda());
+    let (n, k, m) = (256usize, 1024usize, 4usize);
+    let kind = HalfKind::BF16;
+    let ql = sample_linear(4, 128, true, false, n, k, kind, 99);
+    let packed = gptq_v1::pack(&ql, DType::BF16);
+    let scales: Vec<u16> = packed
+        .scales
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let host = GptqHost {
+        name: "t",
+        scheme: ql.scheme,
+        in_features: k,
+        out_features: n,
+        qweight: &packed.qweight,
+        qzeros: &packed.qzeros,
+        scales: &scales,
+        half: kind,
+        g_idx: &packed.g_idx,
+    };
+    let xh = halves(kind, &randn(5, m * k, 1.0));
+    let c = {
+        let w = GptqWeight::upload(&cpu, &host).unwrap();
+        let mut o = cpu.zeros::<f32>(m * n).unwrap();
+        cpu.gemm_gptq(&cpu.upload(&xh).unwrap(), &w, m, &mut o)
+            .unwrap();
+        o
+    };
+    let g = {
+        let w = GptqWeight::upload(&gpu, &host).unwrap();
+        let mut o = gpu.zeros::<f32>(m * n).unwrap();
+        gpu.gemm_gptq(&gpu.upload(&xh).unwrap(), &w, m, &mut o)
+            .unwrap();
+        gpu.download(&o).unwrap()
+    };
+    let scale = c.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let err = c
+        .iter()
+        .zip(&g)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("cuda vs cpu gemm_gptq: max err {err:e} (scale {scale})");
+    assert!(err <= 1e-5 * scale);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_memory_is_counted() {
+    let b = cuda();
+    println!("{}", probe::describe());
+    let before = b.memory();
+    let buf = b.zeros::<f32>(16 << 20).unwrap(); // 64 MiB
+    let during = b.memory();
+    assert_eq!(
+        during.allocated_bytes - before.allocated_bytes,
+        64 << 20,
+        "{during:?}"
+    );
+    assert!(during.peak_allocated_bytes >= 64 << 20);
+    assert!(
+        during.device_used_delta.unwrap() >= 60 << 20,
+        "cuMemGetInfo delta {during:?}"
+    );
+    drop(buf);
+    let after = b.memory();
+    assert_eq!(after.allocated_bytes, before.allocated_bytes);
+    assert_eq!(after.peak_allocated_bytes, during.peak_allocated_bytes);
+    println!("memory: before {before:?}\n        during {during:?}\n        after  {after:?}");
+}
+
+/// The kernels build with NVRTC for Hopper and Ampere; needs only libnvrtc (no GPU), e.g. the
+/// `nvidia-cuda-nvrtc` wheel's lib/ on LD_LIBRARY_PATH.
+#[test]
+#[ignore = "needs libnvrtc"]
+fn kernels_compile_with_nvrtc() {
+    let verbose = std::env::var_os("HY_QUANT_PTXAS_VERBOSE").is_some();
+    for cc in [(9, 0), (8, 0)] {
+        let extra: &[&str] = if verbose {
+            &["--ptxas-options=-v"]
+        } else {
+            &[]
+        };
+        let built = hy_quant::backend::cuda::compile::compile_all_with(cc, extra).unwrap();
+        for (name, size, log) in &built {
+            println!("sm_{}{} {name}: {size} bytes", cc.0, cc.1);
+            if verbose {
+                println!("{log}");
+            }
+        }
+        assert_eq!(built.len(), 4);
+    }
+}
+
+/// Without a driver (CI, this project's dev machines) `auto` falls back to the CPU with a
+/// reason and `cuda` is a clean error; with one, both open the GPU.
+#[test]
+fn device_selection_never_panics() {
+    let auto = Device::select(DeviceChoice::Auto).unwrap();
+    let cuda = Device::select(DeviceChoice::Cuda);
+    match probe::device_count() {
+        Ok(n) if n > 0 => {
+            assert!(auto.device.is_cuda(), "{:?}", auto.note);
+            assert!(cuda.is_ok());
+        }
+        _ => {
+            assert!(!auto.device.is_cuda());
+            let note = auto.note.expect("auto says why it fell back");
+            assert!(note.contains("CPU") && note.contains("cuda:"), "{note}");
+            let err = cuda.err().expect("--device cuda must fail without a GPU");
+            assert!(err.to_string().starts_with("cuda: "), "{err}");
+            println!("fallback note: {note}");
+        }
+    }
+    let cpu = Device::select(DeviceChoice::Cpu).unwrap();
+    assert_eq!(cpu.device.name(), "cpu");
+    assert!(cpu.note.is_none());
+}
+
+/// Per-call device times on the GPU (CUDA events, median of 20 after 3 warm-ups) for
+/// docs/cuda.md; checks the full-size fused GPTQ results against cuBLAS on the dequantized
+/// weight.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_timings() {
+    use std::time::Instant;
+    let b = cuda();
+    // Median of 20 after 3 warm-ups: device time (CUDA events) and host wall time per call
+    // (launch and allocation overhead included).
+    let time = |f: &mut dyn FnMut()| -> f64 {
+        for _ in 0..3 {
+            f();
+        }
+        b.synchronize().unwrap();
+        let mut dev: Vec<f64> = (0..20)
+            .map(|_| {
+                b.time_ms(&mut || {
+                    f();
+                    Ok(())
+                })
+                .unwrap() as f64
+                    * 1e3
+            })
+            .collect();
+        let mut host: Vec<f64> = (0..20)
+            .map(|_| {
+                let s = Instant::now();
+                f();
+                b.synchronize().unwrap();
+                s.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        dev.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        host.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!("  (host wall per call {:.1} us)", host[10]);
+        dev[10]
+    };
+    let (n, k) = (4096usize, 4096usize);
+    let kind = HalfKind::BF16;
+    for bits in [4u8, 8] {
+        let ql = sample_linear(bits, 128, true, false, n, k, kind, 1);
+        let packed = gptq_v1::pack(&ql, DType::BF16);
+        let scales: Vec<u16> = packed
+            .scales
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        let host = GptqHost {
+            name: "t",
+            scheme: ql.scheme,
+            in_features: k,
+            out_features: n,
+            qweight: &packed.qweight,
+            qzeros: &packed.qzeros,
+            scales: &scales,
+            half: kind,
+            g_idx: &packed.g_idx,
+        };
+        let w = GptqWeight::upload(&b, &host).unwrap();
+        let mut deq = b.zeros::<u16>(n * k).unwrap();
+        b.dequantize_gptq(&w, &mut deq).unwrap();
+        for m in [1usize, 4, 16, 64, 512] {
+            let x = b.upload(&halves(kind, &randn(3, m * k, 1.0))).unwrap();
+            let mut out = b.zeros::<f32>(m * n).unwrap();
+            let fused = time(&mut || b.gemm_gptq(&x, &w, m, &mut out).unwrap());
+            let mut out2 = b.zeros::<f32>(m * n).unwrap();
+            let dense = time(&mut || b.gemm(&x, &deq, kind, m, n, k, &mut out2).unwrap());
+            // Full-size shapes are checked too: fused vs dequantize-then-cuBLAS.
+            let (f, d) = (b.download(&out).unwrap(), b.download(&out2).unwrap());
+            let scale = d.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let err = f
+                .iter()
+                .zip(&d)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                err <= 1e-4 * scale,
+                "w{bits} m={m}: fused vs cuBLAS max err {err} (scale {scale})"
+            );
+            let gbs = w.bytes() as f64 / fused / 1e3;
+            println!(
+                "timing gemm_gptq w{bits} {n}x{k} m={m:<4} fused {fused:8.1} us ({gbs:6.1} GB/s of packed weight, {:7.2} TFLOP/s) | cuBLAS bf16 on the dequantized weight {dense:8.1} us",
+                2.0 * (m * n * k) as f64 / fused / 1e6
+            );
+        }
+    }
+    let shape = AttnShape {
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        max_len: 4096,
+    };
+    let slots = 16usize;
+    let kc = b
+        .upload(&randn(1, slots * shape.max_len * shape.kv_width(), 1.0))
+        .unwrap();
+    let vc = b
+        .upload(&randn(2, slots * shape.max_len * shape.kv_width(), 1.0))
+        .unwrap();
+    for rows in [1usize, 16] {
+        let q = b.upload(&randn(3, rows * shape.q_width(), 1.0)).unwrap();
+        let s = b.upload(&(0..rows as u32).collect::<Vec<_>>()).unwrap();
+        let p = b.upload(&vec![4095u32; rows]).unwrap();
+        let mut out = b.zeros::<f32>(rows * shape.q_width()).unwrap();
+        let t = time(&mut || b.attention(&q, &kc, &vc, &s, &p, &shape, &mut out).unwrap());
+        let bytes = rows * 2 * 4096 * shape.kv_width() * 4;
+        println!(
+            "timing attention h32/kv8 d128 ctx 4096, {rows} decode rows: {t:8.1} us ({:.0} GB/s of KV read)",
+            bytes as f64 / t / 1e3
+        );
+    }
+    println!("memory after timings: {:?}", b.memory());
+}
