@@ -140,7 +140,45 @@ pub struct SynthOptions {
     pub force: bool,
 }
 
-/// Writes a random-weight HunYuan dense checkpoint. Returns the output directory.
+/// Special tokens of the synthetic tokenizer, at ids 0.. (ids 0-2 match generation_config's
+/// pad/bos/eos; the HunYuan chat-template tokens follow).
+pub const SYNTH_SPECIALS: [&str; 6] = [
+    "<｜hy_▁pad▁｜>",
+    "<｜hy_begin▁of▁sentence｜>",
+    "<｜hy_place▁holder▁no▁2｜>",
+    "<｜hy_User｜>",
+    "<｜hy_Assistant｜>",
+    "<unk>",
+];
+
+/// A word-level `tokenizer.json` covering ids 0..vocab: the specials above, then `w6`,
+/// `w7`, ... Real text mostly maps to `<unk>`; what matters for benchmarks and tests is that
+/// every id exists and the chat template's tokens are special tokens.
+pub fn tokenizer_json(vocab: usize) -> Value {
+    let mut words = serde_json::Map::new();
+    let mut added = Vec::new();
+    for (i, s) in SYNTH_SPECIALS.iter().enumerate() {
+        words.insert(s.to_string(), json!(i));
+        if *s != "<unk>" {
+            added.push(
+                json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+                              "rstrip": false, "normalized": false, "special": true}),
+            );
+        }
+    }
+    for i in SYNTH_SPECIALS.len()..vocab {
+        words.insert(format!("w{i}"), json!(i));
+    }
+    json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": false},
+        "model": {"type": "WordLevel", "vocab": Value::Object(words), "unk_token": "<unk>"}
+    })
+}
+
+/// Writes a random-weight HunYuan dense checkpoint with a word-level tokenizer. Returns the
+/// output directory.
 pub fn synth(opts: &SynthOptions, progress: &dyn crate::progress::Progress) -> Result<PathBuf> {
     if !opts.dtype.is_float() {
         return Err(Error::flag("--dtype", "expected bf16, f16 or f32"));
@@ -182,6 +220,10 @@ pub fn synth(opts: &SynthOptions, progress: &dyn crate::progress::Progress) -> R
     cfg.push(b'\n');
     write_file(&staged.path().join("config.json"), &cfg)?;
     let gen = json!({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "do_sample": false});
+    let (.., vocab) = opts.preset.dims();
+    let mut tok = serde_json::to_vec(&tokenizer_json(vocab)).expect("serializes");
+    tok.push(b'\n');
+    write_file(&staged.path().join("tokenizer.json"), &tok)?;
     write_file(
         &staged.path().join("generation_config.json"),
         &serde_json::to_vec_pretty(&gen).expect("serializes"),
@@ -195,4 +237,37 @@ pub fn synth(opts: &SynthOptions, progress: &dyn crate::progress::Progress) -> R
         )?;
     }
     staged.commit()
+}
+
+#[cfg(test)]
+mod tokenizer_tests {
+    use super::*;
+    use crate::runner::prompt::ChatTemplate;
+    use crate::runner::tokenizer::TextTokenizer;
+
+    #[test]
+    fn synth_tokenizer_covers_the_vocab_and_the_chat_template() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("tiny");
+        synth(
+            &SynthOptions {
+                preset: Preset::Tiny,
+                dtype: DType::BF16,
+                seed: 0,
+                out: out.clone(),
+                force: false,
+            },
+            &crate::progress::Silent,
+        )
+        .unwrap();
+        let tok = TextTokenizer::from_dir(&out).unwrap();
+        let (.., vocab) = Preset::Tiny.dims();
+        assert_eq!(tok.vocab_size(), vocab);
+        let ids = tok
+            .encode(&ChatTemplate::Hunyuan.render("w7 w1023 hello"))
+            .unwrap();
+        // BOS, User, w7, w1023, <unk>, Assistant.
+        assert_eq!(ids, vec![1, 3, 7, 1023, 5, 4]);
+        assert_eq!(tok.special_token_id("<｜hy_place▁holder▁no▁2｜>"), Some(2));
+    }
 }
