@@ -103,6 +103,10 @@ struct EvalArgs {
     /// Directory for eval.json, eval.md and hypotheses.
     #[arg(long, default_value = "eval-out")]
     out: PathBuf,
+    /// Reuse the hypotheses an earlier (possibly interrupted) run left in --out for the same
+    /// model files, test set, languages, decoding settings and device.
+    #[arg(long)]
+    resume: bool,
     #[arg(long)]
     json: bool,
     /// cpu (the f32 reference runner), cuda (the GPU runner; adds the VRAM report), or auto.
@@ -495,6 +499,7 @@ fn run(cli: Cli) -> Result<bool> {
                 seed: a.seed,
                 out_dir: a.out.clone(),
                 device: a.device.parse()?,
+                resume: a.resume,
             };
             let report = hy_quant::eval::run::eval(&opts, &Console::new())?;
             if let Some(note) = &report.device_note {

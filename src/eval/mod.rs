@@ -5,5 +5,6 @@
 
 pub mod memory;
 pub mod metrics;
+pub mod reuse;
 pub mod run;
 pub mod testset;

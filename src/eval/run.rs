@@ -15,6 +15,7 @@ use crate::eval::metrics::{
     corpus_bleu_stats, corpus_chrf_stats, paired_bootstrap, BleuConfig, BleuTokenizer,
     BootstrapConfig, ChrfConfig, CorpusMetric,
 };
+use crate::eval::reuse;
 use crate::eval::testset::TestSet;
 use crate::io::staged_dir::write_file;
 use crate::model::{Checkpoint, ModelConfig};
@@ -39,6 +40,9 @@ pub struct EvalOptions {
     /// Where the decoder runs (each model gets a fresh backend, so its memory peaks are its
     /// own).
     pub device: DeviceChoice,
+    /// Reuse hypotheses a previous (possibly interrupted) run wrote into `out_dir` for the
+    /// same model files, test set, languages, decoding settings and device.
+    pub resume: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -72,6 +76,8 @@ pub struct SetResult {
     pub generated_tokens: usize,
     pub seconds: f64,
     pub hypotheses_file: String,
+    /// Taken from an earlier run's hypotheses (`--resume`) instead of translated now.
+    pub reused: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -281,16 +287,36 @@ pub fn eval(opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
         if selection.note.is_some() {
             device_note = selection.note.clone();
         }
-        let mut tr = Translator::load_on(dir, selection.device)?;
-        device_name = tr.engine.device_name();
-        tr.options.max_new_tokens = opts.max_new_tokens;
-        tr.options.max_batch = opts.batch;
+        let model_key = reuse::model_key(dir, &selection.device.name(), opts)?;
+        let set_keys = sets
+            .iter()
+            .map(|(set, src, tgt)| reuse::set_key(&model_key, set, src, tgt))
+            .collect::<Result<Vec<_>>>()?;
+        let mut reused: Vec<Option<reuse::SetOutputs>> = vec![None; sets.len()];
+        let mut model_stats = None;
+        if opts.resume {
+            for (si, (set, _, _)) in sets.iter().enumerate() {
+                reused[si] = reuse::load_set(&opts.out_dir, &label, set, &set_keys[si]);
+            }
+            model_stats = reuse::load_model(&opts.out_dir, &label, &model_key);
+        }
+        let all_reused = reused.iter().all(Option::is_some) && model_stats.is_some();
+        let mut tr = if all_reused {
+            device_name = selection.device.name();
+            None
+        } else {
+            let mut tr = Translator::load_on(dir, selection.device)?;
+            device_name = tr.engine.device_name();
+            tr.options.max_new_tokens = opts.max_new_tokens;
+            tr.options.max_batch = opts.batch;
+            Some(tr)
+        };
         let mut result = ModelResult {
             label: label.clone(),
             dir: dir.clone(),
             quantization: describe_quantization(&cfg, dir),
             bytes_on_disk: dir_bytes(dir)?,
-            weight_bytes_resident: tr.engine.weight_bytes(),
+            weight_bytes_resident: tr.as_ref().map_or(0, |t| t.engine.weight_bytes()),
             peak_rss_bytes: None,
             vram: None,
             sets: Vec::new(),
@@ -306,7 +332,20 @@ pub fn eval(opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
             let t0 = Instant::now();
             let mut hyps = Vec::with_capacity(set.pairs.len());
             let mut tokens = 0;
-            for chunk in set.pairs.chunks(chunk_len) {
+            let was_reused = reused[si].is_some();
+            if let Some(r) = reused[si].take() {
+                hyps = r.hyps;
+                tokens = r.tokens;
+                progress.step(
+                    set.pairs.len().div_ceil(chunk_len) as u64,
+                    &format!("{} (reused)", set.path.display()),
+                );
+            }
+            let mut tr_ref = if was_reused { None } else { tr.as_mut() };
+            for chunk in set.pairs.chunks(chunk_len).filter(|_| !was_reused) {
+                let tr = tr_ref.as_deref_mut().ok_or_else(|| Error::Eval {
+                    msg: "internal: no model loaded for a set to translate".into(),
+                })?;
                 let prompts: Vec<Prompt> = chunk
                     .iter()
                     .map(|p| Prompt {
@@ -321,7 +360,11 @@ pub fn eval(opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
                 }
                 progress.step(chunk.len() as u64, &format!("{}", set.path.display()));
             }
-            let seconds = t0.elapsed().as_secs_f64();
+            let seconds = if was_reused {
+                reuse::seconds_of(&opts.out_dir, &label, set)
+            } else {
+                t0.elapsed().as_secs_f64()
+            };
             let refs = vec![set
                 .pairs
                 .iter()
@@ -342,11 +385,14 @@ pub fn eval(opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let hyp_file = format!("hyp/{label}.{name}.txt");
-            write_file(
-                &opts.out_dir.join(&hyp_file),
-                (hyps.join("\n") + "\n").as_bytes(),
-            )?;
+            let hyp_file = reuse::hyp_file(&label, set);
+            if !was_reused {
+                write_file(
+                    &opts.out_dir.join(&hyp_file),
+                    (hyps.join("\n") + "\n").as_bytes(),
+                )?;
+                reuse::save_set(&opts.out_dir, &label, set, &set_keys[si], tokens, seconds)?;
+            }
             let (delta_bleu, delta_chrf, changed) = if mi == 0 {
                 (None, None, None)
             } else {
@@ -375,12 +421,32 @@ pub fn eval(opts: &EvalOptions, progress: &dyn Progress) -> Result<EvalReport> {
                 generated_tokens: tokens,
                 seconds,
                 hypotheses_file: hyp_file,
+                reused: was_reused,
             });
         }
         progress.end();
-        result.peak_rss_bytes = memory::peak_rss_bytes();
-        result.vram = tr.vram();
-        drop(tr);
+        match (tr, model_stats) {
+            (Some(tr), _) => {
+                result.peak_rss_bytes = memory::peak_rss_bytes();
+                result.vram = tr.vram();
+                let stats = reuse::ModelStats {
+                    weight_bytes_resident: result.weight_bytes_resident,
+                    peak_rss_bytes: result.peak_rss_bytes,
+                    vram: result.vram,
+                };
+                reuse::save_model(&opts.out_dir, &label, &model_key, &stats)?;
+            }
+            (None, Some(stats)) => {
+                result.weight_bytes_resident = stats.weight_bytes_resident;
+                result.peak_rss_bytes = stats.peak_rss_bytes;
+                result.vram = stats.vram;
+            }
+            (None, None) => {
+                return Err(Error::Eval {
+                    msg: "internal: no model loaded and no stored statistics".into(),
+                })
+            }
+        }
         models.push(result);
     }
     let bleu_signature = sets

@@ -240,6 +240,31 @@ impl Checkpoint {
         self.shards.iter().map(|s| s.path.as_path()).collect()
     }
 
+    /// A cheap identity of the checkpoint's content for resume checks: config.json's sha256
+    /// and each weight file's name, size and modification time (hashing gigabytes of weights
+    /// to decide whether to reuse a partial result would cost more than it saves).
+    pub fn identity(&self) -> Result<Value> {
+        let mut shards = Vec::new();
+        for p in self.shard_paths() {
+            let meta = std::fs::metadata(p).at(p)?;
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos().to_string());
+            shards.push(serde_json::json!([
+                p.file_name().map(|n| n.to_string_lossy().into_owned()),
+                meta.len(),
+                mtime
+            ]));
+        }
+        let config_sha = crate::io::sha256_file(&self.config.path)?.1;
+        Ok(serde_json::json!({
+            "model_config_sha256": config_sha,
+            "model_shards": shards,
+        }))
+    }
+
     /// Total bytes of tensor data.
     pub fn weight_bytes(&self) -> u64 {
         self.tensors

@@ -127,25 +127,11 @@ fn fingerprint(
     settings: &GptqSettings,
     corpus: &Corpus,
 ) -> Result<Value> {
-    let mut shards = Vec::new();
-    for p in ckpt.shard_paths() {
-        let meta = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos().to_string());
-        shards.push(json!([
-            p.file_name().map(|n| n.to_string_lossy().into_owned()),
-            meta.len(),
-            mtime
-        ]));
-    }
-    let config_sha = crate::io::sha256_file(&ckpt.config.path)?.1;
+    let identity = ckpt.identity()?;
     Ok(json!({
         "tool": format!("hy-quant {}", env!("CARGO_PKG_VERSION")),
-        "model_config_sha256": config_sha,
-        "model_shards": shards,
+        "model_config_sha256": identity["model_config_sha256"],
+        "model_shards": identity["model_shards"],
         "bits": scheme.bits,
         "group_size": scheme.group_size_i64(),
         "sym": scheme.sym,

@@ -88,7 +88,7 @@ impl Engine {
 }
 
 /// Device memory of a GPU run, for the VRAM report.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VramReport {
     /// Bytes of the weights as held on the device.
     pub weights_bytes: u64,
