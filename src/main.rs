@@ -159,7 +159,7 @@ struct QuantizeArgs {
     /// Output directory (written as <out>.hyq-partial, renamed when complete).
     #[arg(long)]
     out: PathBuf,
-    /// rtn | gptq | awq
+    /// rtn | gptq (awq is not implemented yet)
     #[arg(long, default_value = "rtn")]
     method: String,
     /// 4 or 8.
@@ -209,7 +209,8 @@ struct QuantizeArgs {
     #[arg(long)]
     resume: bool,
     /// Where the linears are quantized: cpu, cuda, or auto (CUDA when a driver and GPU are
-    /// usable, else the CPU). The output is byte-identical either way.
+    /// usable, else the CPU). RTN's output is byte-identical either way; GPTQ runs on the CPU
+    /// in this build (auto picks the CPU for it, cuda is refused).
     #[arg(long, default_value = "cpu")]
     device: String,
 }
