@@ -4,9 +4,14 @@
 use rayon::prelude::*;
 
 use crate::backend::{
-    check_len, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind, MemStats,
+    check_len, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind, InverseFactor,
+    MemStats,
 };
 use crate::error::Result;
+use crate::quant::gptq::{
+    damped_flipped_hessian, gptq_quantize, inverse_cholesky_upper, with_damping_retries,
+    GptqConfig, GptqOutcome, Hessian, SweepPlan,
+};
 use crate::quant::rtn::Rtn;
 use crate::quant::{QuantMethod, QuantScheme, QuantizedLinear, Weight};
 use crate::runner::forward::{attend, kv_head_of, rms_norm, silu, Rope};
@@ -329,6 +334,60 @@ impl Backend for CpuBackend {
 
     fn quantize_rtn(&self, scheme: &QuantScheme, w: &Weight<'_>) -> Result<QuantizedLinear> {
         Rtn { scheme: *scheme }.quantize(w)
+    }
+
+    fn hessian_add(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        h: &mut Vec<f32>,
+        dim: usize,
+        nsamples: usize,
+    ) -> Result<()> {
+        check_len("hessian_add", "x", x.len(), rows * dim)?;
+        check_len("hessian_add", "h", h.len(), dim * dim)?;
+        // gptq.rs's f64 accumulation, stored back in f32.
+        let mut hess = Hessian::from_f32(dim, h, nsamples);
+        hess.add_batch(x, rows);
+        h.par_iter_mut()
+            .zip(hess.h.par_iter())
+            .for_each(|(d, &v)| *d = v as f32);
+        Ok(())
+    }
+
+    fn gptq_inverse_factor(
+        &self,
+        h: &Vec<f32>,
+        dim: usize,
+        plan: &SweepPlan,
+        damp: f64,
+        name: &str,
+    ) -> Result<InverseFactor<Self>> {
+        check_len("gptq_inverse_factor", "h", h.len(), dim * dim)?;
+        check_len("gptq_inverse_factor", "plan", plan.perm.len(), dim)?;
+        let hess = Hessian::from_f32(dim, h, 1);
+        let (u, damp_used, retries) = with_damping_retries(name, damp, plan, |lambda| {
+            Ok(inverse_cholesky_upper(damped_flipped_hessian(
+                &hess, &plan.perm, &plan.dead, lambda,
+            )))
+        })?;
+        Ok(InverseFactor {
+            u: u.iter().copied().collect(),
+            damp_used,
+            retries,
+        })
+    }
+
+    fn gptq_quantize(
+        &self,
+        w: &Weight<'_>,
+        h: &Vec<f32>,
+        nsamples: usize,
+        cfg: &GptqConfig,
+    ) -> Result<GptqOutcome> {
+        let dim = w.in_features;
+        check_len("gptq_quantize", "h", h.len(), dim * dim)?;
+        gptq_quantize(w, &Hessian::from_f32(dim, h, nsamples), cfg)
     }
 
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<()> {

@@ -15,11 +15,15 @@ use crate::backend::cuda::compile::toolkit_roots;
 use crate::error::{Error, Result};
 
 /// Toolkit libraries cudarc loads by name, in dependency order.
-const TOOLKIT_LIBS: [&str; 4] = [
+/// libcusolver (GPTQ only) needs libcusparse, which needs libnvJitLink.
+const TOOLKIT_LIBS: [&str; 7] = [
     "libnvrtc-builtins.so",
     "libnvrtc.so",
     "libcublasLt.so",
     "libcublas.so",
+    "libnvJitLink.so",
+    "libcusparse.so",
+    "libcusolver.so",
 ];
 
 fn toolkit_lib_dirs() -> Vec<PathBuf> {
@@ -156,6 +160,13 @@ pub(crate) fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T
             Err(Error::cuda(format!("{what}: {msg}")))
         }
     }
+}
+
+/// Whether libcusolver can be loaded (GPTQ on the GPU needs it; nothing else does).
+pub fn cusolver_present() -> bool {
+    preload_toolkit();
+    // SAFETY: only tries `dlopen` on cudarc's candidate names and closes the handles.
+    unsafe { cudarc::cusolver::sys::is_culib_present() }
 }
 
 /// Number of CUDA devices, or why there is none.
