@@ -288,6 +288,7 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
             damp: a.damp,
             act_order,
             resume: a.resume,
+            backend_loop: false,
         });
     } else if a.calib.is_some() || a.resume || a.act_order != "none" {
         return Err(hy_quant::Error::Flag {

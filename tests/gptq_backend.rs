@@ -1,0 +1,171 @@
+//! The GPTQ layer loop on a `Backend` (src/quant/gptq_backend.rs, what `quantize --method gptq
+//! --device cuda` runs), checked against the CPU pipeline on the tiny HunYuan preset: run on
+//! the CPU backend always (`backend_loop`), on CUDA in an `#[ignore]`d test.
+//!
+//! The two loops are not bit-identical (the backend forward rounds GEMM inputs to 16 bits like
+//! the reference's fp16 model; the CPU pipeline keeps f32 and an f64 Hessian), so the checks
+//! are on what GPTQ is for: every linear's calibrated output error, close to the CPU
+//! pipeline's and below RTN's.
+
+use std::path::{Path, PathBuf};
+
+use hy_quant::backend::{CpuBackend, CudaBackend, Device};
+use hy_quant::calib::CalibOptions;
+use hy_quant::progress::Silent;
+use hy_quant::quant::gptq::ActOrder;
+use hy_quant::quant::gptq_pipeline::GptqSettings;
+use hy_quant::quant::pipeline::{quantize_on, Method, QuantizeOptions};
+use hy_quant::quant::QuantScheme;
+use hy_quant::rng::SplitMix64;
+use serde_json::{json, Value};
+
+mod common;
+use common::tiny_with_tokenizer;
+
+fn write_corpus(path: &Path, docs: usize, seed: u64) {
+    let mut rng = SplitMix64(seed);
+    let mut sentence = |len: usize| -> String {
+        (0..len)
+            .map(|_| format!("w{}", 5 + rng.next_u64() % 1000))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let lines: Vec<String> = (0..docs)
+        .map(|i| {
+            if i % 3 == 0 {
+                json!({"kind": "pair", "src_lang": "en", "tgt_lang": "de", "src": sentence(20), "tgt": sentence(22), "source": "test"})
+            } else {
+                json!({"kind": "text", "lang": "en", "text": sentence(60), "source": "test"})
+            }
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn options(
+    model: &Path,
+    corpus: &Path,
+    out: PathBuf,
+    act_order: ActOrder,
+    backend_loop: bool,
+) -> QuantizeOptions {
+    QuantizeOptions {
+        model: model.to_path_buf(),
+        out,
+        method: Method::Gptq,
+        scheme: QuantScheme::new(4, 32, true).unwrap(),
+        force: false,
+        max_shard_bytes: 5_000_000_000,
+        command: vec!["test".into()],
+        gptq: Some(GptqSettings {
+            calib: Some(corpus.to_path_buf()),
+            calib_opts: CalibOptions {
+                samples: 8,
+                seqlen: 96,
+                seed: 0,
+            },
+            damp: 0.01,
+            act_order,
+            resume: false,
+            backend_loop,
+        }),
+    }
+}
+
+/// name -> (GPTQ output error, RTN output error) from manifest.json.
+fn errors(dir: &Path) -> Vec<(String, f64, f64)> {
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    m["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| !t["calibrated"].is_null())
+        .map(|t| {
+            let c = &t["calibrated"];
+            (
+                t["name"].as_str().unwrap().to_string(),
+                c["output_rel_error"].as_f64().unwrap(),
+                c["rtn_output_rel_error"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Quantizes the tiny model with the CPU pipeline and with the backend loop on `device`;
+/// compares every linear's calibrated output error.
+fn compare_with_cpu_pipeline(device: &Device, tol: f64) {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_with_tokenizer(tmp.path());
+    let corpus = tmp.path().join("calib.jsonl");
+    write_corpus(&corpus, 120, 7);
+    for ao in [ActOrder::None, ActOrder::Permute] {
+        let cpu_out = tmp.path().join(format!("cpu-{ao:?}"));
+        let cpu = Device::Cpu(CpuBackend::new());
+        quantize_on(
+            &options(&model, &corpus, cpu_out.clone(), ao, false),
+            &cpu,
+            &Silent,
+        )
+        .unwrap();
+        let dev_out = tmp.path().join(format!("dev-{ao:?}"));
+        let t = std::time::Instant::now();
+        quantize_on(
+            &options(&model, &corpus, dev_out.clone(), ao, true),
+            device,
+            &Silent,
+        )
+        .unwrap();
+        println!(
+            "{ao:?} on {}: {:.2} s",
+            device.name(),
+            t.elapsed().as_secs_f64()
+        );
+        let (a, b) = (errors(&cpu_out), errors(&dev_out));
+        assert_eq!(a.len(), 14);
+        assert_eq!(a.len(), b.len());
+        let (mut sum_cpu, mut sum_dev, mut sum_rtn) = (0.0, 0.0, 0.0);
+        for ((name, ec, rc), (name2, ed, rd)) in a.iter().zip(&b) {
+            assert_eq!(name, name2);
+            println!("  {name:<45} cpu {ec:.4e} backend {ed:.4e} rtn {rc:.4e} / {rd:.4e}");
+            assert!(*ed <= rd * 1.02, "{name}: GPTQ {ed} vs RTN {rd}");
+            assert!(
+                (ed - ec).abs() <= tol * ec,
+                "{name}: backend {ed} vs cpu {ec}"
+            );
+            sum_cpu += ec;
+            sum_dev += ed;
+            sum_rtn += rd;
+        }
+        println!(
+            "  mean: cpu {:.4e} backend {:.4e} rtn {:.4e}",
+            sum_cpu / 14.0,
+            sum_dev / 14.0,
+            sum_rtn / 14.0
+        );
+        assert!(sum_dev < 0.9 * sum_rtn);
+        // The model files load like any GPTQ checkpoint: same names and shapes as the CPU's.
+        let names = |d: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&cpu_out), names(&dev_out));
+    }
+}
+
+#[test]
+fn backend_loop_on_cpu_matches_the_cpu_pipeline() {
+    compare_with_cpu_pipeline(&Device::Cpu(CpuBackend::new()), 0.25);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gptq_on_cuda_matches_the_cpu_pipeline() {
+    let gpu = CudaBackend::new(&Default::default()).expect("a CUDA GPU");
+    compare_with_cpu_pipeline(&Device::Cuda(Box::new(gpu)), 0.25);
+}
