@@ -232,12 +232,17 @@ fn run_layer_on<B: Backend>(
     clock: &mut Timer,
 ) -> Result<()> {
     let (b, dims) = (f.b, f.dims);
+    // Each pass over the chunks is timed as "forward" up to a synchronize, so the phase holds
+    // the device time of its kernels (Hessian updates included).
     if let Some(s) = solver.as_deref_mut() {
         let mut hs = BackendHessian::new(b, dims.hidden)?;
-        for (c, &r) in h.iter().zip(rows) {
-            let a = f.norm(c, &dev.input_norm)?;
-            hs.add(b, &a, r)?;
-        }
+        clock.time("forward", || -> Result<()> {
+            for (c, &r) in h.iter().zip(rows) {
+                let a = f.norm(c, &dev.input_norm)?;
+                hs.add(b, &a, r)?;
+            }
+            b.synchronize()
+        })?;
         solve_group(
             f,
             s,
@@ -255,30 +260,39 @@ fn run_layer_on<B: Backend>(
     } else {
         None
     };
-    for (c, &r) in h.iter().zip(rows) {
-        let a = f.norm(c, &dev.input_norm)?;
-        let at = f.attention(dev, &a, r)?;
-        if let Some(hs) = h_o.as_mut() {
-            hs.add(b, &at, r)?;
+    clock.time("forward", || -> Result<()> {
+        for (c, &r) in h.iter().zip(rows) {
+            let a = f.norm(c, &dev.input_norm)?;
+            let at = f.attention(dev, &a, r)?;
+            if let Some(hs) = h_o.as_mut() {
+                hs.add(b, &at, r)?;
+            }
+            attn.push(at);
         }
-        attn.push(at);
-    }
+        b.synchronize()
+    })?;
     if let (Some(s), Some(hs)) = (solver.as_deref_mut(), h_o.as_ref()) {
         solve_group(f, s, &[LinearKind::O], hs, lw, dev, clock)?;
     }
     drop(h_o);
-    for ((c, at), &r) in h.iter_mut().zip(&attn).zip(rows) {
-        let y = f.linear(dev.linear(LinearKind::O), at, r)?;
-        b.add(c, &y)?;
-    }
+    clock.time("forward", || -> Result<()> {
+        for ((c, at), &r) in h.iter_mut().zip(&attn).zip(rows) {
+            let y = f.linear(dev.linear(LinearKind::O), at, r)?;
+            b.add(c, &y)?;
+        }
+        b.synchronize()
+    })?;
     drop(attn);
 
     if let Some(s) = solver {
         let mut hs = BackendHessian::new(b, dims.hidden)?;
-        for (c, &r) in h.iter().zip(rows) {
-            let m = f.norm(c, &dev.post_norm)?;
-            hs.add(b, &m, r)?;
-        }
+        clock.time("forward", || -> Result<()> {
+            for (c, &r) in h.iter().zip(rows) {
+                let m = f.norm(c, &dev.post_norm)?;
+                hs.add(b, &m, r)?;
+            }
+            b.synchronize()
+        })?;
         solve_group(
             f,
             s,
@@ -290,22 +304,28 @@ fn run_layer_on<B: Backend>(
         )?;
         drop(hs);
         let mut hs = BackendHessian::new(b, dims.intermediate)?;
-        for (c, &r) in h.iter().zip(rows) {
-            let m = f.norm(c, &dev.post_norm)?;
-            let act = f.mlp_act(dev, &m, r)?;
-            hs.add(b, &act, r)?;
-        }
+        clock.time("forward", || -> Result<()> {
+            for (c, &r) in h.iter().zip(rows) {
+                let m = f.norm(c, &dev.post_norm)?;
+                let act = f.mlp_act(dev, &m, r)?;
+                hs.add(b, &act, r)?;
+            }
+            b.synchronize()
+        })?;
         solve_group(f, s, &[LinearKind::Down], &hs, lw, dev, clock)?;
     }
     if need_output {
-        for (c, &r) in h.iter_mut().zip(rows) {
-            let m = f.norm(c, &dev.post_norm)?;
-            let act = f.mlp_act(dev, &m, r)?;
-            let y = f.linear(dev.linear(LinearKind::Down), &act, r)?;
-            b.add(c, &y)?;
-        }
+        clock.time("forward", || -> Result<()> {
+            for (c, &r) in h.iter_mut().zip(rows) {
+                let m = f.norm(c, &dev.post_norm)?;
+                let act = f.mlp_act(dev, &m, r)?;
+                let y = f.linear(dev.linear(LinearKind::Down), &act, r)?;
+                b.add(c, &y)?;
+            }
+            b.synchronize()
+        })?;
     }
-    b.synchronize()
+    Ok(())
 }
 
 /// `gptq_pipeline::run_layers` with the layer loop on `b`.
