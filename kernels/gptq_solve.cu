@@ -235,3 +235,18 @@ extern "C" __global__ void gq_sweep_block(const float* __restrict__ w, const flo
     }
     if (lane == 0) row_loss[row] = loss;
 }
+
+// out[r] = sum_j a[r][j] * b[r][j] in f64, one warp per row (fixed order: deterministic).
+extern "C" __global__ void gq_row_dots(const float* __restrict__ a, const float* __restrict__ b,
+                                       double* __restrict__ out, u32 rows, u32 cols) {
+    const u32 row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const u32 lane = threadIdx.x & 31u;
+    if (row >= rows) return;
+    const float* ar = a + (u64)row * cols;
+    const float* br = b + (u64)row * cols;
+    double s = 0.0;
+    for (u32 j = lane; j < cols; j += 32u) s += (double)ar[j] * (double)br[j];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) out[row] = s;
+}

@@ -800,6 +800,45 @@ fn hessian_body<B: Backend>(b: &B) {
     }
 }
 
+/// `hessian_add_half`: the same running average from 16-bit inputs, against an f64 sum over
+/// the same rounded values.
+fn hessian_half_body<B: Backend>(b: &B) {
+    for kind in [HalfKind::BF16, HalfKind::F16] {
+        let (k, rows) = (256usize, 1200usize);
+        let (_, x) = gptq_problem(61, 8, k, rows, 0.5, &[]);
+        let xh = halves(kind, &x);
+        let mut h = BackendHessian::new(b, k).unwrap();
+        for (r0, r1) in [(0usize, 500usize), (500, 501), (501, rows)] {
+            let xd = b.upload(&xh[r0 * k..r1 * k]).unwrap();
+            h.add_half(b, &xd, kind, r1 - r0).unwrap();
+        }
+        let got = b.download(&h.h).unwrap();
+        let xr: Vec<f64> = xh.iter().map(|&v| kind.to_f32(v) as f64).collect();
+        let mut want = vec![0f64; k * k];
+        for r in 0..rows {
+            let row = &xr[r * k..(r + 1) * k];
+            for i in 0..k {
+                for j in 0..k {
+                    want[i * k + j] += row[i] * row[j];
+                }
+            }
+        }
+        want.iter_mut().for_each(|v| *v *= 2.0 / rows as f64);
+        for i in 0..k {
+            for j in 0..i {
+                assert_eq!(got[i * k + j], got[j * k + i], "not symmetric at [{i},{j}]");
+            }
+        }
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        report(
+            &format!("hessian_add_half {kind:?} {rows}x{k}"),
+            b,
+            max_abs_err(&got, &want) / scale,
+            1e-5,
+        );
+    }
+}
+
 fn gptq_cfg(bits: u8, gs: i64, sym: bool, act_order: ActOrder, block: usize) -> GptqConfig {
     GptqConfig {
         act_order,
@@ -975,6 +1014,40 @@ fn gptq_solve_body<B: Backend>(b: &B) {
     report("gptq_quantize: levels differing", b, worst_diff, 1e-2);
 }
 
+/// `gptq_output_errors` against gptq.rs `output_errors` on the same (widened) Hessian: the
+/// GPTQ and RTN candidates, a zero candidate (error 1) and the weight itself (error 0).
+fn output_errors_body<B: Backend>(b: &B) {
+    use hy_quant::quant::gptq::output_errors;
+    use hy_quant::quant::rtn::Rtn;
+    use hy_quant::quant::QuantMethod;
+    let (n, k, rows) = (128usize, 384usize, 800usize);
+    let (w, x) = gptq_problem(51, n, k, rows, 0.5, &[4]);
+    let h = backend_hessian(b, &x, k);
+    let host = h.to_host(b).unwrap();
+    let wt = weight_of(&w, n, k, DType::BF16);
+    let cfg = gptq_cfg(4, 128, true, ActOrder::None, 128);
+    let g = b.gptq_quantize(&wt, &h.h, h.nsamples, &cfg).unwrap();
+    let gq = g.linear.dequantize();
+    let rq = Rtn { scheme: cfg.scheme }
+        .quantize(&wt)
+        .unwrap()
+        .dequantize();
+    let zero = vec![0f32; n * k];
+    let cands: [&[f32]; 4] = [&gq, &rq, &zero, &w];
+    let got = b.gptq_output_errors(&w, &cands, &h.h, k).unwrap();
+    let want = output_errors(&w, &cands, &host);
+    let mut worst: f64 = 0.0;
+    for (a, e) in got.iter().zip(&want) {
+        worst = worst.max(if *e == 0.0 {
+            a.abs()
+        } else {
+            (a - e).abs() / e
+        });
+    }
+    assert_eq!(got[3], 0.0);
+    report("gptq_output_errors (relative)", b, worst, 1e-4);
+}
+
 // ---------------------------------------------------------------- CPU and CUDA runs
 
 fn cuda() -> CudaBackend {
@@ -1017,8 +1090,10 @@ both! {
     add_gather_body => add_gather_cpu, add_gather_cuda;
     runner_body => runner_cpu, runner_cuda;
     hessian_body => hessian_cpu, hessian_cuda;
+    hessian_half_body => hessian_half_cpu, hessian_half_cuda;
     inverse_factor_body => gptq_inverse_factor_cpu, gptq_inverse_factor_cuda;
     gptq_solve_body => gptq_solve_cpu, gptq_solve_cuda;
+    output_errors_body => gptq_output_errors_cpu, gptq_output_errors_cuda;
 }
 
 /// The CPU backend's GPTQ solve is gptq.rs itself (bit-identical); checked here once so the

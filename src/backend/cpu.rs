@@ -9,8 +9,8 @@ use crate::backend::{
 };
 use crate::error::Result;
 use crate::quant::gptq::{
-    damped_flipped_hessian, gptq_quantize, inverse_cholesky_upper, with_damping_retries,
-    GptqConfig, GptqOutcome, Hessian, SweepPlan,
+    damped_flipped_hessian, gptq_quantize, inverse_cholesky_upper, output_errors,
+    with_damping_retries, GptqConfig, GptqOutcome, Hessian, SweepPlan,
 };
 use crate::quant::rtn::Rtn;
 use crate::quant::{QuantMethod, QuantScheme, QuantizedLinear, Weight};
@@ -355,6 +355,19 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn hessian_add_half(
+        &self,
+        x: &Vec<u16>,
+        half: HalfKind,
+        rows: usize,
+        h: &mut Vec<f32>,
+        dim: usize,
+        nsamples: usize,
+    ) -> Result<()> {
+        let xf: Vec<f32> = x.par_iter().map(|&v| half.to_f32(v)).collect();
+        self.hessian_add(&xf, rows, h, dim, nsamples)
+    }
+
     fn gptq_inverse_factor(
         &self,
         h: &Vec<f32>,
@@ -376,6 +389,21 @@ impl Backend for CpuBackend {
             damp_used,
             retries,
         })
+    }
+
+    fn gptq_output_errors(
+        &self,
+        w: &[f32],
+        candidates: &[&[f32]],
+        h: &Vec<f32>,
+        dim: usize,
+    ) -> Result<Vec<f64>> {
+        check_len("gptq_output_errors", "h", h.len(), dim * dim)?;
+        rows_of("gptq_output_errors", "w", w.len(), dim)?;
+        for c in candidates {
+            check_len("gptq_output_errors", "candidate", c.len(), w.len())?;
+        }
+        Ok(output_errors(w, candidates, &Hessian::from_f32(dim, h, 1)))
     }
 
     fn gptq_quantize(

@@ -263,6 +263,19 @@ impl<B: Backend> BackendHessian<B> {
         Ok(())
     }
 
+    /// Adds the rows of the 16-bit `x` ([rows, dim] in `half`).
+    pub fn add_half(
+        &mut self,
+        backend: &B,
+        x: &B::Buf<u16>,
+        half: HalfKind,
+        rows: usize,
+    ) -> Result<()> {
+        backend.hessian_add_half(x, half, rows, &mut self.h, self.dim, self.nsamples)?;
+        self.nsamples += rows;
+        Ok(())
+    }
+
     /// The f64 host Hessian with the same values.
     pub fn to_host(&self, backend: &B) -> Result<Hessian> {
         Ok(Hessian::from_f32(
@@ -432,6 +445,21 @@ pub trait Backend: Send + Sync {
         nsamples: usize,
     ) -> Result<()>;
 
+    /// `hessian_add` with 16-bit `x` (`half`), products accumulated in f32: what the GPTQ
+    /// reference does with an fp16 model's activations. Tensor cores on the GPU
+    /// (`cublasGemmEx`, then mirrored so H is exactly symmetric); the CPU widens `x` and runs
+    /// `hessian_add`.
+    #[allow(clippy::too_many_arguments)]
+    fn hessian_add_half(
+        &self,
+        x: &Self::Buf<u16>,
+        half: HalfKind,
+        rows: usize,
+        h: &mut Self::Buf<f32>,
+        dim: usize,
+        nsamples: usize,
+    ) -> Result<()>;
+
     /// The GPTQ inverse factor of the Hessian `h` ([dim, dim] f32) in `plan`'s sweep order,
     /// damped by `damp` · mean(diag H) and retried with 10× the damping when the Cholesky
     /// fails, exactly as gptq.rs (f64 Cholesky and triangular inverse on both backends:
@@ -456,6 +484,18 @@ pub trait Backend: Send + Sync {
         nsamples: usize,
         cfg: &GptqConfig,
     ) -> Result<GptqOutcome>;
+
+    /// `gptq::output_errors`: for each candidate C (host, [n, dim] like `w`),
+    /// tr((W-C) H (W-C)ᵀ) / tr(W H Wᵀ) on the Hessian `h` ([dim, dim] f32), the relative
+    /// squared output error on the calibration inputs. Products in f32 (cuBLAS SGEMM on the
+    /// GPU), row sums in f64.
+    fn gptq_output_errors(
+        &self,
+        w: &[f32],
+        candidates: &[&[f32]],
+        h: &Self::Buf<f32>,
+        dim: usize,
+    ) -> Result<Vec<f64>>;
 
     /// Round-to-nearest quantization of one linear by `quant::rtn`'s rules (host weight in,
     /// levels and group parameters out). Byte-identical on every backend.

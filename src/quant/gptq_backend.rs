@@ -4,16 +4,15 @@
 //! the calibration hidden states resident on the backend, the forward made of backend ops
 //! (16-bit GEMM inputs with f32 accumulation, the runner's fused causal attention over a
 //! slot-per-sample cache, RMSNorm, RoPE, SiLU), the Hessians accumulated there
-//! (`Backend::hessian_add`, f32) and each linear solved there (`Backend::gptq_quantize`).
+//! (`Backend::hessian_add_half`: the 16-bit inputs the GEMMs see, f32 sums) and each linear solved there (`Backend::gptq_quantize`).
 //!
 //! It is generic over the backend so the CPU backend runs it too: that is how it is tested on
 //! machines without a GPU (tests compare it with the CPU pipeline's results; they are close,
 //! not identical: the forward rounds GEMM inputs to 16 bits like the reference's fp16 model,
 //! where the CPU pipeline keeps f32).
 //!
-//! Not done yet (docs/gpu-gptq.md): the output-error statistics of the manifest are still
-//! computed on the host from a downloaded Hessian, and all hidden states plus the attention
-//! outputs of one layer stay resident (f32), which is more than the 8 GiB target at 7B size.
+//! Not done yet (docs/gpu-gptq.md): all hidden states plus the attention outputs of one layer
+//! stay resident (f32), which is more than the 8 GiB target at 7B size.
 
 use std::path::Path;
 
@@ -136,6 +135,13 @@ impl<B: Backend> Fwd<'_, B> {
         Ok(y)
     }
 
+    /// Adds `x`'s rows to a Hessian from their 16-bit rounding (the values the GEMMs see), as
+    /// the reference does with an fp16 model; tensor cores on the GPU.
+    fn hessian_add(&self, hs: &mut BackendHessian<B>, x: &B::Buf<f32>, rows: usize) -> Result<()> {
+        let xh = self.to_half(x)?;
+        hs.add_half(self.b, &xh, self.half, rows)
+    }
+
     fn linear(&self, lin: &DeviceLinear<B>, x: &B::Buf<f32>, rows: usize) -> Result<B::Buf<f32>> {
         let xh = self.to_half(x)?;
         lin.forward(self.b, &xh, rows, self.half)
@@ -207,11 +213,14 @@ fn solve_group<B: Backend>(
     dev: &mut DeviceLayer<B>,
     clock: &mut Timer,
 ) -> Result<()> {
-    let host = clock.time("hessian", || hs.to_host(f.b))?;
     let cfg = s.cfg.clone();
-    s.solve_with(kinds, &host, lw, clock, |w| {
-        f.b.gptq_quantize(w, &hs.h, hs.nsamples, &cfg)
-    })?;
+    s.solve_with(
+        kinds,
+        lw,
+        clock,
+        |w| f.b.gptq_quantize(w, &hs.h, hs.nsamples, &cfg),
+        |w, candidates| f.b.gptq_output_errors(w, candidates, &hs.h, hs.dim),
+    )?;
     for &kind in kinds {
         dev.linears[kind_index(kind)] = DeviceLinear::upload(f.b, lw.linear(kind), f.half)?;
     }
@@ -239,7 +248,7 @@ fn run_layer_on<B: Backend>(
         clock.time("forward", || -> Result<()> {
             for (c, &r) in h.iter().zip(rows) {
                 let a = f.norm(c, &dev.input_norm)?;
-                hs.add(b, &a, r)?;
+                f.hessian_add(&mut hs, &a, r)?;
             }
             b.synchronize()
         })?;
@@ -265,7 +274,7 @@ fn run_layer_on<B: Backend>(
             let a = f.norm(c, &dev.input_norm)?;
             let at = f.attention(dev, &a, r)?;
             if let Some(hs) = h_o.as_mut() {
-                hs.add(b, &at, r)?;
+                f.hessian_add(hs, &at, r)?;
             }
             attn.push(at);
         }
@@ -289,7 +298,7 @@ fn run_layer_on<B: Backend>(
         clock.time("forward", || -> Result<()> {
             for (c, &r) in h.iter().zip(rows) {
                 let m = f.norm(c, &dev.post_norm)?;
-                hs.add(b, &m, r)?;
+                f.hessian_add(&mut hs, &m, r)?;
             }
             b.synchronize()
         })?;
@@ -308,7 +317,7 @@ fn run_layer_on<B: Backend>(
             for (c, &r) in h.iter().zip(rows) {
                 let m = f.norm(c, &dev.post_norm)?;
                 let act = f.mlp_act(dev, &m, r)?;
-                hs.add(b, &act, r)?;
+                f.hessian_add(&mut hs, &act, r)?;
             }
             b.synchronize()
         })?;

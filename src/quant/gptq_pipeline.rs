@@ -311,18 +311,24 @@ impl GroupSolver {
         clock: &mut Timer,
     ) -> Result<()> {
         let cfg = self.cfg.clone();
-        self.solve_with(kinds, h, lw, clock, |w| gptq_quantize(w, h, &cfg))
+        self.solve_with(
+            kinds,
+            lw,
+            clock,
+            |w| gptq_quantize(w, h, &cfg),
+            |w, candidates| Ok(output_errors(w, candidates, h)),
+        )
     }
 
-    /// `solve` with the GPTQ step supplied (a backend's); `h` is the host copy of the
-    /// Hessian the output-error statistics are computed on.
+    /// `solve` with the GPTQ step and the output-error statistics (`gptq::output_errors`
+    /// of the candidates against the original weight) supplied, a backend's.
     pub(crate) fn solve_with(
         &mut self,
         kinds: &[LinearKind],
-        h: &Hessian,
         lw: &mut LayerWeights,
         clock: &mut Timer,
         mut gptq: impl FnMut(&Weight<'_>) -> Result<GptqOutcome>,
+        mut errors: impl FnMut(&[f32], &[&[f32]]) -> Result<Vec<f64>>,
     ) -> Result<()> {
         for &kind in kinds {
             let prefix = self.prefix(kind).to_string();
@@ -347,7 +353,7 @@ impl GroupSolver {
                 }
                 .quantize(&weight)?
                 .dequantize();
-                let errs = output_errors(&lin.weight, &[&deq, &rtn], h);
+                let errs = errors(&lin.weight, &[&deq, &rtn])?;
                 Ok((
                     ErrorStats::between(&lin.weight, &deq),
                     CalibratedError {

@@ -129,6 +129,70 @@ impl CudaBackend {
         Ok(())
     }
 
+    pub(super) fn hessian_add_16(
+        &self,
+        x: &CudaBuf<u16>,
+        half: crate::backend::HalfKind,
+        rows: usize,
+        h: &mut CudaBuf<f32>,
+        dim: usize,
+        nsamples: usize,
+    ) -> Result<()> {
+        check_len("hessian_add_half", "x", x.len, rows * dim)?;
+        check_len("hessian_add_half", "h", h.len, dim * dim)?;
+        if rows == 0 || dim == 0 {
+            return Ok(());
+        }
+        let total = (nsamples + rows) as f64;
+        let beta = (nsamples as f64 / total) as f32;
+        let alpha = (2.0 / total) as f32;
+        let (n_i, k_i) = (int("hessian dim", dim)?, int("hessian rows", rows)?);
+        let dt = match half {
+            crate::backend::HalfKind::F16 => blas_sys::cudaDataType::CUDA_R_16F,
+            crate::backend::HalfKind::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
+        };
+        {
+            // Column-major xc [dim, rows] (= row-major x); H = xc·xcᵀ.
+            let (xp, _gx) = x.slice.device_ptr(&self.stream);
+            let (hp, _gh) = h.slice.device_ptr_mut(&self.stream);
+            // SAFETY: live buffers of the checked sizes, types as `dt` and CUDA_R_32F; the
+            // handle is bound to our stream.
+            unsafe {
+                cudarc::cublas::result::gemm_ex(
+                    *self.blas.handle(),
+                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                    n_i,
+                    n_i,
+                    k_i,
+                    &alpha as *const f32 as *const _,
+                    xp as *const _,
+                    dt,
+                    n_i,
+                    xp as *const _,
+                    dt,
+                    n_i,
+                    &beta as *const f32 as *const _,
+                    hp as *mut _,
+                    blas_sys::cudaDataType::CUDA_R_32F,
+                    n_i,
+                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+                .map_err(blas_err("cublasGemmEx (Hessian, 16-bit)"))?;
+            }
+        }
+        // The GEMM's two triangles may differ in the last bit: keep the upper one, as SSYRK.
+        let f = self.func(&compile::GPTQ_SOLVE, "gq_mirror_upper_to_lower")?;
+        let n_u = as_u32("hessian dim", dim)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut h.slice).arg(&n_u);
+        // SAFETY: matches gq_mirror_upper_to_lower.
+        unsafe { b.launch(grid_1d((dim * dim) as u64, 256)?) }
+            .map_err(Self::launch_err("gq_mirror_upper_to_lower"))?;
+        Ok(())
+    }
+
     pub(super) fn inverse_factor(
         &self,
         h: &CudaBuf<f32>,
@@ -460,5 +524,87 @@ impl CudaBackend {
             retries,
             loss,
         })
+    }
+
+    pub(super) fn output_errors(
+        &self,
+        w: &[f32],
+        candidates: &[&[f32]],
+        h: &CudaBuf<f32>,
+        dim: usize,
+    ) -> Result<Vec<f64>> {
+        use rayon::prelude::*;
+        check_len("gptq_output_errors", "h", h.len, dim * dim)?;
+        let n = crate::backend::rows_of("gptq_output_errors", "w", w.len(), dim)?;
+        for c in candidates {
+            check_len("gptq_output_errors", "candidate", c.len(), w.len())?;
+        }
+        if n == 0 {
+            return Ok(vec![0.0; candidates.len()]);
+        }
+        let (k_i, n_i) = (int("in_features", dim)?, int("out_features", n)?);
+        let mut mh = self.scratch::<f32>(n * dim)?;
+        let mut sums = self.scratch::<f64>(n)?;
+        let dots = self.func(&compile::GPTQ_SOLVE, "gq_row_dots")?;
+        let (n_u, k_u) = (as_u32("out_features", n)?, as_u32("in_features", dim)?);
+        // tr(M H Mᵀ) = Σ_rows dot(M[r], (M H)[r]); M H row-major is (H Mᵀ)ᵀ, i.e. column-major
+        // H·Mᵀ with H symmetric.
+        let mut quad = |m: &[f32]| -> Result<f64> {
+            let md = self.upload(m)?;
+            {
+                let (alpha, beta) = (1.0f32, 0.0f32);
+                let (hp, _gh) = h.slice.device_ptr(&self.stream);
+                let (mp, _gm) = md.slice.device_ptr(&self.stream);
+                let (op, _go) = mh.slice.device_ptr_mut(&self.stream);
+                // SAFETY: H is [dim, dim], M and MH are [n, dim]; handle on our stream.
+                unsafe {
+                    cudarc::cublas::result::sgemm(
+                        *self.blas.handle(),
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        k_i,
+                        n_i,
+                        k_i,
+                        &alpha,
+                        hp as *const f32,
+                        k_i,
+                        mp as *const f32,
+                        k_i,
+                        &beta,
+                        op as *mut f32,
+                        k_i,
+                    )
+                    .map_err(blas_err("cublasSgemm (output error)"))?;
+                }
+            }
+            let mut b = self.stream.launch_builder(&dots);
+            b.arg(&md.slice)
+                .arg(&mh.slice)
+                .arg(&mut sums.slice)
+                .arg(&n_u)
+                .arg(&k_u);
+            let cfg = LaunchConfig {
+                grid_dim: (as_u32("row blocks", n.div_ceil(4))?, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches gq_row_dots (one warp per row); sizes as allocated.
+            unsafe { b.launch(cfg) }.map_err(Self::launch_err("gq_row_dots"))?;
+            Ok(self.download(&sums)?.iter().sum())
+        };
+        let den = quad(w)?;
+        let mut out = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            let diff: Vec<f32> = w.par_iter().zip(c.par_iter()).map(|(a, b)| a - b).collect();
+            let num = quad(&diff)?;
+            out.push(if den > 0.0 {
+                num / den
+            } else if num == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY
+            });
+        }
+        Ok(out)
     }
 }

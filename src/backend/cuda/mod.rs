@@ -999,6 +999,18 @@ impl Backend for CudaBackend {
         self.hessian_add_f32(x, rows, h, dim, nsamples)
     }
 
+    fn hessian_add_half(
+        &self,
+        x: &CudaBuf<u16>,
+        half: HalfKind,
+        rows: usize,
+        h: &mut CudaBuf<f32>,
+        dim: usize,
+        nsamples: usize,
+    ) -> Result<()> {
+        self.hessian_add_16(x, half, rows, h, dim, nsamples)
+    }
+
     fn gptq_inverse_factor(
         &self,
         h: &CudaBuf<f32>,
@@ -1011,6 +1023,16 @@ impl Backend for CudaBackend {
         probe::no_panic("GPTQ inverse factor on the GPU", || {
             self.inverse_factor(h, dim, plan, damp, name)
         })
+    }
+
+    fn gptq_output_errors(
+        &self,
+        w: &[f32],
+        candidates: &[&[f32]],
+        h: &CudaBuf<f32>,
+        dim: usize,
+    ) -> Result<Vec<f64>> {
+        self.output_errors(w, candidates, h, dim)
     }
 
     fn gptq_quantize(
