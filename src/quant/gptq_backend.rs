@@ -269,12 +269,14 @@ fn run_layer_on<B: Backend>(
     } else {
         None
     };
+    // The attention outputs are kept in 16 bits: exactly what o_proj's GEMM and its Hessian
+    // read, at half the memory.
     clock.time("forward", || -> Result<()> {
         for (c, &r) in h.iter().zip(rows) {
             let a = f.norm(c, &dev.input_norm)?;
-            let at = f.attention(dev, &a, r)?;
+            let at = f.to_half(&f.attention(dev, &a, r)?)?;
             if let Some(hs) = h_o.as_mut() {
-                f.hessian_add(hs, &at, r)?;
+                hs.add_half(b, &at, f.half, r)?;
             }
             attn.push(at);
         }
@@ -286,7 +288,7 @@ fn run_layer_on<B: Backend>(
     drop(h_o);
     clock.time("forward", || -> Result<()> {
         for ((c, at), &r) in h.iter_mut().zip(&attn).zip(rows) {
-            let y = f.linear(dev.linear(LinearKind::O), at, r)?;
+            let y = dev.linear(LinearKind::O).forward(b, at, r, f.half)?;
             b.add(c, &y)?;
         }
         b.synchronize()
