@@ -20,7 +20,7 @@ use hy_quant::rng::SplitMix64;
 use serde_json::{json, Value};
 
 mod common;
-use common::tiny_with_tokenizer;
+use common::{dir_files, run_env, tiny_with_tokenizer};
 
 fn write_corpus(path: &Path, docs: usize, seed: u64) {
     let mut rng = SplitMix64(seed);
@@ -168,4 +168,71 @@ fn backend_loop_on_cpu_matches_the_cpu_pipeline() {
 fn gptq_on_cuda_matches_the_cpu_pipeline() {
     let gpu = CudaBackend::new(&Default::default()).expect("a CUDA GPU");
     compare_with_cpu_pipeline(&Device::Cuda(Box::new(gpu)), 0.25);
+}
+
+/// Resume in the backend loop (`HYQ_BACKEND_LOOP=1` runs it on the CPU backend): killed after
+/// layer 0, resumed, the same bytes as an uninterrupted run; a partial output of the CPU
+/// pipeline is refused, not continued with other numerics.
+#[test]
+fn backend_loop_resumes_to_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_with_tokenizer(tmp.path());
+    let corpus = tmp.path().join("calib.jsonl");
+    write_corpus(&corpus, 120, 7);
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "quantize",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--method",
+            "gptq",
+            "--calib",
+            corpus.to_str().unwrap(),
+            "--calib-samples",
+            "8",
+            "--calib-seqlen",
+            "96",
+            "--group-size",
+            "32",
+            "--resume",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let run = |out: &Path, env: &[(&str, &str)]| {
+        let a = args(out);
+        let a: Vec<&str> = a.iter().map(|s| s.as_str()).collect();
+        run_env(&a, env)
+    };
+    let files = |d: &Path| {
+        let mut f = dir_files(d);
+        f.remove("manifest.json");
+        f
+    };
+    let base = tmp.path().join("base");
+    let (code, _, err) = run(&base, &[("HYQ_BACKEND_LOOP", "1")]);
+    assert_eq!(code, 0, "{err}");
+    let out = tmp.path().join("resumed");
+    let (code, _, err) = run(
+        &out,
+        &[("HYQ_BACKEND_LOOP", "1"), ("HYQ_FAULT", "after-layer-0")],
+    );
+    assert_ne!(code, 0, "the fault did not fire: {err}");
+    let (code, _, err) = run(&out, &[("HYQ_BACKEND_LOOP", "1")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(files(&out) == files(&base), "resumed output differs");
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["calibration"]["resumed_layers"], 1);
+
+    // A CPU-pipeline partial output is not continued by the backend loop.
+    let mixed = tmp.path().join("mixed");
+    let (code, _, _) = run(&mixed, &[("HYQ_FAULT", "after-layer-0")]);
+    assert_ne!(code, 0);
+    let (code, _, err) = run(&mixed, &[("HYQ_BACKEND_LOOP", "1")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("layer_loop"), "{err}");
 }
