@@ -210,6 +210,10 @@ pub fn describe() -> String {
             .collect();
         s.push_str(&format!("; opened from the toolkit: {}", names.join(", ")));
     }
+    if libs.driver {
+        // Only here and at the first GPTQ solve is cuSOLVER looked for.
+        s.push_str(&format!(", libcusolver: {}", yes_no(cusolver_present())));
+    }
     match device_count() {
         Ok(n) => s.push_str(&format!("; {n} device(s)")),
         Err(e) => s.push_str(&format!("; {e}")),
