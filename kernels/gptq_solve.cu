@@ -250,3 +250,31 @@ extern "C" __global__ void gq_row_dots(const float* __restrict__ a, const float*
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (lane == 0) out[row] = s;
 }
+
+// Causal softmax over scores [heads, seqlen, seqlen] (row i of head blockIdx.y is blockIdx.x):
+// p[j] = exp(s[j] - max) / sum over j <= i, zero for j > i (calib_forward.rs
+// causal_attention, whose scores already carry the 1/sqrt(head_dim) scale).
+extern "C" __global__ void gq_causal_softmax(float* __restrict__ s, u32 seqlen) {
+    const u32 i = blockIdx.x;
+    float* row = s + ((u64)blockIdx.y * seqlen + i) * seqlen;
+    __shared__ float red[32];
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const float neg_inf = __int_as_float(0xff800000);  // no CUDA headers, so no INFINITY
+    float m = neg_inf;
+    for (u32 j = threadIdx.x; j <= i; j += blockDim.x) m = fmaxf(m, row[j]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) red[warp] = m;
+    __syncthreads();
+    m = neg_inf;
+    for (u32 w = 0; w < nwarps; ++w) m = fmaxf(m, red[w]);
+    float sum = 0.0f;
+    for (u32 j = threadIdx.x; j <= i; j += blockDim.x) {
+        const float e = expf(row[j] - m);
+        row[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum);
+    const float inv = 1.0f / sum;
+    for (u32 j = threadIdx.x; j < seqlen; j += blockDim.x) row[j] = j <= i ? row[j] * inv : 0.0f;
+}

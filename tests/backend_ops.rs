@@ -839,6 +839,72 @@ fn hessian_half_body<B: Backend>(b: &B) {
     }
 }
 
+/// `attention_prefill`: causal GQA attention of whole sequences against an f64 host
+/// reference (relative to the largest output).
+fn attention_prefill_body<B: Backend>(b: &B) {
+    for (heads, kv_heads, hd, samples, seqlen) in [
+        (8usize, 2usize, 64usize, 2usize, 70usize),
+        (4, 4, 128, 1, 33),
+        (14, 2, 64, 3, 17),
+    ] {
+        let shape = AttnShape {
+            heads,
+            kv_heads,
+            head_dim: hd,
+            max_len: seqlen,
+        };
+        let rows = samples * seqlen;
+        let (qd, kvd) = (heads * hd, kv_heads * hd);
+        let q = randn(71 + heads as u64, rows * qd, 1.0);
+        let k = randn(72, rows * kvd, 1.0);
+        let v = randn(73, rows * kvd, 1.0);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut want = vec![0f64; rows * qd];
+        for s in 0..samples {
+            for h in 0..heads {
+                let g = h / (heads / kv_heads);
+                for i in 0..seqlen {
+                    let qi = &q[(s * seqlen + i) * qd + h * hd..][..hd];
+                    let sc: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            let kj = &k[(s * seqlen + j) * kvd + g * hd..][..hd];
+                            qi.iter()
+                                .zip(kj)
+                                .map(|(a, b)| *a as f64 * *b as f64)
+                                .sum::<f64>()
+                                * scale
+                        })
+                        .collect();
+                    let m = sc.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                    let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for d in 0..hd {
+                        want[(s * seqlen + i) * qd + h * hd + d] = (0..=i)
+                            .map(|j| e[j] / z * v[(s * seqlen + j) * kvd + g * hd + d] as f64)
+                            .sum();
+                    }
+                }
+            }
+        }
+        let (qb, kb, vb) = (
+            b.upload(&q).unwrap(),
+            b.upload(&k).unwrap(),
+            b.upload(&v).unwrap(),
+        );
+        let mut out = b.zeros::<f32>(rows * qd).unwrap();
+        b.attention_prefill(&qb, &kb, &vb, samples, seqlen, &shape, &mut out)
+            .unwrap();
+        let got = b.download(&out).unwrap();
+        let mag = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+        report(
+            &format!("attention_prefill h{heads}/kv{kv_heads} d{hd} {samples}x{seqlen}"),
+            b,
+            max_abs_err(&got, &want) / mag,
+            1e-5,
+        );
+    }
+}
+
 fn gptq_cfg(bits: u8, gs: i64, sym: bool, act_order: ActOrder, block: usize) -> GptqConfig {
     GptqConfig {
         act_order,
@@ -1090,6 +1156,7 @@ both! {
     add_gather_body => add_gather_cpu, add_gather_cuda;
     runner_body => runner_cpu, runner_cuda;
     hessian_body => hessian_cpu, hessian_cuda;
+    attention_prefill_body => attention_prefill_cpu, attention_prefill_cuda;
     hessian_half_body => hessian_half_cpu, hessian_half_cuda;
     inverse_factor_body => gptq_inverse_factor_cpu, gptq_inverse_factor_cuda;
     gptq_solve_body => gptq_solve_cpu, gptq_solve_cuda;

@@ -332,6 +332,42 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn attention_prefill(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        samples: usize,
+        seqlen: usize,
+        shape: &AttnShape,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        shape.check()?;
+        let rows = samples * seqlen;
+        check_len("attention_prefill", "q", q.len(), rows * shape.q_width())?;
+        check_len("attention_prefill", "k", k.len(), rows * shape.kv_width())?;
+        check_len("attention_prefill", "v", v.len(), rows * shape.kv_width())?;
+        check_len(
+            "attention_prefill",
+            "out",
+            out.len(),
+            rows * shape.q_width(),
+        )?;
+        if rows == 0 {
+            return Ok(());
+        }
+        *out = crate::quant::calib_forward::causal_attention(
+            q,
+            k,
+            v,
+            seqlen,
+            shape.heads,
+            shape.kv_heads,
+            shape.head_dim,
+        );
+        Ok(())
+    }
+
     fn quantize_rtn(&self, scheme: &QuantScheme, w: &Weight<'_>) -> Result<QuantizedLinear> {
         Rtn { scheme: *scheme }.quantize(w)
     }

@@ -417,6 +417,22 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Buf<f32>,
     ) -> Result<()>;
 
+    /// Causal softmax attention of whole sequences with no cache (the calibration forward):
+    /// `q` [samples·seqlen, q_width], `k`/`v` [samples·seqlen, kv_width]; row t of sample s
+    /// attends to rows 0..=t of s; scale 1/sqrt(head_dim), GQA (`shape.max_len` unused). The
+    /// GPU runs cuBLAS batched SGEMMs (scores, then P·V) around a causal softmax kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_prefill(
+        &self,
+        q: &Self::Buf<f32>,
+        k: &Self::Buf<f32>,
+        v: &Self::Buf<f32>,
+        samples: usize,
+        seqlen: usize,
+        shape: &AttnShape,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
     /// `x += y`, elementwise.
     fn add(&self, x: &mut Self::Buf<f32>, y: &Self::Buf<f32>) -> Result<()>;
 

@@ -2,8 +2,7 @@
 //! cuda`): the same true-sequential order, resume store and manifest records as
 //! `gptq_pipeline` (the CPU path, which stays the reference and is untouched by this one), with
 //! the calibration hidden states resident on the backend, the forward made of backend ops
-//! (16-bit GEMM inputs with f32 accumulation, the runner's fused causal attention over a
-//! slot-per-sample cache, RMSNorm, RoPE, SiLU), the Hessians accumulated there
+//! (16-bit GEMM inputs with f32 accumulation, causal prefill attention, RMSNorm, RoPE, SiLU), the Hessians accumulated there
 //! (`Backend::hessian_add_half`: the 16-bit inputs the GEMMs see, f32 sums) and each linear solved there (`Backend::gptq_quantize`).
 //!
 //! It is generic over the backend so the CPU backend runs it too: that is how it is tested on
@@ -147,8 +146,8 @@ impl<B: Backend> Fwd<'_, B> {
         lin.forward(self.b, &xh, rows, self.half)
     }
 
-    /// Causal self-attention of whole samples: each sample is a cache slot of `seqlen`
-    /// positions, every row attends to its sample's positions up to its own.
+    /// Causal self-attention of whole samples (`attention_prefill`: cuBLAS batched GEMMs on
+    /// the GPU, not the runner's decode-oriented fused kernel).
     fn attention(&self, dev: &DeviceLayer<B>, a: &B::Buf<f32>, rows: usize) -> Result<B::Buf<f32>> {
         let (b, d) = (self.b, self.dims);
         let ah = self.to_half(a)?;
@@ -157,8 +156,7 @@ impl<B: Backend> Fwd<'_, B> {
         let v = dev.linear(LinearKind::V).forward(b, &ah, rows, self.half)?;
         drop(ah);
         let positions: Vec<u32> = (0..rows).map(|r| (r % self.seqlen) as u32).collect();
-        let slots: Vec<u32> = (0..rows).map(|r| (r / self.seqlen) as u32).collect();
-        let (positions, slots) = (b.upload(&positions)?, b.upload(&slots)?);
+        let positions = b.upload(&positions)?;
         b.rope(&mut q, &positions, &self.inv_freq, d.head_dim)?;
         b.rope(&mut k, &positions, &self.inv_freq, d.head_dim)?;
         // HunYuan's QK-norm comes after RoPE (calib_forward::attention).
@@ -176,13 +174,16 @@ impl<B: Backend> Fwd<'_, B> {
             head_dim: d.head_dim,
             max_len: self.seqlen,
         };
-        let samples = rows.div_ceil(self.seqlen);
-        let mut kc = b.zeros::<f32>(samples * self.seqlen * d.kv_dim())?;
-        let mut vc = b.zeros::<f32>(samples * self.seqlen * d.kv_dim())?;
-        b.kv_append(&k, &v, &slots, &positions, &shape, &mut kc, &mut vc)?;
-        drop((k, v));
         let mut out = b.zeros::<f32>(rows * d.q_dim())?;
-        b.attention(&q, &kc, &vc, &slots, &positions, &shape, &mut out)?;
+        b.attention_prefill(
+            &q,
+            &k,
+            &v,
+            rows / self.seqlen,
+            self.seqlen,
+            &shape,
+            &mut out,
+        )?;
         Ok(out)
     }
 

@@ -77,6 +77,127 @@ impl CudaBackend {
         Ok(host[0])
     }
 
+    /// Causal attention of whole sequences: per (sample, kv head), one batched SGEMM over the
+    /// query heads sharing that kv head for the scaled scores, the causal softmax kernel, one
+    /// batched SGEMM for P·V. Scores of one (sample, kv head) at a time: group·seqlen² floats.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn prefill_attention(
+        &self,
+        q: &CudaBuf<f32>,
+        k: &CudaBuf<f32>,
+        v: &CudaBuf<f32>,
+        samples: usize,
+        seqlen: usize,
+        shape: &crate::backend::AttnShape,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        shape.check()?;
+        let rows = samples * seqlen;
+        let (qd, kvd, hd) = (shape.q_width(), shape.kv_width(), shape.head_dim);
+        check_len("attention_prefill", "q", q.len, rows * qd)?;
+        check_len("attention_prefill", "k", k.len, rows * kvd)?;
+        check_len("attention_prefill", "v", v.len, rows * kvd)?;
+        check_len("attention_prefill", "out", out.len, rows * qd)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let group = shape.heads / shape.kv_heads;
+        let mut scores = self.scratch::<f32>(group * seqlen * seqlen)?;
+        let softmax = self.func(&compile::GPTQ_SOLVE, "gq_causal_softmax")?;
+        let (sl_i, hd_i, qd_i, kvd_i, g_i) = (
+            int("seqlen", seqlen)?,
+            int("head_dim", hd)?,
+            int("q width", qd)?,
+            int("kv width", kvd)?,
+            int("group", group)?,
+        );
+        let sq = (seqlen * seqlen) as i64;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (one, zero) = (1.0f32, 0.0f32);
+        let fsz = std::mem::size_of::<f32>() as u64;
+        let (sl_u, g_u) = (as_u32("seqlen", seqlen)?, as_u32("group", group)?);
+        for s in 0..samples {
+            for g in 0..shape.kv_heads {
+                let q_off = ((s * seqlen * qd + g * group * hd) as u64) * fsz;
+                let kv_off = ((s * seqlen * kvd + g * hd) as u64) * fsz;
+                {
+                    let (qp, _gq) = q.slice.device_ptr(&self.stream);
+                    let (kp, _gk) = k.slice.device_ptr(&self.stream);
+                    let (sp, _gs) = scores.slice.device_ptr_mut(&self.stream);
+                    // Row-major S[i][j] = scale · Σ_d Q[i][d] K[j][d] is column-major
+                    // C(j, i) = Kcᵀ · Qc with Kc = K as column-major [hd, seqlen] (ld kv
+                    // width) and Qc likewise (ld q width); one batch entry per query head.
+                    // SAFETY: offsets and strides stay inside q, k ([rows, width]) and
+                    // scores (group x seqlen²); handle on our stream.
+                    unsafe {
+                        cudarc::cublas::result::sgemm_strided_batched(
+                            *self.blas.handle(),
+                            blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                            sl_i,
+                            sl_i,
+                            hd_i,
+                            &scale,
+                            (kp + kv_off) as *const f32,
+                            kvd_i,
+                            0,
+                            (qp + q_off) as *const f32,
+                            qd_i,
+                            hd as i64,
+                            &zero,
+                            sp as *mut f32,
+                            sl_i,
+                            sq,
+                            g_i,
+                        )
+                        .map_err(blas_err("cublasSgemmStridedBatched (attention scores)"))?;
+                    }
+                }
+                let mut b = self.stream.launch_builder(&softmax);
+                b.arg(&mut scores.slice).arg(&sl_u);
+                let cfg = LaunchConfig {
+                    grid_dim: (sl_u, g_u, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: matches gq_causal_softmax: one block per (row, head) of scores.
+                unsafe { b.launch(cfg) }.map_err(Self::launch_err("gq_causal_softmax"))?;
+                {
+                    let (vp, _gv) = v.slice.device_ptr(&self.stream);
+                    let (sp, _gs) = scores.slice.device_ptr(&self.stream);
+                    let (op, _go) = out.slice.device_ptr_mut(&self.stream);
+                    // Row-major O[i][d] = Σ_j P[i][j] V[j][d]: column-major Oc = Vc · Pc
+                    // with Pc(j, i) = P[i][j] (ld seqlen), Oc ld q width.
+                    // SAFETY: as above; out is [rows, q width].
+                    unsafe {
+                        cudarc::cublas::result::sgemm_strided_batched(
+                            *self.blas.handle(),
+                            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                            hd_i,
+                            sl_i,
+                            sl_i,
+                            &one,
+                            (vp + kv_off) as *const f32,
+                            kvd_i,
+                            0,
+                            sp as *const f32,
+                            sl_i,
+                            sq,
+                            &zero,
+                            (op + q_off) as *mut f32,
+                            qd_i,
+                            hd as i64,
+                            g_i,
+                        )
+                        .map_err(blas_err("cublasSgemmStridedBatched (attention output)"))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn hessian_add_f32(
         &self,
         x: &CudaBuf<f32>,

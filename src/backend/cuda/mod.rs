@@ -988,6 +988,19 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn attention_prefill(
+        &self,
+        q: &CudaBuf<f32>,
+        k: &CudaBuf<f32>,
+        v: &CudaBuf<f32>,
+        samples: usize,
+        seqlen: usize,
+        shape: &AttnShape,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        self.prefill_attention(q, k, v, samples, seqlen, shape, out)
+    }
+
     fn hessian_add(
         &self,
         x: &CudaBuf<f32>,
