@@ -1524,3 +1524,66 @@ fn cuda_timings() {
     }
     println!("memory after timings: {:?}", b.memory());
 }
+
+/// Per-op times of the GPTQ path at HY-MT 7B shapes (one 4096-token chunk; a layer at
+/// 128 x 2048 calibration tokens has 64 chunks), for docs/gpu-gptq.md and the 60 s budget.
+/// Device times by CUDA events; `gptq_quantize` and `gptq_output_errors` by the host clock
+/// (they include host work and transfers).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gptq_cuda_timings() {
+    let b = cuda();
+    let kind = HalfKind::BF16;
+    let chunk = 4096usize;
+    for k in [4096usize, 14336] {
+        let x = halves(kind, &randn(1, chunk * k, 1.0));
+        let xd = b.upload(&x).unwrap();
+        let mut h = BackendHessian::new(&b, k).unwrap();
+        h.add_half(&b, &xd, kind, chunk).unwrap();
+        let ms = b.time_ms(&mut || h.add_half(&b, &xd, kind, chunk)).unwrap();
+        println!("hessian_add_half {chunk}x{k} (bf16): {ms:.3} ms per chunk");
+        let xf = b.upload(&randn(2, chunk * k, 1.0)).unwrap();
+        let ms = b.time_ms(&mut || h.add(&b, &xf, chunk)).unwrap();
+        println!("hessian_add {chunk}x{k} (f32): {ms:.3} ms per chunk");
+        // GPTQ of the linear reading this input at 7B: q/k/v/o/gate/up read 4096, down 14336.
+        let n = if k == 4096 { 14336 } else { 4096 };
+        let w = randn(3, n * k, 0.02);
+        let wt = weight_of(&w, n, k, DType::BF16);
+        let cfg = gptq_cfg(4, 128, true, ActOrder::None, 128);
+        b.gptq_quantize(&wt, &h.h, h.nsamples, &cfg).unwrap();
+        let t = std::time::Instant::now();
+        let out = b.gptq_quantize(&wt, &h.h, h.nsamples, &cfg).unwrap();
+        println!(
+            "gptq_quantize {n}x{k} int4 g128: {:.3} s (retries {})",
+            t.elapsed().as_secs_f64(),
+            out.retries
+        );
+        let deq = out.linear.dequantize();
+        let t = std::time::Instant::now();
+        let e = b.gptq_output_errors(&w, &[&deq], &h.h, k).unwrap();
+        println!(
+            "gptq_output_errors {n}x{k}: {:.3} s ({:.3e})",
+            t.elapsed().as_secs_f64(),
+            e[0]
+        );
+    }
+    let shape = AttnShape {
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        max_len: 2048,
+    };
+    let (samples, seqlen) = (2usize, 2048usize);
+    let rows = samples * seqlen;
+    let q = b.upload(&randn(4, rows * shape.q_width(), 1.0)).unwrap();
+    let k = b.upload(&randn(5, rows * shape.kv_width(), 1.0)).unwrap();
+    let v = b.upload(&randn(6, rows * shape.kv_width(), 1.0)).unwrap();
+    let mut o = b.zeros::<f32>(rows * shape.q_width()).unwrap();
+    b.attention_prefill(&q, &k, &v, samples, seqlen, &shape, &mut o)
+        .unwrap();
+    let ms = b
+        .time_ms(&mut || b.attention_prefill(&q, &k, &v, samples, seqlen, &shape, &mut o))
+        .unwrap();
+    println!("attention_prefill h32/kv8 d128 {samples}x{seqlen}: {ms:.3} ms per chunk");
+    println!("memory: {:?}", b.memory());
+}
