@@ -171,7 +171,8 @@ fn gptq_on_cuda_matches_the_cpu_pipeline() {
 }
 
 /// Resume in the backend loop (`HYQ_BACKEND_LOOP=1` runs it on the CPU backend): killed after
-/// layer 0, resumed, the same bytes as an uninterrupted run; a partial output of the CPU
+/// layer 0, resumed, the same bytes as an uninterrupted run; attention outputs recomputed
+/// instead of stored (`HYQ_ATTN_BUDGET=0`), the same bytes; a partial output of the CPU
 /// pipeline is refused, not continued with other numerics.
 #[test]
 fn backend_loop_resumes_to_the_same_bytes() {
@@ -227,6 +228,18 @@ fn backend_loop_resumes_to_the_same_bytes() {
     let m: Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["calibration"]["resumed_layers"], 1);
+
+    // Attention outputs recomputed instead of stored (the 7B memory path): the same bytes.
+    let recomputed = tmp.path().join("recomputed");
+    let (code, _, err) = run(
+        &recomputed,
+        &[("HYQ_BACKEND_LOOP", "1"), ("HYQ_ATTN_BUDGET", "0")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        files(&recomputed) == files(&base),
+        "recomputed attention changed the output"
+    );
 
     // A CPU-pipeline partial output is not continued by the backend loop.
     let mixed = tmp.path().join("mixed");

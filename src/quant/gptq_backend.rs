@@ -33,6 +33,9 @@ use crate::quant::QuantScheme;
 
 /// Tokens per forward chunk (rounded to whole samples), as the CPU pipeline.
 const CHUNK_TOKENS: usize = 4096;
+/// Attention outputs of one layer kept on the device up to this size (at 7B, 128 x 2048 they
+/// are 2 GiB in 16 bits and are recomputed instead: the 8 GiB VRAM target).
+const MAX_STORED_ATTN_BYTES: usize = 1 << 30;
 
 /// A linear on the backend: the weight in the model's half type, f32 bias.
 struct DeviceLinear<B: Backend> {
@@ -119,6 +122,9 @@ struct Fwd<'a, B: Backend> {
     half: HalfKind,
     seqlen: usize,
     inv_freq: B::Buf<f32>,
+    /// Largest size of one layer's stored attention outputs (16-bit); above it they are
+    /// recomputed in o_proj's residual pass.
+    attn_budget: usize,
 }
 
 impl<B: Backend> Fwd<'_, B> {
@@ -264,6 +270,10 @@ fn run_layer_on<B: Backend>(
         )?;
     }
 
+    // Keep the attention outputs for o_proj's residual pass when they fit the budget, else
+    // recompute them there (same quantized q/k/v, same arithmetic: the same values).
+    let attn_bytes = rows.iter().sum::<usize>() * dims.q_dim() * 2;
+    let store_attn = attn_bytes <= f.attn_budget;
     let mut attn = Vec::with_capacity(h.len());
     let mut h_o = if solver.is_some() {
         Some(BackendHessian::new(b, dims.q_dim())?)
@@ -279,7 +289,9 @@ fn run_layer_on<B: Backend>(
             if let Some(hs) = h_o.as_mut() {
                 hs.add_half(b, &at, f.half, r)?;
             }
-            attn.push(at);
+            if store_attn {
+                attn.push(at);
+            }
         }
         b.synchronize()
     })?;
@@ -288,7 +300,16 @@ fn run_layer_on<B: Backend>(
     }
     drop(h_o);
     clock.time("forward", || -> Result<()> {
-        for ((c, at), &r) in h.iter_mut().zip(&attn).zip(rows) {
+        for (i, (c, &r)) in h.iter_mut().zip(rows).enumerate() {
+            let recomputed;
+            let at = match attn.get(i) {
+                Some(at) => at,
+                None => {
+                    let a = f.norm(c, &dev.input_norm)?;
+                    recomputed = f.to_half(&f.attention(dev, &a, r)?)?;
+                    &recomputed
+                }
+            };
             let y = dev.linear(LinearKind::O).forward(b, at, r, f.half)?;
             b.add(c, &y)?;
         }
@@ -370,6 +391,11 @@ pub(crate) fn run_layers_on<B: Backend>(
         half,
         seqlen,
         inv_freq: b.upload(&dims.rope.inv_freq)?,
+        // `HYQ_ATTN_BUDGET` (bytes) is a test hook: 0 forces the recompute path.
+        attn_budget: std::env::var("HYQ_ATTN_BUDGET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MAX_STORED_ATTN_BYTES),
     };
 
     // Hidden states resident on the backend, in chunks of whole samples; embedded chunk by
