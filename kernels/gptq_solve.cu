@@ -1,5 +1,6 @@
 // GPTQ solver kernels (src/backend/cuda/gptq_solve.rs drives them; src/quant/gptq.rs is the
-// CPU reference). The algorithm is the paper's (Frantar et al. 2022, Algorithm 1) as the CPU
+// CPU reference). The algorithm is the paper's (Frantar et al. 2022, Algorithm 1; the blocked
+// lazy-update structure of IST-DASLab/gptq gptq.py `fasterquant`, no code taken) as the CPU
 // solver implements it; cuBLAS does X^T X and the lazy trailing update, cuSOLVER the
 // Cholesky and the triangular inverse; these kernels do the rest.
 //
