@@ -293,6 +293,8 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
             damp: a.damp,
             act_order,
             resume: a.resume,
+            // Test hook (like HYQ_FAULT): the backend layer loop on the CPU backend.
+            backend_loop: std::env::var_os("HYQ_BACKEND_LOOP").is_some_and(|v| v == "1"),
         });
     } else if a.calib.is_some() || a.resume || a.act_order != "none" {
         return Err(hy_quant::Error::Flag {

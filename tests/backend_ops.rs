@@ -6,12 +6,13 @@
 
 use hy_quant::backend::cuda::{probe, CudaOptions};
 use hy_quant::backend::{
-    AttnShape, Backend, CpuBackend, CudaBackend, Device, DeviceChoice, GptqHost, GptqWeight,
-    HalfKind,
+    AttnShape, Backend, BackendHessian, CpuBackend, CudaBackend, Device, DeviceChoice, GptqHost,
+    GptqWeight, HalfKind,
 };
 use hy_quant::dtype::DType;
 use hy_quant::export::gptq_v1;
-use hy_quant::quant::{QuantScheme, QuantizedLinear};
+use hy_quant::quant::gptq::{gptq_quantize, output_error, ActOrder, GptqConfig, SweepPlan};
+use hy_quant::quant::{QuantScheme, QuantizedLinear, Weight};
 use hy_quant::rng::SplitMix64;
 use hy_quant::runner::forward::Rope;
 
@@ -703,6 +704,416 @@ fn rtn_body<B: Backend>(b: &B) {
     report(&format!("rtn byte-identical ({cases} cases)"), b, 0.0, 0.0);
 }
 
+/// Calibration-like inputs (gptq.rs tests' generator): a few dominant directions, uneven
+/// channel scales, outlier channels, and a weight with a few large entries; `dead` input
+/// columns are all zero.
+fn gptq_problem(
+    seed: u64,
+    n: usize,
+    k: usize,
+    rows: usize,
+    strength: f64,
+    dead: &[usize],
+) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = SplitMix64(seed);
+    let dirs = 5;
+    let a: Vec<f64> = (0..dirs * k).map(|_| rng.normal()).collect();
+    let chan: Vec<f64> = (0..k).map(|_| 0.3 + 1.2 * rng.unit()).collect();
+    let mut x = vec![0f32; rows * k];
+    for r in 0..rows {
+        let z: Vec<f64> = (0..dirs)
+            .map(|d| rng.normal() * [8.0, 5.0, 3.0, 2.0, 1.5][d] * strength)
+            .collect();
+        for c in 0..k {
+            let mut v = rng.normal() * chan[c];
+            for d in 0..dirs {
+                v += z[d] * a[d * k + c];
+            }
+            if c % 61 == 7 {
+                v *= 1.0 + 9.0 * strength;
+            }
+            x[r * k + c] = if dead.contains(&c) { 0.0 } else { v as f32 };
+        }
+    }
+    let w: Vec<f32> = (0..n * k)
+        .map(|_| {
+            let v = rng.normal() * 0.04;
+            (if rng.unit() < 0.01 { v * 6.0 } else { v }) as f32
+        })
+        .collect();
+    (w, x)
+}
+
+/// H = 2/n Σ xxᵀ on the backend, fed in uneven batches.
+fn backend_hessian<B: Backend>(b: &B, x: &[f32], k: usize) -> BackendHessian<B> {
+    let rows = x.len() / k;
+    let mut h = BackendHessian::new(b, k).unwrap();
+    let cuts = [
+        0,
+        1.min(rows),
+        (rows / 2).max(1).min(rows),
+        rows * 3 / 4,
+        rows,
+    ];
+    for w in cuts.windows(2) {
+        let (r0, r1) = (w[0], w[1].max(w[0]));
+        if r1 > r0 {
+            let xd = b.upload(&x[r0 * k..r1 * k]).unwrap();
+            h.add(b, &xd, r1 - r0).unwrap();
+        }
+    }
+    assert_eq!(h.nsamples, rows);
+    h
+}
+
+/// `hessian_add`: the running average 2/n Σ xxᵀ over uneven batches, against an f64 sum on
+/// the host (relative to the largest entry), exactly symmetric.
+fn hessian_body<B: Backend>(b: &B) {
+    for (k, rows, seed) in [(300usize, 1500usize, 1u64), (128, 4096, 2), (512, 700, 3)] {
+        let (_, x) = gptq_problem(seed, 8, k, rows, 1.0, &[5]);
+        let h = backend_hessian(b, &x, k);
+        let got = b.download(&h.h).unwrap();
+        let mut want = vec![0f64; k * k];
+        for r in 0..rows {
+            let xr = &x[r * k..(r + 1) * k];
+            for i in 0..k {
+                let xi = xr[i] as f64;
+                for j in 0..k {
+                    want[i * k + j] += xi * xr[j] as f64;
+                }
+            }
+        }
+        want.iter_mut().for_each(|v| *v *= 2.0 / rows as f64);
+        for i in 0..k {
+            for j in 0..i {
+                assert_eq!(got[i * k + j], got[j * k + i], "not symmetric at [{i},{j}]");
+            }
+        }
+        assert_eq!(got[5 * k + 5], 0.0, "dead column");
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        report(
+            &format!("hessian_add {rows}x{k}"),
+            b,
+            max_abs_err(&got, &want) / scale,
+            1e-5,
+        );
+    }
+}
+
+/// `hessian_add_half`: the same running average from 16-bit inputs, against an f64 sum over
+/// the same rounded values.
+fn hessian_half_body<B: Backend>(b: &B) {
+    for kind in [HalfKind::BF16, HalfKind::F16] {
+        let (k, rows) = (256usize, 1200usize);
+        let (_, x) = gptq_problem(61, 8, k, rows, 0.5, &[]);
+        let xh = halves(kind, &x);
+        let mut h = BackendHessian::new(b, k).unwrap();
+        for (r0, r1) in [(0usize, 500usize), (500, 501), (501, rows)] {
+            let xd = b.upload(&xh[r0 * k..r1 * k]).unwrap();
+            h.add_half(b, &xd, kind, r1 - r0).unwrap();
+        }
+        let got = b.download(&h.h).unwrap();
+        let xr: Vec<f64> = xh.iter().map(|&v| kind.to_f32(v) as f64).collect();
+        let mut want = vec![0f64; k * k];
+        for r in 0..rows {
+            let row = &xr[r * k..(r + 1) * k];
+            for i in 0..k {
+                for j in 0..k {
+                    want[i * k + j] += row[i] * row[j];
+                }
+            }
+        }
+        want.iter_mut().for_each(|v| *v *= 2.0 / rows as f64);
+        for i in 0..k {
+            for j in 0..i {
+                assert_eq!(got[i * k + j], got[j * k + i], "not symmetric at [{i},{j}]");
+            }
+        }
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        report(
+            &format!("hessian_add_half {kind:?} {rows}x{k}"),
+            b,
+            max_abs_err(&got, &want) / scale,
+            1e-5,
+        );
+    }
+}
+
+/// `attention_prefill`: causal GQA attention of whole sequences against an f64 host
+/// reference (relative to the largest output).
+fn attention_prefill_body<B: Backend>(b: &B) {
+    for (heads, kv_heads, hd, samples, seqlen) in [
+        (8usize, 2usize, 64usize, 2usize, 70usize),
+        (4, 4, 128, 1, 33),
+        (14, 2, 64, 3, 17),
+    ] {
+        let shape = AttnShape {
+            heads,
+            kv_heads,
+            head_dim: hd,
+            max_len: seqlen,
+        };
+        let rows = samples * seqlen;
+        let (qd, kvd) = (heads * hd, kv_heads * hd);
+        let q = randn(71 + heads as u64, rows * qd, 1.0);
+        let k = randn(72, rows * kvd, 1.0);
+        let v = randn(73, rows * kvd, 1.0);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut want = vec![0f64; rows * qd];
+        for s in 0..samples {
+            for h in 0..heads {
+                let g = h / (heads / kv_heads);
+                for i in 0..seqlen {
+                    let qi = &q[(s * seqlen + i) * qd + h * hd..][..hd];
+                    let sc: Vec<f64> = (0..=i)
+                        .map(|j| {
+                            let kj = &k[(s * seqlen + j) * kvd + g * hd..][..hd];
+                            qi.iter()
+                                .zip(kj)
+                                .map(|(a, b)| *a as f64 * *b as f64)
+                                .sum::<f64>()
+                                * scale
+                        })
+                        .collect();
+                    let m = sc.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                    let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+                    let z: f64 = e.iter().sum();
+                    for d in 0..hd {
+                        want[(s * seqlen + i) * qd + h * hd + d] = (0..=i)
+                            .map(|j| e[j] / z * v[(s * seqlen + j) * kvd + g * hd + d] as f64)
+                            .sum();
+                    }
+                }
+            }
+        }
+        let (qb, kb, vb) = (
+            b.upload(&q).unwrap(),
+            b.upload(&k).unwrap(),
+            b.upload(&v).unwrap(),
+        );
+        let mut out = b.zeros::<f32>(rows * qd).unwrap();
+        b.attention_prefill(&qb, &kb, &vb, samples, seqlen, &shape, &mut out)
+            .unwrap();
+        let got = b.download(&out).unwrap();
+        let mag = want.iter().fold(0f64, |a, v| a.max(v.abs()));
+        report(
+            &format!("attention_prefill h{heads}/kv{kv_heads} d{hd} {samples}x{seqlen}"),
+            b,
+            max_abs_err(&got, &want) / mag,
+            1e-5,
+        );
+    }
+}
+
+fn gptq_cfg(bits: u8, gs: i64, sym: bool, act_order: ActOrder, block: usize) -> GptqConfig {
+    GptqConfig {
+        act_order,
+        block_size: block,
+        ..GptqConfig::new(QuantScheme::new(bits, gs, sym).unwrap())
+    }
+}
+
+fn weight_of(data: &[f32], n: usize, k: usize, store: DType) -> Weight<'_> {
+    Weight {
+        name: "model.layers.0.mlp.down_proj.weight",
+        data,
+        out_features: n,
+        in_features: k,
+        scale_dtype: store,
+    }
+}
+
+/// `gptq_inverse_factor`: UᵀU (P H Pᵀ + λI) = I (f64 check on the host), upper with a
+/// positive diagonal; a singular H is retried with more damping; an indefinite one is an
+/// error naming the tensor and the dampings tried.
+fn inverse_factor_body<B: Backend>(b: &B) {
+    let (k, rows) = (320usize, 900usize);
+    let (_, x) = gptq_problem(11, 8, k, rows, 1.0, &[3, 200]);
+    let h = backend_hessian(b, &x, k);
+    let host = h.to_host(b).unwrap();
+    let mut worst: f64 = 0.0;
+    for ao in [ActOrder::None, ActOrder::Permute] {
+        let cfg = gptq_cfg(4, 128, true, ao, 128);
+        let diag: Vec<f64> = (0..k).map(|i| host.h[i * k + i]).collect();
+        let plan = SweepPlan::new(&diag, &cfg);
+        let f = b
+            .gptq_inverse_factor(&h.h, k, &plan, cfg.damp, "t.weight")
+            .unwrap();
+        assert_eq!((f.retries, f.damp_used), (0, cfg.damp));
+        let u = b.download(&f.u).unwrap();
+        let lambda = cfg.damp * plan.mean_diag;
+        // A = P H Pᵀ + λI with dead diagonals 1.
+        let a = |i: usize, j: usize| -> f64 {
+            let (pi, pj) = (plan.perm[i], plan.perm[j]);
+            let mut v = host.h[pi * k + pj];
+            if i == j {
+                if plan.dead[pi] {
+                    v = 1.0;
+                }
+                v += lambda;
+            }
+            v
+        };
+        for i in 0..k {
+            assert!(u[i * k + i] > 0.0);
+            for j in 0..i {
+                assert_eq!(u[i * k + j], 0.0, "U not upper at [{i},{j}]");
+            }
+        }
+        // (Uᵀ U A)[i][j] = Σ_r U[r][i] (U A)[r][j].
+        let ua: Vec<f64> = (0..k * k)
+            .map(|idx| {
+                let (r, j) = (idx / k, idx % k);
+                (r..k).map(|c| u[r * k + c] as f64 * a(c, j)).sum()
+            })
+            .collect();
+        for i in 0..k {
+            for j in 0..k {
+                let v: f64 = (0..=i).map(|r| u[r * k + i] as f64 * ua[r * k + j]).sum();
+                let want = if i == j { 1.0 } else { 0.0 };
+                worst = worst.max((v - want).abs());
+            }
+        }
+    }
+    report("gptq_inverse_factor UᵀUA = I", b, worst, 2e-4);
+
+    // Singular H (two equal columns): 1e-17 of damping is below f64 resolution at 4, so the
+    // first attempt fails and a larger damping succeeds.
+    let k = 64;
+    let mut hs = vec![0f32; k * k];
+    for i in 0..k {
+        hs[i * k + i] = 4.0;
+    }
+    hs[1] = 4.0;
+    hs[k] = 4.0;
+    let hd = b.upload(&hs).unwrap();
+    let cfg = GptqConfig {
+        damp: 1e-17,
+        ..gptq_cfg(4, 32, true, ActOrder::None, 128)
+    };
+    let diag: Vec<f64> = (0..k).map(|i| hs[i * k + i] as f64).collect();
+    let plan = SweepPlan::new(&diag, &cfg);
+    let f = b
+        .gptq_inverse_factor(&hd, k, &plan, cfg.damp, "t.weight")
+        .unwrap();
+    assert!(f.retries >= 1, "no retry on {}", b.name());
+    let want = 1e-17 * 10f64.powi(f.retries as i32);
+    assert!((f.damp_used - want).abs() < 1e-6 * want, "{}", f.damp_used);
+    // Indefinite: no damping up to 100 x mean(diag) fixes it.
+    hs[2 * k + 3] = 1e6;
+    hs[3 * k + 2] = 1e6;
+    let hd = b.upload(&hs).unwrap();
+    let err = b
+        .gptq_inverse_factor(&hd, k, &plan, 0.01, "layers.0.mlp.down_proj.weight")
+        .err()
+        .expect("indefinite Hessian must fail")
+        .to_string();
+    assert!(
+        err.contains("layers.0.mlp.down_proj") && err.contains("Cholesky") && err.contains("100.0"),
+        "{err}"
+    );
+    report("gptq_inverse_factor retries", b, 0.0, 0.0);
+}
+
+/// The GPTQ cases the solver tests run: schemes, act-order modes, block sizes that do and do
+/// not divide the group size, scale dtypes, dead columns.
+fn gptq_cases() -> Vec<(GptqConfig, DType)> {
+    vec![
+        (gptq_cfg(4, 128, true, ActOrder::None, 128), DType::BF16),
+        (gptq_cfg(4, 32, false, ActOrder::Permute, 128), DType::BF16),
+        (
+            gptq_cfg(4, 64, true, ActOrder::StaticGroups, 128),
+            DType::F16,
+        ),
+        (gptq_cfg(8, -1, true, ActOrder::None, 128), DType::BF16),
+        (gptq_cfg(4, 32, false, ActOrder::None, 48), DType::F32),
+        (gptq_cfg(4, 256, true, ActOrder::Permute, 64), DType::BF16),
+    ]
+}
+
+/// Levels that differ, as a fraction.
+fn level_diff(a: &QuantizedLinear, b: &QuantizedLinear) -> f64 {
+    let d = a.q.iter().zip(&b.q).filter(|(x, y)| x != y).count();
+    d as f64 / a.q.len() as f64
+}
+
+/// `gptq_quantize` on the backend against gptq.rs on the host (same f32 Hessian, widened):
+/// output error within 1% and fewer than 1% of the levels different (a rounding tie can flip
+/// on the GPU, whose Cholesky and trailing GEMM sum in another order); g_idx identical; GPTQ
+/// beats RTN. On the CPU backend the result is identical.
+fn gptq_solve_body<B: Backend>(b: &B) {
+    use hy_quant::quant::rtn::Rtn;
+    use hy_quant::quant::QuantMethod;
+    let (n, k, rows) = (96usize, 512usize, 1024usize);
+    let (w, x) = gptq_problem(21, n, k, rows, 0.5, &[0, 77, 300]);
+    let h = backend_hessian(b, &x, k);
+    let host = h.to_host(b).unwrap();
+    let (mut worst_err, mut worst_diff): (f64, f64) = (0.0, 0.0);
+    for (cfg, store) in gptq_cases() {
+        let wt = weight_of(&w, n, k, store);
+        let got = b.gptq_quantize(&wt, &h.h, h.nsamples, &cfg).unwrap();
+        let want = gptq_quantize(&wt, &host, &cfg).unwrap();
+        assert_eq!(got.linear.g_idx, want.linear.g_idx, "{cfg:?}");
+        assert_eq!((got.retries, got.damp_used), (want.retries, want.damp_used));
+        let e_got = output_error(&w, &got.linear.dequantize(), &host);
+        let e_want = output_error(&w, &want.linear.dequantize(), &host);
+        let rtn = Rtn { scheme: cfg.scheme }.quantize(&wt).unwrap();
+        let e_rtn = output_error(&w, &rtn.dequantize(), &host);
+        let rel = (e_got - e_want).abs() / e_want;
+        let diff = level_diff(&got.linear, &want.linear);
+        println!(
+            "  {} {:?} block {} {store}: error {e_got:.4e} vs cpu {e_want:.4e} (rtn {e_rtn:.4e}), levels differ {:.4}%, loss {:.4e} vs {:.4e}",
+            cfg.scheme, cfg.act_order, cfg.block_size, 100.0 * diff, got.loss, want.loss
+        );
+        assert!(e_got < 0.8 * e_rtn, "GPTQ no better than RTN: {cfg:?}");
+        // Dead columns are zero.
+        let deq = got.linear.dequantize();
+        for r in 0..n {
+            for c in [0usize, 77, 300] {
+                assert_eq!(deq[r * k + c], 0.0);
+            }
+        }
+        worst_err = worst_err.max(rel);
+        worst_diff = worst_diff.max(diff);
+    }
+    report("gptq_quantize: output error rel", b, worst_err, 1e-2);
+    report("gptq_quantize: levels differing", b, worst_diff, 1e-2);
+}
+
+/// `gptq_output_errors` against gptq.rs `output_errors` on the same (widened) Hessian: the
+/// GPTQ and RTN candidates, a zero candidate (error 1) and the weight itself (error 0).
+fn output_errors_body<B: Backend>(b: &B) {
+    use hy_quant::quant::gptq::output_errors;
+    use hy_quant::quant::rtn::Rtn;
+    use hy_quant::quant::QuantMethod;
+    let (n, k, rows) = (128usize, 384usize, 800usize);
+    let (w, x) = gptq_problem(51, n, k, rows, 0.5, &[4]);
+    let h = backend_hessian(b, &x, k);
+    let host = h.to_host(b).unwrap();
+    let wt = weight_of(&w, n, k, DType::BF16);
+    let cfg = gptq_cfg(4, 128, true, ActOrder::None, 128);
+    let g = b.gptq_quantize(&wt, &h.h, h.nsamples, &cfg).unwrap();
+    let gq = g.linear.dequantize();
+    let rq = Rtn { scheme: cfg.scheme }
+        .quantize(&wt)
+        .unwrap()
+        .dequantize();
+    let zero = vec![0f32; n * k];
+    let cands: [&[f32]; 4] = [&gq, &rq, &zero, &w];
+    let got = b.gptq_output_errors(&w, &cands, &h.h, k).unwrap();
+    let want = output_errors(&w, &cands, &host);
+    let mut worst: f64 = 0.0;
+    for (a, e) in got.iter().zip(&want) {
+        worst = worst.max(if *e == 0.0 {
+            a.abs()
+        } else {
+            (a - e).abs() / e
+        });
+    }
+    assert_eq!(got[3], 0.0);
+    report("gptq_output_errors (relative)", b, worst, 1e-4);
+}
+
 // ---------------------------------------------------------------- CPU and CUDA runs
 
 fn cuda() -> CudaBackend {
@@ -744,6 +1155,73 @@ both! {
     rtn_body => rtn_cpu, rtn_cuda;
     add_gather_body => add_gather_cpu, add_gather_cuda;
     runner_body => runner_cpu, runner_cuda;
+    hessian_body => hessian_cpu, hessian_cuda;
+    attention_prefill_body => attention_prefill_cpu, attention_prefill_cuda;
+    hessian_half_body => hessian_half_cpu, hessian_half_cuda;
+    inverse_factor_body => gptq_inverse_factor_cpu, gptq_inverse_factor_cuda;
+    gptq_solve_body => gptq_solve_cpu, gptq_solve_cuda;
+    output_errors_body => gptq_output_errors_cpu, gptq_output_errors_cuda;
+}
+
+/// The CPU backend's GPTQ solve is gptq.rs itself (bit-identical); checked here once so the
+/// 1% tolerances of `gptq_solve_body` only ever absorb GPU rounding.
+#[test]
+fn gptq_solve_on_cpu_backend_is_gptq_rs() {
+    let b = CpuBackend::new();
+    let (n, k, rows) = (64usize, 256usize, 600usize);
+    let (w, x) = gptq_problem(31, n, k, rows, 1.0, &[9]);
+    let h = backend_hessian(&b, &x, k);
+    let host = h.to_host(&b).unwrap();
+    for (cfg, store) in gptq_cases() {
+        let wt = weight_of(&w, n, k, store);
+        let got = b.gptq_quantize(&wt, &h.h, h.nsamples, &cfg).unwrap();
+        assert_eq!(got, gptq_quantize(&wt, &host, &cfg).unwrap(), "{cfg:?}");
+    }
+}
+
+/// CUDA and CPU backends compared directly: the Hessian (relative to its largest entry) and
+/// GPTQ on the same inputs (each backend with its own Hessian).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gptq_cuda_matches_cpu_backend() {
+    let (cpu, gpu) = (CpuBackend::new(), cuda());
+    let (n, k, rows) = (256usize, 1024usize, 2048usize);
+    let (w, x) = gptq_problem(41, n, k, rows, 0.5, &[]);
+    let hc = backend_hessian(&cpu, &x, k);
+    let hg = backend_hessian(&gpu, &x, k);
+    let (a, g) = (cpu.download(&hc.h).unwrap(), gpu.download(&hg.h).unwrap());
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    let herr = a
+        .iter()
+        .zip(&g)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .fold(0f64, f64::max)
+        / scale;
+    println!("hessian cuda vs cpu: max rel err {herr:.3e}");
+    assert!(herr <= 1e-5, "{herr}");
+    let host = hc.to_host(&cpu).unwrap();
+    for (cfg, store) in gptq_cases() {
+        let wt = weight_of(&w, n, k, store);
+        let c = cpu.gptq_quantize(&wt, &hc.h, hc.nsamples, &cfg).unwrap();
+        let t = std::time::Instant::now();
+        let q = gpu.gptq_quantize(&wt, &hg.h, hg.nsamples, &cfg).unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let (ec, eg) = (
+            output_error(&w, &c.linear.dequantize(), &host),
+            output_error(&w, &q.linear.dequantize(), &host),
+        );
+        let diff = level_diff(&c.linear, &q.linear);
+        println!(
+            "  {} {:?} block {}: cuda {eg:.4e} cpu {ec:.4e}, levels differ {:.4}% ({secs:.3} s)",
+            cfg.scheme,
+            cfg.act_order,
+            cfg.block_size,
+            100.0 * diff
+        );
+        assert_eq!(c.linear.g_idx, q.linear.g_idx);
+        assert!((eg - ec).abs() <= 1e-2 * ec, "{cfg:?}: {eg} vs {ec}");
+        assert!(diff < 1e-2, "{cfg:?}: {diff}");
+    }
 }
 
 /// `quantize --method rtn --device cuda` writes the same model files, byte for byte, as the
@@ -903,7 +1381,7 @@ fn kernels_compile_with_nvrtc() {
                 println!("{log}");
             }
         }
-        assert_eq!(built.len(), 4);
+        assert_eq!(built.len(), 5);
     }
 }
 
@@ -1045,4 +1523,67 @@ fn cuda_timings() {
         );
     }
     println!("memory after timings: {:?}", b.memory());
+}
+
+/// Per-op times of the GPTQ path at HY-MT 7B shapes (one 4096-token chunk; a layer at
+/// 128 x 2048 calibration tokens has 64 chunks), for docs/gpu-gptq.md and the 60 s budget.
+/// Device times by CUDA events; `gptq_quantize` and `gptq_output_errors` by the host clock
+/// (they include host work and transfers).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gptq_cuda_timings() {
+    let b = cuda();
+    let kind = HalfKind::BF16;
+    let chunk = 4096usize;
+    for k in [4096usize, 14336] {
+        let x = halves(kind, &randn(1, chunk * k, 1.0));
+        let xd = b.upload(&x).unwrap();
+        let mut h = BackendHessian::new(&b, k).unwrap();
+        h.add_half(&b, &xd, kind, chunk).unwrap();
+        let ms = b.time_ms(&mut || h.add_half(&b, &xd, kind, chunk)).unwrap();
+        println!("hessian_add_half {chunk}x{k} (bf16): {ms:.3} ms per chunk");
+        let xf = b.upload(&randn(2, chunk * k, 1.0)).unwrap();
+        let ms = b.time_ms(&mut || h.add(&b, &xf, chunk)).unwrap();
+        println!("hessian_add {chunk}x{k} (f32): {ms:.3} ms per chunk");
+        // GPTQ of the linear reading this input at 7B: q/k/v/o/gate/up read 4096, down 14336.
+        let n = if k == 4096 { 14336 } else { 4096 };
+        let w = randn(3, n * k, 0.02);
+        let wt = weight_of(&w, n, k, DType::BF16);
+        let cfg = gptq_cfg(4, 128, true, ActOrder::None, 128);
+        b.gptq_quantize(&wt, &h.h, h.nsamples, &cfg).unwrap();
+        let t = std::time::Instant::now();
+        let out = b.gptq_quantize(&wt, &h.h, h.nsamples, &cfg).unwrap();
+        println!(
+            "gptq_quantize {n}x{k} int4 g128: {:.3} s (retries {})",
+            t.elapsed().as_secs_f64(),
+            out.retries
+        );
+        let deq = out.linear.dequantize();
+        let t = std::time::Instant::now();
+        let e = b.gptq_output_errors(&w, &[&deq], &h.h, k).unwrap();
+        println!(
+            "gptq_output_errors {n}x{k}: {:.3} s ({:.3e})",
+            t.elapsed().as_secs_f64(),
+            e[0]
+        );
+    }
+    let shape = AttnShape {
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        max_len: 2048,
+    };
+    let (samples, seqlen) = (2usize, 2048usize);
+    let rows = samples * seqlen;
+    let q = b.upload(&randn(4, rows * shape.q_width(), 1.0)).unwrap();
+    let k = b.upload(&randn(5, rows * shape.kv_width(), 1.0)).unwrap();
+    let v = b.upload(&randn(6, rows * shape.kv_width(), 1.0)).unwrap();
+    let mut o = b.zeros::<f32>(rows * shape.q_width()).unwrap();
+    b.attention_prefill(&q, &k, &v, samples, seqlen, &shape, &mut o)
+        .unwrap();
+    let ms = b
+        .time_ms(&mut || b.attention_prefill(&q, &k, &v, samples, seqlen, &shape, &mut o))
+        .unwrap();
+    println!("attention_prefill h32/kv8 d128 {samples}x{seqlen}: {ms:.3} ms per chunk");
+    println!("memory: {:?}", b.memory());
 }

@@ -4,9 +4,14 @@
 use rayon::prelude::*;
 
 use crate::backend::{
-    check_len, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind, MemStats,
+    check_len, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind, InverseFactor,
+    MemStats,
 };
 use crate::error::Result;
+use crate::quant::gptq::{
+    damped_flipped_hessian, gptq_quantize, inverse_cholesky_upper, output_errors,
+    with_damping_retries, GptqConfig, GptqOutcome, Hessian, SweepPlan,
+};
 use crate::quant::rtn::Rtn;
 use crate::quant::{QuantMethod, QuantScheme, QuantizedLinear, Weight};
 use crate::runner::forward::{attend, kv_head_of, rms_norm, silu, Rope};
@@ -327,8 +332,126 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn attention_prefill(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        samples: usize,
+        seqlen: usize,
+        shape: &AttnShape,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        shape.check()?;
+        let rows = samples * seqlen;
+        check_len("attention_prefill", "q", q.len(), rows * shape.q_width())?;
+        check_len("attention_prefill", "k", k.len(), rows * shape.kv_width())?;
+        check_len("attention_prefill", "v", v.len(), rows * shape.kv_width())?;
+        check_len(
+            "attention_prefill",
+            "out",
+            out.len(),
+            rows * shape.q_width(),
+        )?;
+        if rows == 0 {
+            return Ok(());
+        }
+        *out = crate::quant::calib_forward::causal_attention(
+            q,
+            k,
+            v,
+            seqlen,
+            shape.heads,
+            shape.kv_heads,
+            shape.head_dim,
+        );
+        Ok(())
+    }
+
     fn quantize_rtn(&self, scheme: &QuantScheme, w: &Weight<'_>) -> Result<QuantizedLinear> {
         Rtn { scheme: *scheme }.quantize(w)
+    }
+
+    fn hessian_add(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        h: &mut Vec<f32>,
+        dim: usize,
+        nsamples: usize,
+    ) -> Result<()> {
+        check_len("hessian_add", "x", x.len(), rows * dim)?;
+        check_len("hessian_add", "h", h.len(), dim * dim)?;
+        // gptq.rs's f64 accumulation, stored back in f32.
+        let mut hess = Hessian::from_f32(dim, h, nsamples);
+        hess.add_batch(x, rows);
+        h.par_iter_mut()
+            .zip(hess.h.par_iter())
+            .for_each(|(d, &v)| *d = v as f32);
+        Ok(())
+    }
+
+    fn hessian_add_half(
+        &self,
+        x: &Vec<u16>,
+        half: HalfKind,
+        rows: usize,
+        h: &mut Vec<f32>,
+        dim: usize,
+        nsamples: usize,
+    ) -> Result<()> {
+        let xf: Vec<f32> = x.par_iter().map(|&v| half.to_f32(v)).collect();
+        self.hessian_add(&xf, rows, h, dim, nsamples)
+    }
+
+    fn gptq_inverse_factor(
+        &self,
+        h: &Vec<f32>,
+        dim: usize,
+        plan: &SweepPlan,
+        damp: f64,
+        name: &str,
+    ) -> Result<InverseFactor<Self>> {
+        check_len("gptq_inverse_factor", "h", h.len(), dim * dim)?;
+        check_len("gptq_inverse_factor", "plan", plan.perm.len(), dim)?;
+        let hess = Hessian::from_f32(dim, h, 1);
+        let (u, damp_used, retries) = with_damping_retries(name, damp, plan, |lambda| {
+            Ok(inverse_cholesky_upper(damped_flipped_hessian(
+                &hess, &plan.perm, &plan.dead, lambda,
+            )))
+        })?;
+        Ok(InverseFactor {
+            u: u.iter().copied().collect(),
+            damp_used,
+            retries,
+        })
+    }
+
+    fn gptq_output_errors(
+        &self,
+        w: &[f32],
+        candidates: &[&[f32]],
+        h: &Vec<f32>,
+        dim: usize,
+    ) -> Result<Vec<f64>> {
+        check_len("gptq_output_errors", "h", h.len(), dim * dim)?;
+        rows_of("gptq_output_errors", "w", w.len(), dim)?;
+        for c in candidates {
+            check_len("gptq_output_errors", "candidate", c.len(), w.len())?;
+        }
+        Ok(output_errors(w, candidates, &Hessian::from_f32(dim, h, 1)))
+    }
+
+    fn gptq_quantize(
+        &self,
+        w: &Weight<'_>,
+        h: &Vec<f32>,
+        nsamples: usize,
+        cfg: &GptqConfig,
+    ) -> Result<GptqOutcome> {
+        let dim = w.in_features;
+        check_len("gptq_quantize", "h", h.len(), dim * dim)?;
+        gptq_quantize(w, &Hessian::from_f32(dim, h, nsamples), cfg)
     }
 
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>) -> Result<()> {

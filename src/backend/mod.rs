@@ -20,6 +20,7 @@ use half::{bf16, f16};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::quant::gptq::{GptqConfig, GptqOutcome, Hessian, SweepPlan};
 use crate::quant::{QuantScheme, QuantizedLinear, Weight};
 
 pub use cpu::CpuBackend;
@@ -39,6 +40,7 @@ pub trait Elem:
 {
 }
 impl Elem for f32 {}
+impl Elem for f64 {}
 impl Elem for u32 {}
 impl Elem for i32 {}
 impl Elem for u16 {}
@@ -225,6 +227,65 @@ impl<B: Backend> GptqWeight<B> {
     }
 }
 
+/// The upper-triangular U with (P H Pᵀ + λI)⁻¹ = UᵀU that the GPTQ sweep uses (P: the sweep
+/// order), [dim, dim] row-major f32, with the damping that worked (see
+/// `gptq::with_damping_retries`).
+pub struct InverseFactor<B: Backend + ?Sized> {
+    pub u: B::Buf<f32>,
+    /// The relative damping of the successful factorization.
+    pub damp_used: f64,
+    /// Failed factorizations before it.
+    pub retries: u32,
+}
+
+/// A GPTQ Hessian H = 2/n Σ xxᵀ held on a backend, f32 [dim, dim] (the CPU pipeline keeps its
+/// own f64 `gptq::Hessian`; see docs/gpu-gptq.md for why f32 is enough on the GPU).
+pub struct BackendHessian<B: Backend> {
+    pub dim: usize,
+    pub h: B::Buf<f32>,
+    /// Rows accumulated so far.
+    pub nsamples: usize,
+}
+
+impl<B: Backend> BackendHessian<B> {
+    pub fn new(backend: &B, dim: usize) -> Result<Self> {
+        Ok(BackendHessian {
+            dim,
+            h: backend.zeros(dim * dim)?,
+            nsamples: 0,
+        })
+    }
+
+    /// Adds the rows of `x` ([rows, dim]).
+    pub fn add(&mut self, backend: &B, x: &B::Buf<f32>, rows: usize) -> Result<()> {
+        backend.hessian_add(x, rows, &mut self.h, self.dim, self.nsamples)?;
+        self.nsamples += rows;
+        Ok(())
+    }
+
+    /// Adds the rows of the 16-bit `x` ([rows, dim] in `half`).
+    pub fn add_half(
+        &mut self,
+        backend: &B,
+        x: &B::Buf<u16>,
+        half: HalfKind,
+        rows: usize,
+    ) -> Result<()> {
+        backend.hessian_add_half(x, half, rows, &mut self.h, self.dim, self.nsamples)?;
+        self.nsamples += rows;
+        Ok(())
+    }
+
+    /// The f64 host Hessian with the same values.
+    pub fn to_host(&self, backend: &B) -> Result<Hessian> {
+        Ok(Hessian::from_f32(
+            self.dim,
+            &backend.download(&self.h)?,
+            self.nsamples,
+        ))
+    }
+}
+
 /// Memory a backend has allocated, for the VRAM report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemStats {
@@ -356,6 +417,22 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Buf<f32>,
     ) -> Result<()>;
 
+    /// Causal softmax attention of whole sequences with no cache (the calibration forward):
+    /// `q` [samples·seqlen, q_width], `k`/`v` [samples·seqlen, kv_width]; row t of sample s
+    /// attends to rows 0..=t of s; scale 1/sqrt(head_dim), GQA (`shape.max_len` unused). The
+    /// GPU runs cuBLAS batched SGEMMs (scores, then P·V) around a causal softmax kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_prefill(
+        &self,
+        q: &Self::Buf<f32>,
+        k: &Self::Buf<f32>,
+        v: &Self::Buf<f32>,
+        samples: usize,
+        seqlen: usize,
+        shape: &AttnShape,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
     /// `x += y`, elementwise.
     fn add(&self, x: &mut Self::Buf<f32>, y: &Self::Buf<f32>) -> Result<()>;
 
@@ -370,6 +447,71 @@ pub trait Backend: Send + Sync {
         rows: &Self::Buf<u32>,
         out: &mut Self::Buf<f32>,
     ) -> Result<()>;
+
+    /// `h ← h·n/(n+m) + 2/(n+m)·XᵀX` for the m = `rows` rows of `x` ([rows, dim]), with
+    /// n = `nsamples` rows accumulated before: the running average of gptq.rs
+    /// `Hessian::add_batch`. `h` is [dim, dim] f32, exactly symmetric (cuBLAS SSYRK on the
+    /// GPU, mirrored; the CPU sums in f64 and stores f32).
+    fn hessian_add(
+        &self,
+        x: &Self::Buf<f32>,
+        rows: usize,
+        h: &mut Self::Buf<f32>,
+        dim: usize,
+        nsamples: usize,
+    ) -> Result<()>;
+
+    /// `hessian_add` with 16-bit `x` (`half`), products accumulated in f32: what the GPTQ
+    /// reference does with an fp16 model's activations. Tensor cores on the GPU
+    /// (`cublasGemmEx`, then mirrored so H is exactly symmetric); the CPU widens `x` and runs
+    /// `hessian_add`.
+    #[allow(clippy::too_many_arguments)]
+    fn hessian_add_half(
+        &self,
+        x: &Self::Buf<u16>,
+        half: HalfKind,
+        rows: usize,
+        h: &mut Self::Buf<f32>,
+        dim: usize,
+        nsamples: usize,
+    ) -> Result<()>;
+
+    /// The GPTQ inverse factor of the Hessian `h` ([dim, dim] f32) in `plan`'s sweep order,
+    /// damped by `damp` · mean(diag H) and retried with 10× the damping when the Cholesky
+    /// fails, exactly as gptq.rs (f64 Cholesky and triangular inverse on both backends:
+    /// cuSOLVER potrf + trtri on the GPU). `name` is the tensor errors name.
+    fn gptq_inverse_factor(
+        &self,
+        h: &Self::Buf<f32>,
+        dim: usize,
+        plan: &SweepPlan,
+        damp: f64,
+        name: &str,
+    ) -> Result<InverseFactor<Self>>;
+
+    /// GPTQ of one linear (host weight in, the same `QuantizedLinear` as gptq.rs out) against
+    /// the Hessian `h` of its inputs ([in, in] f32, `nsamples` rows). The GPU sweeps each
+    /// 128-column block with a row-parallel kernel and applies the lazy trailing update with
+    /// cuBLAS; levels can differ from the CPU's where a rounding tie flips.
+    fn gptq_quantize(
+        &self,
+        w: &Weight<'_>,
+        h: &Self::Buf<f32>,
+        nsamples: usize,
+        cfg: &GptqConfig,
+    ) -> Result<GptqOutcome>;
+
+    /// `gptq::output_errors`: for each candidate C (host, [n, dim] like `w`),
+    /// tr((W-C) H (W-C)ᵀ) / tr(W H Wᵀ) on the Hessian `h` ([dim, dim] f32), the relative
+    /// squared output error on the calibration inputs. Products in f32 (cuBLAS SGEMM on the
+    /// GPU), row sums in f64.
+    fn gptq_output_errors(
+        &self,
+        w: &[f32],
+        candidates: &[&[f32]],
+        h: &Self::Buf<f32>,
+        dim: usize,
+    ) -> Result<Vec<f64>>;
 
     /// Round-to-nearest quantization of one linear by `quant::rtn`'s rules (host weight in,
     /// levels and group parameters out). Byte-identical on every backend.

@@ -234,16 +234,32 @@ pub fn attention(dims: &ForwardDims, lw: &LayerWeights, a: &[f32], seqlen: usize
                 rms_norm(kr, kn, dims.eps);
             }
         });
+    causal_attention(&q, &k, &v, seqlen, dims.heads, dims.kv_heads, hd)
+}
+
+/// Causal softmax attention of whole samples (`seqlen` rows each, scale 1/sqrt(head_dim),
+/// GQA): `q` [rows, heads·hd], `k`/`v` [rows, kv_heads·hd] → [rows, heads·hd]. Also the CPU
+/// backend's `attention_prefill`.
+pub fn causal_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seqlen: usize,
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+) -> Vec<f32> {
+    let (qd, kvd) = (heads * hd, kv_heads * hd);
     let rows = q.len() / qd;
     let samples = rows / seqlen;
-    let group = dims.heads / dims.kv_heads;
+    let group = heads / kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     // One task per (sample, head): gather that head's q/k/v, scores with a GEMM, causal
     // softmax, weighted sum with a second GEMM.
-    let per_head: Vec<Vec<f32>> = (0..samples * dims.heads)
+    let per_head: Vec<Vec<f32>> = (0..samples * heads)
         .into_par_iter()
         .map(|task| {
-            let (s, h) = (task / dims.heads, task % dims.heads);
+            let (s, h) = (task / heads, task % heads);
             let kvh = kv_head_of(h, group);
             let gather = |src: &[f32], stride: usize, off: usize| -> Vec<f32> {
                 let mut out = Vec::with_capacity(seqlen * hd);
@@ -253,9 +269,9 @@ pub fn attention(dims: &ForwardDims, lw: &LayerWeights, a: &[f32], seqlen: usize
                 }
                 out
             };
-            let qh = gather(&q, qd, h * hd);
-            let kh = gather(&k, kvd, kvh * hd);
-            let vh = gather(&v, kvd, kvh * hd);
+            let qh = gather(q, qd, h * hd);
+            let kh = gather(k, kvd, kvh * hd);
+            let vh = gather(v, kvd, kvh * hd);
             let qa = ArrayView2::from_shape((seqlen, hd), &qh).expect("q");
             let ka = ArrayView2::from_shape((seqlen, hd), &kh).expect("k");
             let va = ArrayView2::from_shape((seqlen, hd), &vh).expect("v");
@@ -280,7 +296,7 @@ pub fn attention(dims: &ForwardDims, lw: &LayerWeights, a: &[f32], seqlen: usize
         .collect();
     let mut attn = vec![0f32; rows * qd];
     for (task, out) in per_head.into_iter().enumerate() {
-        let (s, h) = (task / dims.heads, task % dims.heads);
+        let (s, h) = (task / heads, task % heads);
         for t in 0..seqlen {
             let r = s * seqlen + t;
             attn[r * qd + h * hd..r * qd + (h + 1) * hd]

@@ -137,6 +137,20 @@ impl Hessian {
         self.nsamples = total;
     }
 
+    /// The Hessian of an f32 [dim, dim] matrix (a backend's), widened to f64.
+    pub fn from_f32(dim: usize, h: &[f32], nsamples: usize) -> Self {
+        Hessian {
+            dim,
+            h: h.par_iter().map(|&v| v as f64).collect(),
+            nsamples,
+        }
+    }
+
+    /// The matrix rounded to f32, as backends hold it.
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.h.par_iter().map(|&v| v as f32).collect()
+    }
+
     fn diag(&self, i: usize) -> f64 {
         self.h[i * self.dim + i]
     }
@@ -198,11 +212,11 @@ impl GptqConfig {
         }
     }
 
-    fn permutes(&self) -> bool {
+    pub(crate) fn permutes(&self) -> bool {
         self.act_order != ActOrder::None
     }
 
-    fn fits_up_front(&self) -> bool {
+    pub(crate) fn fits_up_front(&self) -> bool {
         self.static_groups || self.act_order == ActOrder::StaticGroups
     }
 }
@@ -235,150 +249,40 @@ fn solve(
     let s = cfg.scheme;
     let (n_out, k_in) = (w.out_features, w.in_features);
     let name = w.name;
-    s.check_shape(name, n_out, k_in)?;
-    if n_out == 0 || k_in == 0 {
-        return Err(Error::tensor(name, "weight is empty"));
-    }
-    if w.data.len() != n_out * k_in {
-        return Err(Error::tensor(
-            name,
-            format!(
-                "weight has {} values, expected [{n_out}, {k_in}]",
-                w.data.len()
-            ),
-        ));
-    }
-    if h.dim != k_in || h.h.len() != k_in * k_in {
-        return Err(Error::tensor(
-            name,
-            format!(
-                "Hessian is {}x{} ({} values) but the weight has {k_in} input features",
-                h.dim,
-                h.dim,
-                h.h.len()
-            ),
-        ));
-    }
-    if h.nsamples == 0 {
-        return Err(Error::tensor(
-            name,
-            "GPTQ needs calibration data: the Hessian has no samples",
-        ));
-    }
-    if !(cfg.damp >= 0.0 && cfg.damp.is_finite()) || cfg.block_size == 0 {
-        return Err(Error::tensor(
-            name,
-            format!(
-                "invalid GPTQ settings: damp {} (must be >= 0), block size {} (must be > 0)",
-                cfg.damp, cfg.block_size
-            ),
-        ));
-    }
-    if let Some(i) = w.data.par_iter().position_first(|v| !v.is_finite()) {
-        return Err(Error::tensor(
-            name,
-            format!(
-                "weight has a non-finite value {} at [{}, {}]",
-                w.data[i],
-                i / k_in,
-                i % k_in
-            ),
-        ));
-    }
+    check_solver_inputs(w, h.dim, h.h.len(), h.nsamples, cfg)?;
     if let Some(i) = h.h.par_iter().position_first(|v| !v.is_finite()) {
-        return Err(Error::tensor(
-            name,
-            format!(
-                "Hessian of the layer input has a non-finite value {} at [{}, {}] \
-                 (NaN/inf in the calibration activations?)",
-                h.h[i],
-                i / k_in,
-                i % k_in
-            ),
-        ));
+        return Err(non_finite_hessian(name, h.h[i], i, k_in));
     }
 
     let k = k_in;
-    let dead: Vec<bool> = (0..k).map(|i| h.diag(i) == 0.0).collect();
-    let diag: Vec<f64> = (0..k)
-        .map(|i| if dead[i] { 1.0 } else { h.diag(i) })
-        .collect();
-    // perm[i] = original column at sweep position i. Stable: ties keep their stored order.
-    let mut perm: Vec<usize> = (0..k).collect();
-    if cfg.permutes() {
-        perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
-    }
-    let mean_diag = diag.iter().sum::<f64>() / k as f64;
+    let plan = SweepPlan::new(&(0..k).map(|i| h.diag(i)).collect::<Vec<_>>(), cfg);
+    let (perm, dead) = (&plan.perm, &plan.dead);
 
     // U (upper, H⁻¹ = UᵀU) of the permuted, damped H; retry with more damping on failure.
-    let mut damp = cfg.damp;
-    let mut tried = Vec::new();
-    let u = loop {
-        tried.push(damp);
-        let flipped = damped_flipped_hessian(h, &perm, &dead, damp * mean_diag);
-        match inverse_cholesky_upper(flipped) {
-            Ok(u) => break u,
-            Err(_) if tried.len() <= MAX_DAMP_RETRIES as usize => {
-                damp = if damp > 0.0 { damp * 10.0 } else { 1e-6 };
-            }
-            Err(pos) => {
-                return Err(Error::tensor(
-                    name,
-                    format!(
-                        "Cholesky of the damped Hessian failed (not positive definite at input \
-                         column {}) with every damping tried {:?} x mean(diag H) = {mean_diag:e}; \
-                         the calibration activations are degenerate or the damping too small",
-                        perm[k - 1 - pos],
-                        tried
-                    ),
-                ))
-            }
-        }
-    };
-    let retries = tried.len() as u32 - 1;
+    let (u, damp, retries) = with_damping_retries(name, cfg.damp, &plan, |lambda| {
+        Ok(inverse_cholesky_upper(damped_flipped_hessian(
+            h, perm, dead, lambda,
+        )))
+    })?;
 
     // Working weight in sweep order, dead columns zeroed.
-    let mut wp = Array2::<f32>::zeros((n_out, k));
-    wp.axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .zip(w.data.par_chunks(k))
-        .for_each(|(mut row, src)| {
-            for (i, v) in row.iter_mut().enumerate() {
-                let c = perm[i];
-                *v = if dead[c] { 0.0 } else { src[c] };
-            }
-        });
+    let mut wp =
+        Array2::from_shape_vec((n_out, k), sweep_order_weight(w, &plan)).expect("n_out x k values");
 
     let glen = s.group_len(k);
     let groups = s.num_groups(k);
     let maxq = s.maxq();
-    let dynamic = s.group_size.is_some() && !cfg.fits_up_front();
-    // Group of each sweep position: up-front groups follow the original column order.
-    let col_group: Vec<usize> = (0..k)
-        .map(|i| if dynamic { i / glen } else { perm[i] / glen })
-        .collect();
-    let placeholder = GroupParams {
-        scale: 0.0,
-        zero: 0,
+    let dynamic = plan.dynamic_groups(cfg);
+    let col_group = plan.column_groups(cfg);
+    let mut params = if dynamic {
+        let placeholder = GroupParams {
+            scale: 0.0,
+            zero: 0,
+        };
+        Array2::from_elem((n_out, groups), placeholder)
+    } else {
+        up_front_params(w, &plan, &s)?
     };
-    let mut params = Array2::from_elem((n_out, groups), placeholder);
-    if !dynamic {
-        params
-            .axis_iter_mut(Axis(0))
-            .into_par_iter()
-            .zip(w.data.par_chunks(k))
-            .try_for_each(|(mut prow, src)| -> Result<()> {
-                let row: Vec<f32> = src
-                    .iter()
-                    .zip(&dead)
-                    .map(|(&v, &d)| if d { 0.0 } else { v })
-                    .collect();
-                for (g, chunk) in row.chunks(glen).enumerate() {
-                    prow[g] = GroupParams::fit(chunk, &s, w.scale_dtype, name)?;
-                }
-                Ok(())
-            })?;
-    }
 
     let bs = cfg.block_size;
     let mut qp = Array2::<u8>::zeros((n_out, k));
@@ -442,25 +346,21 @@ fn solve(
     drop(wp);
     drop(u);
 
-    // Back to the original column order.
-    let mut q = vec![0u8; n_out * k];
-    q.par_chunks_mut(k)
-        .zip(qp.axis_iter(Axis(0)).into_par_iter())
-        .for_each(|(dst, src)| {
-            for (i, &v) in src.iter().enumerate() {
-                dst[perm[i]] = v;
-            }
-        });
-    let mut g_idx = vec![0u32; k];
-    for i in 0..k {
-        g_idx[perm[i]] = col_group[i] as u32;
-    }
     let mut scales = vec![0f32; groups * n_out];
     let mut zeros = vec![0u32; groups * n_out];
     for ((n, g), p) in params.indexed_iter() {
         scales[g * n_out + n] = p.scale;
         zeros[g * n_out + n] = p.zero;
     }
+    let linear = assemble(
+        &s,
+        n_out,
+        &plan,
+        &col_group,
+        qp.as_slice().expect("standard layout"),
+        scales,
+        zeros,
+    );
     let dequantized = keep_dequantized.then(|| {
         let mut out = vec![0f32; n_out * k];
         for (dst, src) in out.chunks_mut(k).zip(wq.axis_iter(Axis(0))) {
@@ -471,20 +371,259 @@ fn solve(
         out
     });
     let outcome = GptqOutcome {
-        linear: QuantizedLinear {
-            scheme: s,
-            out_features: n_out,
-            in_features: k,
-            q,
-            scales,
-            zeros,
-            g_idx,
-        },
+        linear,
         damp_used: damp,
         retries,
         loss: row_loss.iter().sum::<f64>() / 2.0,
     };
     Ok((outcome, dequantized))
+}
+
+/// What the solver derives from diag(H) alone, shared by every backend: dead inputs, the
+/// sweep order and the damping scale.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepPlan {
+    /// Input columns with H[i,i] = 0 (zero weight column, H[i,i] treated as 1).
+    pub dead: Vec<bool>,
+    /// perm[i] = original column at sweep position i. Stable: ties keep their stored order.
+    pub perm: Vec<usize>,
+    /// mean(diag H) with dead diagonals counted as 1: λ = damp · mean_diag.
+    pub mean_diag: f64,
+}
+
+impl SweepPlan {
+    pub fn new(diag_h: &[f64], cfg: &GptqConfig) -> Self {
+        let k = diag_h.len();
+        let dead: Vec<bool> = diag_h.iter().map(|&d| d == 0.0).collect();
+        let diag: Vec<f64> = diag_h
+            .iter()
+            .zip(&dead)
+            .map(|(&d, &dd)| if dd { 1.0 } else { d })
+            .collect();
+        let mut perm: Vec<usize> = (0..k).collect();
+        if cfg.permutes() {
+            perm.sort_by(|&a, &b| diag[b].total_cmp(&diag[a]));
+        }
+        let mean_diag = diag.iter().sum::<f64>() / k.max(1) as f64;
+        SweepPlan {
+            dead,
+            perm,
+            mean_diag,
+        }
+    }
+
+    /// Groups fitted during the sweep (when their first column is reached), not up front.
+    pub fn dynamic_groups(&self, cfg: &GptqConfig) -> bool {
+        cfg.scheme.group_size.is_some() && !cfg.fits_up_front()
+    }
+
+    /// Group of each sweep position: up-front groups follow the original column order.
+    pub fn column_groups(&self, cfg: &GptqConfig) -> Vec<usize> {
+        let glen = cfg.scheme.group_len(self.perm.len());
+        let dynamic = self.dynamic_groups(cfg);
+        (0..self.perm.len())
+            .map(|i| {
+                if dynamic {
+                    i / glen
+                } else {
+                    self.perm[i] / glen
+                }
+            })
+            .collect()
+    }
+}
+
+/// Shape, settings and weight checks every backend's solver makes before any work.
+pub fn check_solver_inputs(
+    w: &Weight<'_>,
+    h_dim: usize,
+    h_len: usize,
+    nsamples: usize,
+    cfg: &GptqConfig,
+) -> Result<()> {
+    let (n_out, k_in, name) = (w.out_features, w.in_features, w.name);
+    cfg.scheme.check_shape(name, n_out, k_in)?;
+    if n_out == 0 || k_in == 0 {
+        return Err(Error::tensor(name, "weight is empty"));
+    }
+    if w.data.len() != n_out * k_in {
+        return Err(Error::tensor(
+            name,
+            format!(
+                "weight has {} values, expected [{n_out}, {k_in}]",
+                w.data.len()
+            ),
+        ));
+    }
+    if h_dim != k_in || h_len != k_in * k_in {
+        return Err(Error::tensor(
+            name,
+            format!(
+                "Hessian is {h_dim}x{h_dim} ({h_len} values) but the weight has {k_in} input features"
+            ),
+        ));
+    }
+    if nsamples == 0 {
+        return Err(Error::tensor(
+            name,
+            "GPTQ needs calibration data: the Hessian has no samples",
+        ));
+    }
+    if !(cfg.damp >= 0.0 && cfg.damp.is_finite()) || cfg.block_size == 0 {
+        return Err(Error::tensor(
+            name,
+            format!(
+                "invalid GPTQ settings: damp {} (must be >= 0), block size {} (must be > 0)",
+                cfg.damp, cfg.block_size
+            ),
+        ));
+    }
+    if let Some(i) = w.data.par_iter().position_first(|v| !v.is_finite()) {
+        return Err(Error::tensor(
+            name,
+            format!(
+                "weight has a non-finite value {} at [{}, {}]",
+                w.data[i],
+                i / k_in,
+                i % k_in
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The error for a non-finite Hessian entry at flat index `i` of a `dim` x `dim` matrix.
+pub fn non_finite_hessian(name: &str, value: f64, i: usize, dim: usize) -> Error {
+    Error::tensor(
+        name,
+        format!(
+            "Hessian of the layer input has a non-finite value {value} at [{}, {}] \
+             (NaN/inf in the calibration activations?)",
+            i / dim,
+            i % dim
+        ),
+    )
+}
+
+/// The damping-retry loop shared by every backend: `attempt(λ)` factors the damped Hessian
+/// and returns `Ok(Err(pivot))` (pivot in flipped sweep order, as `inverse_cholesky_upper`)
+/// when it is not positive definite; the damping is then multiplied by 10 (0 becomes 1e-6),
+/// up to `MAX_DAMP_RETRIES` times. Returns the factor, the relative damping that worked and
+/// the number of failed attempts.
+pub fn with_damping_retries<U>(
+    name: &str,
+    damp: f64,
+    plan: &SweepPlan,
+    mut attempt: impl FnMut(f64) -> Result<std::result::Result<U, usize>>,
+) -> Result<(U, f64, u32)> {
+    let k = plan.perm.len();
+    let mean_diag = plan.mean_diag;
+    let mut damp = damp;
+    let mut tried = Vec::new();
+    loop {
+        tried.push(damp);
+        match attempt(damp * mean_diag)? {
+            Ok(u) => return Ok((u, damp, tried.len() as u32 - 1)),
+            Err(_) if tried.len() <= MAX_DAMP_RETRIES as usize => {
+                damp = if damp > 0.0 { damp * 10.0 } else { 1e-6 };
+            }
+            Err(pos) => {
+                return Err(Error::tensor(
+                    name,
+                    format!(
+                        "Cholesky of the damped Hessian failed (not positive definite at input \
+                         column {}) with every damping tried {:?} x mean(diag H) = {mean_diag:e}; \
+                         the calibration activations are degenerate or the damping too small",
+                        plan.perm[k - 1 - pos.min(k - 1)],
+                        tried
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// The weight in sweep order ([out, in] row-major), dead columns zeroed.
+pub fn sweep_order_weight(w: &Weight<'_>, plan: &SweepPlan) -> Vec<f32> {
+    let k = w.in_features;
+    let mut wp = vec![0f32; w.data.len()];
+    wp.par_chunks_mut(k.max(1))
+        .zip(w.data.par_chunks(k.max(1)))
+        .for_each(|(row, src)| {
+            for (i, v) in row.iter_mut().enumerate() {
+                let c = plan.perm[i];
+                *v = if plan.dead[c] { 0.0 } else { src[c] };
+            }
+        });
+    wp
+}
+
+/// Group parameters fitted before the sweep (static groups, per-channel grids) on the
+/// original weight with dead columns zeroed, [out, groups].
+pub fn up_front_params(
+    w: &Weight<'_>,
+    plan: &SweepPlan,
+    s: &QuantScheme,
+) -> Result<Array2<GroupParams>> {
+    let k = w.in_features;
+    let glen = s.group_len(k);
+    let placeholder = GroupParams {
+        scale: 0.0,
+        zero: 0,
+    };
+    let mut params = Array2::from_elem((w.out_features, s.num_groups(k)), placeholder);
+    params
+        .axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .zip(w.data.par_chunks(k))
+        .try_for_each(|(mut prow, src)| -> Result<()> {
+            let row: Vec<f32> = src
+                .iter()
+                .zip(&plan.dead)
+                .map(|(&v, &d)| if d { 0.0 } else { v })
+                .collect();
+            for (g, chunk) in row.chunks(glen).enumerate() {
+                prow[g] = GroupParams::fit(chunk, s, w.scale_dtype, w.name)?;
+            }
+            Ok(())
+        })?;
+    Ok(params)
+}
+
+/// The `QuantizedLinear` in original column order from the sweep's levels (`q_sweep`,
+/// [out, in] in sweep order) and the group parameters ([groups, out]).
+pub fn assemble(
+    s: &QuantScheme,
+    n_out: usize,
+    plan: &SweepPlan,
+    col_group: &[usize],
+    q_sweep: &[u8],
+    scales: Vec<f32>,
+    zeros: Vec<u32>,
+) -> QuantizedLinear {
+    let k = plan.perm.len();
+    let perm = &plan.perm;
+    let mut q = vec![0u8; n_out * k];
+    q.par_chunks_mut(k)
+        .zip(q_sweep.par_chunks(k))
+        .for_each(|(dst, src)| {
+            for (i, &v) in src.iter().enumerate() {
+                dst[perm[i]] = v;
+            }
+        });
+    let mut g_idx = vec![0u32; k];
+    for i in 0..k {
+        g_idx[perm[i]] = col_group[i] as u32;
+    }
+    QuantizedLinear {
+        scheme: *s,
+        out_features: n_out,
+        in_features: k,
+        q,
+        scales,
+        zeros,
+        g_idx,
+    }
 }
 
 /// Relative proxy error tr((W-Wq) H (W-Wq)ᵀ) / tr(W H Wᵀ): on the calibration inputs this is
@@ -574,7 +713,12 @@ pub fn output_errors(w: &[f32], candidates: &[&[f32]], h: &Hessian) -> Vec<f64> 
 /// J·(P H Pᵀ + λI)·J with dead diagonals set to 1, where P permutes to sweep order and J
 /// reverses the index order. Lower Cholesky of this flipped matrix gives the upper factor of
 /// the inverse directly (see `inverse_cholesky_upper`).
-fn damped_flipped_hessian(h: &Hessian, perm: &[usize], dead: &[bool], lambda: f64) -> Array2<f64> {
+pub(crate) fn damped_flipped_hessian(
+    h: &Hessian,
+    perm: &[usize],
+    dead: &[bool],
+    lambda: f64,
+) -> Array2<f64> {
     let k = h.dim;
     let mut a = Array2::<f64>::zeros((k, k));
     a.axis_iter_mut(Axis(0))
@@ -599,7 +743,9 @@ fn damped_flipped_hessian(h: &Hessian, perm: &[usize], dead: &[bool], lambda: f6
 /// triangular inverse instead: if J H J = L Lᵀ (J reverses indices), then H = R Rᵀ with
 /// R = J L J upper, so H⁻¹ = R⁻ᵀR⁻¹ and U = R⁻¹ = J L⁻¹ J (the Cholesky factor is unique).
 /// Takes J H J; on failure returns the index (in that flipped order) of the bad pivot.
-fn inverse_cholesky_upper(mut a: Array2<f64>) -> std::result::Result<Array2<f32>, usize> {
+pub(crate) fn inverse_cholesky_upper(
+    mut a: Array2<f64>,
+) -> std::result::Result<Array2<f32>, usize> {
     cholesky_lower(&mut a)?;
     invert_lower(&mut a);
     let n = a.nrows();

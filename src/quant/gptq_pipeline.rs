@@ -30,7 +30,9 @@ use crate::progress::Progress;
 use crate::quant::calib_forward::{
     add_residual, attention, check_finite, load_layer, mlp_act, normed, ForwardDims, LayerWeights,
 };
-use crate::quant::gptq::{gptq_quantize, output_errors, ActOrder, GptqConfig, Hessian};
+use crate::quant::gptq::{
+    gptq_quantize, output_errors, ActOrder, GptqConfig, GptqOutcome, Hessian,
+};
 use crate::quant::pipeline::Timer;
 use crate::quant::resume::{LinearResult, ResumeStore};
 use crate::quant::rtn::Rtn;
@@ -56,6 +58,10 @@ pub struct GptqSettings {
     pub act_order: ActOrder,
     /// `--resume`: continue a compatible partial output instead of starting over.
     pub resume: bool,
+    /// Run the layer loop through the `Backend` ops (gptq_backend.rs) even on the CPU
+    /// backend; `--device cuda` always does. For tests of that loop on machines without a
+    /// GPU; the CLI leaves it off, so `--device cpu` is the f64 CPU pipeline.
+    pub backend_loop: bool,
 }
 
 impl GptqSettings {
@@ -70,7 +76,7 @@ impl GptqSettings {
         Ok(())
     }
 
-    fn config(&self, scheme: QuantScheme) -> GptqConfig {
+    pub(crate) fn config(&self, scheme: QuantScheme) -> GptqConfig {
         let mut cfg = GptqConfig::new(scheme);
         cfg.damp = self.damp;
         cfg.act_order = self.act_order;
@@ -121,7 +127,7 @@ pub(crate) fn fault_point(point: &str) {
 }
 
 /// Everything the output depends on, for the resume check.
-fn fingerprint(
+pub(crate) fn fingerprint(
     ckpt: &Checkpoint,
     scheme: &QuantScheme,
     settings: &GptqSettings,
@@ -145,7 +151,7 @@ fn fingerprint(
 }
 
 /// Embedding rows of the calibration tokens: [samples * seqlen, hidden].
-fn embed(ckpt: &Checkpoint, tokens: &[u32]) -> Result<Vec<f32>> {
+pub(crate) fn embed(ckpt: &Checkpoint, tokens: &[u32]) -> Result<Vec<f32>> {
     let name = ckpt.arch.embed_tokens().name;
     let view = ckpt.tensor(&name)?;
     let dtype = view.float_dtype()?;
@@ -182,16 +188,16 @@ fn embed(ckpt: &Checkpoint, tokens: &[u32]) -> Result<Vec<f32>> {
 }
 
 /// Solves groups of linears against their Hessian and swaps in the quantized weights.
-struct GroupSolver {
-    layer: usize,
-    scheme: QuantScheme,
-    cfg: GptqConfig,
-    scale_dtype: DType,
-    prefixes: Vec<(LinearKind, String)>,
-    results: Vec<LinearResult>,
+pub(crate) struct GroupSolver {
+    pub(crate) layer: usize,
+    pub(crate) scheme: QuantScheme,
+    pub(crate) cfg: GptqConfig,
+    pub(crate) scale_dtype: DType,
+    pub(crate) prefixes: Vec<(LinearKind, String)>,
+    pub(crate) results: Vec<LinearResult>,
     /// Debugging / reference checks: write each group's calibration inputs and original
     /// weights here (see `dump_target`).
-    dump: Option<PathBuf>,
+    pub(crate) dump: Option<PathBuf>,
 }
 
 /// `HYQ_DUMP_LAYER_INPUTS=DIR:L1,L2,...` makes the GPTQ run write, for the listed layers,
@@ -207,7 +213,7 @@ fn dump_target(layer: usize) -> Option<PathBuf> {
 }
 
 /// The f32 weight a GPTQ loader reconstructs from packed tensors.
-fn dequantize_packed(
+pub(crate) fn dequantize_packed(
     name: &str,
     scheme: &QuantScheme,
     packed: &PackedGptq,
@@ -290,6 +296,26 @@ impl GroupSolver {
         lw: &mut LayerWeights,
         clock: &mut Timer,
     ) -> Result<()> {
+        let cfg = self.cfg.clone();
+        self.solve_with(
+            kinds,
+            lw,
+            clock,
+            |w| gptq_quantize(w, h, &cfg),
+            |w, candidates| Ok(output_errors(w, candidates, h)),
+        )
+    }
+
+    /// `solve` with the GPTQ step and the output-error statistics (`gptq::output_errors`
+    /// of the candidates against the original weight) supplied, a backend's.
+    pub(crate) fn solve_with(
+        &mut self,
+        kinds: &[LinearKind],
+        lw: &mut LayerWeights,
+        clock: &mut Timer,
+        mut gptq: impl FnMut(&Weight<'_>) -> Result<GptqOutcome>,
+        mut errors: impl FnMut(&[f32], &[&[f32]]) -> Result<Vec<f64>>,
+    ) -> Result<()> {
         for &kind in kinds {
             let prefix = self.prefix(kind).to_string();
             let name = format!("{prefix}.weight");
@@ -302,7 +328,7 @@ impl GroupSolver {
                 in_features: k_in,
                 scale_dtype: self.scale_dtype,
             };
-            let outcome = clock.time("solve", || gptq_quantize(&weight, h, &self.cfg))?;
+            let outcome = clock.time("solve", || gptq(&weight))?;
             let packed = clock.time("pack", || gptq_v1::pack(&outcome.linear, self.scale_dtype));
             // The forward continues with exactly what a loader will reconstruct.
             let deq =
@@ -313,7 +339,7 @@ impl GroupSolver {
                 }
                 .quantize(&weight)?
                 .dequantize();
-                let errs = output_errors(&lin.weight, &[&deq, &rtn], h);
+                let errs = errors(&lin.weight, &[&deq, &rtn])?;
                 Ok((
                     ErrorStats::between(&lin.weight, &deq),
                     CalibratedError {

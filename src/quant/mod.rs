@@ -3,6 +3,7 @@
 
 pub mod calib_forward;
 pub mod gptq;
+pub mod gptq_backend;
 pub mod gptq_pipeline;
 pub mod grid;
 pub mod pipeline;

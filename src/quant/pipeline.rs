@@ -150,12 +150,6 @@ pub fn quantize_on(
         (Method::Rtn, _) => None,
         (Method::Gptq, Some(g)) => {
             g.check()?;
-            if let Device::Cuda(_) = device {
-                return Err(Error::flag(
-                    "--device",
-                    "GPTQ runs on the CPU in this build (the CUDA GPTQ path is not done yet); use --device cpu",
-                ));
-            }
             Some(g)
         }
         (Method::Gptq, None) => {
@@ -192,15 +186,41 @@ pub fn quantize_on(
     let calibrated = match gptq {
         None => None,
         Some(g) => {
-            let run = run_layers(
-                &ckpt,
-                &opts.scheme,
-                g,
-                scale_dtype,
-                staged.path(),
-                progress,
-                &mut timer,
-            );
+            // The CPU keeps its own f64 pipeline (the reference); CUDA runs the layer loop
+            // on the backend (gptq_backend.rs).
+            let run = match device {
+                Device::Cpu(backend) if g.backend_loop => {
+                    crate::quant::gptq_backend::run_layers_on(
+                        backend,
+                        &ckpt,
+                        &opts.scheme,
+                        g,
+                        scale_dtype,
+                        staged.path(),
+                        progress,
+                        &mut timer,
+                    )
+                }
+                Device::Cpu(_) => run_layers(
+                    &ckpt,
+                    &opts.scheme,
+                    g,
+                    scale_dtype,
+                    staged.path(),
+                    progress,
+                    &mut timer,
+                ),
+                Device::Cuda(backend) => crate::quant::gptq_backend::run_layers_on(
+                    backend.as_ref(),
+                    &ckpt,
+                    &opts.scheme,
+                    g,
+                    scale_dtype,
+                    staged.path(),
+                    progress,
+                    &mut timer,
+                ),
+            };
             match run {
                 Ok(run) => {
                     staged.keep_on_error();

@@ -36,6 +36,10 @@ pub(crate) const RTN: KernelFile = KernelFile {
     name: "rtn",
     source: include_str!("../../../kernels/rtn.cu"),
 };
+pub(crate) const GPTQ_SOLVE: KernelFile = KernelFile {
+    name: "gptq_solve",
+    source: include_str!("../../../kernels/gptq_solve.cu"),
+};
 
 impl KernelFile {
     /// common.cuh followed by the file, with `#line` so NVRTC's messages point at the file.
@@ -48,7 +52,7 @@ impl KernelFile {
 }
 
 /// Every kernel file.
-pub(crate) const ALL: [KernelFile; 4] = [ELEMENTWISE, ATTENTION, GPTQ, RTN];
+pub(crate) const ALL: [KernelFile; 5] = [ELEMENTWISE, ATTENTION, GPTQ, RTN, GPTQ_SOLVE];
 
 /// Compiles every kernel file for compute capability `cc` without a GPU or a cache (only
 /// libnvrtc is needed): a check that the sources build, and the cubin sizes.

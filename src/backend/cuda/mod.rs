@@ -4,6 +4,7 @@
 //! high-water mark; cuMemGetInfo deltas are sampled at each allocation too.
 
 pub mod compile;
+mod gptq_solve;
 pub mod probe;
 
 use std::collections::HashMap;
@@ -19,10 +20,12 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use crate::backend::{
-    check_len, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind, MemStats,
+    check_len, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind, InverseFactor,
+    MemStats,
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::quant::gptq::{GptqConfig, GptqOutcome, SweepPlan};
 use crate::quant::rtn::Rtn;
 use crate::quant::{QuantMethod, QuantScheme, QuantizedLinear, Weight};
 use compile::KernelFile;
@@ -99,6 +102,8 @@ pub struct CudaBackend {
     cache_dir: Option<PathBuf>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     tracker: Arc<MemTracker>,
+    /// cuSOLVER, opened at the first GPTQ solve (only GPTQ needs libcusolver).
+    solver: Mutex<Option<Arc<cudarc::cusolver::DnHandle>>>,
 }
 
 fn drv<T>(what: &str, r: std::result::Result<T, cudarc::driver::DriverError>) -> Result<T> {
@@ -179,6 +184,7 @@ impl CudaBackend {
                     free_at_start: free as u64,
                     min_free: AtomicU64::new(free as u64),
                 }),
+                solver: Mutex::new(None),
             })
         })
     }
@@ -980,5 +986,75 @@ impl Backend for CudaBackend {
             zeros: self.download(&zeros)?,
             g_idx: (0..k).map(|i| (i / glen) as u32).collect(),
         })
+    }
+
+    fn attention_prefill(
+        &self,
+        q: &CudaBuf<f32>,
+        k: &CudaBuf<f32>,
+        v: &CudaBuf<f32>,
+        samples: usize,
+        seqlen: usize,
+        shape: &AttnShape,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        self.prefill_attention(q, k, v, samples, seqlen, shape, out)
+    }
+
+    fn hessian_add(
+        &self,
+        x: &CudaBuf<f32>,
+        rows: usize,
+        h: &mut CudaBuf<f32>,
+        dim: usize,
+        nsamples: usize,
+    ) -> Result<()> {
+        self.hessian_add_f32(x, rows, h, dim, nsamples)
+    }
+
+    fn hessian_add_half(
+        &self,
+        x: &CudaBuf<u16>,
+        half: HalfKind,
+        rows: usize,
+        h: &mut CudaBuf<f32>,
+        dim: usize,
+        nsamples: usize,
+    ) -> Result<()> {
+        self.hessian_add_16(x, half, rows, h, dim, nsamples)
+    }
+
+    fn gptq_inverse_factor(
+        &self,
+        h: &CudaBuf<f32>,
+        dim: usize,
+        plan: &SweepPlan,
+        damp: f64,
+        name: &str,
+    ) -> Result<InverseFactor<Self>> {
+        // cuSOLVER symbols load at first call; a missing one must not unwind.
+        probe::no_panic("GPTQ inverse factor on the GPU", || {
+            self.inverse_factor(h, dim, plan, damp, name)
+        })
+    }
+
+    fn gptq_output_errors(
+        &self,
+        w: &[f32],
+        candidates: &[&[f32]],
+        h: &CudaBuf<f32>,
+        dim: usize,
+    ) -> Result<Vec<f64>> {
+        self.output_errors(w, candidates, h, dim)
+    }
+
+    fn gptq_quantize(
+        &self,
+        w: &Weight<'_>,
+        h: &CudaBuf<f32>,
+        nsamples: usize,
+        cfg: &GptqConfig,
+    ) -> Result<GptqOutcome> {
+        probe::no_panic("GPTQ on the GPU", || self.gptq_solve(w, h, nsamples, cfg))
     }
 }

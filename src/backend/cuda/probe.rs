@@ -22,6 +22,10 @@ const TOOLKIT_LIBS: [&str; 4] = [
     "libcublas.so",
 ];
 
+/// cuSOLVER and what it links against (libcusparse, which needs libnvJitLink), in dependency
+/// order: opened only when a GPTQ solve first needs them.
+const SOLVER_LIBS: [&str; 3] = ["libnvJitLink.so", "libcusparse.so", "libcusolver.so"];
+
 fn toolkit_lib_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     for root in toolkit_roots() {
@@ -65,30 +69,41 @@ fn find_lib(dir: &Path, prefix: &str) -> Option<PathBuf> {
 /// them loaded. Returns what it loaded, for `describe`.
 fn preload_toolkit() -> &'static [PathBuf] {
     static LOADED: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    LOADED.get_or_init(|| preload(&TOOLKIT_LIBS))
+}
+
+/// `preload_toolkit` for `SOLVER_LIBS`.
+fn preload_solver() -> &'static [PathBuf] {
+    static LOADED: OnceLock<Vec<PathBuf>> = OnceLock::new();
     LOADED.get_or_init(|| {
-        let mut loaded = Vec::new();
-        for dir in toolkit_lib_dirs() {
-            for lib in TOOLKIT_LIBS {
-                if loaded.iter().any(|p: &PathBuf| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(lib))
-                }) {
-                    continue;
-                }
-                if let Some(path) = find_lib(&dir, lib) {
-                    // SAFETY: loading a shared library runs its initializers; these are
-                    // NVIDIA's own toolkit libraries, which cudarc would load anyway.
-                    if let Ok(handle) = unsafe { libloading::Library::new(&path) } {
-                        // Kept for the life of the process, like cudarc's own handles.
-                        std::mem::forget(handle);
-                        loaded.push(path);
-                    }
+        preload_toolkit();
+        preload(&SOLVER_LIBS)
+    })
+}
+
+fn preload(libs: &[&str]) -> Vec<PathBuf> {
+    let mut loaded = Vec::new();
+    for dir in toolkit_lib_dirs() {
+        for &lib in libs {
+            if loaded.iter().any(|p: &PathBuf| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(lib))
+            }) {
+                continue;
+            }
+            if let Some(path) = find_lib(&dir, lib) {
+                // SAFETY: loading a shared library runs its initializers; these are
+                // NVIDIA's own toolkit libraries, which cudarc would load anyway.
+                if let Ok(handle) = unsafe { libloading::Library::new(&path) } {
+                    // Kept for the life of the process, like cudarc's own handles.
+                    std::mem::forget(handle);
+                    loaded.push(path);
                 }
             }
         }
-        loaded
-    })
+    }
+    loaded
 }
 
 /// Which CUDA libraries can be loaded.
@@ -158,6 +173,13 @@ pub(crate) fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T
     }
 }
 
+/// Whether libcusolver can be loaded (GPTQ on the GPU needs it; nothing else does).
+pub fn cusolver_present() -> bool {
+    preload_solver();
+    // SAFETY: only tries `dlopen` on cudarc's candidate names and closes the handles.
+    unsafe { cudarc::cusolver::sys::is_culib_present() }
+}
+
 /// Number of CUDA devices, or why there is none.
 pub fn device_count() -> Result<usize> {
     libraries().require_all()?;
@@ -187,6 +209,10 @@ pub fn describe() -> String {
             .map(|p| p.display().to_string())
             .collect();
         s.push_str(&format!("; opened from the toolkit: {}", names.join(", ")));
+    }
+    if libs.driver {
+        // Only here and at the first GPTQ solve is cuSOLVER looked for.
+        s.push_str(&format!(", libcusolver: {}", yes_no(cusolver_present())));
     }
     match device_count() {
         Ok(n) => s.push_str(&format!("; {n} device(s)")),

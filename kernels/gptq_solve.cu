@@ -1,0 +1,281 @@
+// GPTQ solver kernels (src/backend/cuda/gptq_solve.rs drives them; src/quant/gptq.rs is the
+// CPU reference). The algorithm is the paper's (Frantar et al. 2022, Algorithm 1; the blocked
+// lazy-update structure of IST-DASLab/gptq gptq.py `fasterquant`, no code taken) as the CPU
+// solver implements it; cuBLAS does X^T X and the lazy trailing update, cuSOLVER the
+// Cholesky and the triangular inverse; these kernels do the rest.
+//
+// Arithmetic that decides integer levels is written with explicit round-to-nearest
+// intrinsics (__fadd_rn, __fmul_rn, ...) so that NVCC/NVRTC cannot contract it into FMAs:
+// given the same inputs, the sweep makes exactly the CPU's f32 operations in the CPU's order.
+
+// grid.rs round_half_even: (x + 1.5*2^23) - 1.5*2^23 for |x| < 2^22, else x.
+__device__ __forceinline__ float gq_round_half_even(float x) {
+    const float MAGIC = 12582912.0f;
+    return fabsf(x) < 4194304.0f ? __fsub_rn(__fadd_rn(x, MAGIC), MAGIC) : x;
+}
+
+// Rust's saturating `f32 as u32`.
+__device__ __forceinline__ u32 gq_f32_as_u32(float x) {
+    if (!(x > 0.0f)) return 0u;
+    if (x >= 4294967296.0f) return 0xffffffffu;
+    return (u32)x;
+}
+
+// store: 0 = f16, 1 = bf16, 2 = f32 (DType::round_f32).
+__device__ __forceinline__ float gq_store_round(float x, u32 store) {
+    return store == 2u ? x : round_half(x, store);
+}
+
+// DType::min_positive: the smallest subnormal of the store type.
+__device__ __forceinline__ float gq_store_min_positive(u32 store) {
+    if (store == 2u) return __int_as_float(1);
+    if (store == 1u) return __uint_as_float(1u << 16);
+    return 5.9604644775390625e-8f;  // 2^-24, f16 bits 0x0001
+}
+
+// out[i] = h[i * n + i].
+extern "C" __global__ void gq_diag_f32(const float* __restrict__ h, float* __restrict__ out,
+                                       u32 n) {
+    const u32 i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = h[(u64)i * n + i];
+}
+
+// h[i][j] = h[j][i] for i > j (row-major): SSYRK filled the row-major upper triangle.
+extern "C" __global__ void gq_mirror_upper_to_lower(float* __restrict__ h, u32 n) {
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (u64)n * n) return;
+    const u32 i = (u32)(idx / n), j = (u32)(idx % n);
+    if (i > j) h[idx] = h[(u64)j * n + i];
+}
+
+// *first = smallest index of a non-finite value (*first starts at 0xffffffff).
+extern "C" __global__ void gq_first_nonfinite_f32(const float* __restrict__ x, u64 len,
+                                                  u32* __restrict__ first) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len && !isfinite(x[i])) atomicMin(first, i < 0xfffffffeull ? (u32)i : 0xfffffffeu);
+}
+
+// J (P H P^T + lambda I) J in f64 with dead diagonals set to 1 first (gptq.rs
+// damped_flipped_hessian): a[i][j] = h[perm[n-1-i]][perm[n-1-j]]. Symmetric, so its row-major
+// and column-major layouts are the same buffer.
+extern "C" __global__ void gq_damped_flipped(const float* __restrict__ h,
+                                             const u32* __restrict__ perm,
+                                             const unsigned char* __restrict__ dead,
+                                             double* __restrict__ a, u32 n, double lambda) {
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (u64)n * n) return;
+    const u32 i = (u32)(idx / n), j = (u32)(idx % n);
+    const u32 pi = perm[n - 1u - i], pj = perm[n - 1u - j];
+    double v = (double)h[(u64)pi * n + pj];
+    if (i == j) {
+        if (dead[pi]) v = 1.0;
+        v = __dadd_rn(v, lambda);
+    }
+    a[idx] = v;
+}
+
+// U (row-major, upper, f32) from L^-1 of the flipped matrix, which cuSOLVER left in the lower
+// triangle of the column-major `linv`: U[i][j] = Linv[n-1-i][n-1-j] for j >= i, else 0
+// (gptq.rs inverse_cholesky_upper).
+extern "C" __global__ void gq_upper_from_flipped_inverse(const double* __restrict__ linv,
+                                                         float* __restrict__ u, u32 n) {
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (u64)n * n) return;
+    const u32 i = (u32)(idx / n), j = (u32)(idx % n);
+    float v = 0.0f;
+    if (j >= i) {
+        const u32 r = n - 1u - i, c = n - 1u - j;  // r >= c: lower triangle
+        v = (float)linv[(u64)c * n + r];
+    }
+    u[idx] = v;
+}
+
+// grid.rs GroupParams::fit from a range's min and max, with the same f32 operations.
+// Returns false when the stored scale is not finite (the host reports the CPU's error).
+__device__ __forceinline__ bool gq_fit(float lo, float hi, u32 bits, u32 sym, u32 store,
+                                       float* scale_out, u32* zero_out) {
+    const float maxq = (float)((1u << bits) - 1u);
+    if (sym) {
+        hi = fmaxf(hi, -lo);
+        if (lo < 0.0f) lo = -hi;
+    }
+    if (lo == 0.0f && hi == 0.0f) {
+        lo = -1.0f;
+        hi = 1.0f;
+    }
+    float scale = __fdiv_rn(__fsub_rn(hi, lo), maxq);
+    u32 zero = sym ? (1u << (bits - 1u)) : gq_f32_as_u32(gq_round_half_even(__fdiv_rn(-lo, scale)));
+    if (!sym && zero == 0u) {
+        zero = 1u;
+        scale = __fdiv_rn(hi, __fsub_rn(maxq, 1.0f));
+    }
+    const float stored = gq_store_round(scale, store);
+    if (!isfinite(stored)) return false;
+    *scale_out = stored > 0.0f ? stored : gq_store_min_positive(store);
+    *zero_out = zero;
+    return true;
+}
+
+#define GQ_MAX_BLOCK 128
+#define GQ_SLOTS (GQ_MAX_BLOCK / 32)
+
+// One lazy-update block of the GPTQ sweep, columns i1 .. i1+cnt (cnt <= 128) in sweep order.
+// One warp per output row (row-parallel: rows never interact inside a block); lane l holds
+// the block's columns l, l+32, l+64, l+96 in registers.
+//
+// w        [n_out, k] f32, sweep order: the weight as it stands at the block start (the
+//          trailing GEMM of earlier blocks applied). Not written: dynamic groups are fitted
+//          on these block-start values, as in the reference.
+// u        [k, k] f32 upper factor of the damped inverse Hessian.
+// q        [n_out, k] levels (sweep order), written for the block's columns.
+// err      [n_out, GQ_MAX_BLOCK] f32: (w - dq) / U[j][j] of each column, for the trailing GEMM.
+// scales/zeros [groups, n_out]: written here for dynamic groups when their first column is
+//          reached, read for up-front groups and for groups begun in an earlier block.
+// col_group [k] group of each sweep position.
+// row_loss [n_out] f64, accumulates ((w - dq) / U[j][j])^2 in sweep order.
+extern "C" __global__ void gq_sweep_block(const float* __restrict__ w, const float* __restrict__ u,
+                                          unsigned char* __restrict__ q, float* __restrict__ err,
+                                          float* __restrict__ scales, u32* __restrict__ zeros,
+                                          const u32* __restrict__ col_group,
+                                          double* __restrict__ row_loss, u32* __restrict__ overflow,
+                                          u32 n_out, u32 k, u32 i1, u32 cnt, u32 glen, u32 bits,
+                                          u32 sym, u32 store, u32 dynamic) {
+    const u32 row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const u32 lane = threadIdx.x & 31u;
+    if (row >= n_out) return;  // whole warps leave together
+    const float* wrow = w + (u64)row * k;
+    const float maxq = (float)((1u << bits) - 1u);
+
+    float w1[GQ_SLOTS];
+    float e_keep[GQ_SLOTS];
+    unsigned char q_keep[GQ_SLOTS];
+#pragma unroll
+    for (u32 t = 0; t < GQ_SLOTS; ++t) {
+        const u32 c = t * 32u + lane;
+        w1[t] = c < cnt ? wrow[i1 + c] : 0.0f;
+        e_keep[t] = 0.0f;
+        q_keep[t] = 0;
+    }
+
+    u32 cur_g = 0xffffffffu;
+    float scale = 1.0f, zf = 0.0f;
+    // Lane 0 continues the row's running sum, so the additions are the CPU's, in its order.
+    double loss = lane == 0 ? row_loss[row] : 0.0;
+#pragma unroll
+    for (u32 t = 0; t < GQ_SLOTS; ++t) {
+        for (u32 l = 0; l < 32u; ++l) {
+            const u32 i = t * 32u + l;
+            if (i >= cnt) break;  // uniform across the warp
+            const u32 j = i1 + i;
+            const u32 g = col_group[j];
+            if (dynamic && j % glen == 0u) {
+                // Fit the group on the block-start weights (min/max: exact in any order).
+                const u32 end = min(j + glen, k);
+                float lo = 0.0f, hi = 0.0f;
+                for (u32 c = j + lane; c < end; c += 32u) {
+                    const float v = wrow[c];
+                    lo = fminf(lo, v);
+                    hi = fmaxf(hi, v);
+                }
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) {
+                    lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+                    hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+                }
+                float s;
+                u32 z;
+                if (!gq_fit(lo, hi, bits, sym, store, &s, &z)) {
+                    if (lane == 0) *overflow = 1u;
+                    s = 1.0f;
+                    z = 0u;
+                }
+                if (lane == 0) {
+                    scales[(u64)g * n_out + row] = s;
+                    zeros[(u64)g * n_out + row] = z;
+                }
+                scale = s;
+                zf = (float)z;
+                cur_g = g;
+            } else if (g != cur_g) {
+                scale = scales[(u64)g * n_out + row];
+                zf = (float)zeros[(u64)g * n_out + row];
+                cur_g = g;
+            }
+            const float x = __shfl_sync(0xffffffffu, w1[t], l);
+            // GroupParams::quantize / dequantize.
+            const float qv = __fadd_rn(gq_round_half_even(__fdiv_rn(x, scale)), zf);
+            const u32 level = gq_f32_as_u32(fminf(fmaxf(qv, 0.0f), maxq));
+            const float dq = __fmul_rn(scale, __fsub_rn((float)level, zf));
+            const float* urow = u + (u64)j * k + i1;
+            const float d = urow[i];
+            const float diff = __fsub_rn(x, dq);
+            const float e = __fdiv_rn(diff, d);
+            if (lane == 0) {
+                const double r = (double)diff / (double)d;
+                loss += r * r;
+            }
+            if (lane == l) {
+                e_keep[t] = e;
+                q_keep[t] = (unsigned char)level;
+            }
+            // Spread the error over the rest of the block: w1[c] -= e * U[j][i1 + c], c > i.
+#pragma unroll
+            for (u32 tt = t; tt < GQ_SLOTS; ++tt) {
+                const u32 c = tt * 32u + lane;
+                if (c > i && c < cnt) w1[tt] = __fsub_rn(w1[tt], __fmul_rn(e, urow[c]));
+            }
+        }
+    }
+#pragma unroll
+    for (u32 t = 0; t < GQ_SLOTS; ++t) {
+        const u32 c = t * 32u + lane;
+        if (c < cnt) {
+            q[(u64)row * k + i1 + c] = q_keep[t];
+            err[(u64)row * GQ_MAX_BLOCK + c] = e_keep[t];
+        }
+    }
+    if (lane == 0) row_loss[row] = loss;
+}
+
+// out[r] = sum_j a[r][j] * b[r][j] in f64, one warp per row (fixed order: deterministic).
+extern "C" __global__ void gq_row_dots(const float* __restrict__ a, const float* __restrict__ b,
+                                       double* __restrict__ out, u32 rows, u32 cols) {
+    const u32 row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const u32 lane = threadIdx.x & 31u;
+    if (row >= rows) return;
+    const float* ar = a + (u64)row * cols;
+    const float* br = b + (u64)row * cols;
+    double s = 0.0;
+    for (u32 j = lane; j < cols; j += 32u) s += (double)ar[j] * (double)br[j];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) out[row] = s;
+}
+
+// Causal softmax over scores [heads, seqlen, seqlen] (row i of head blockIdx.y is blockIdx.x):
+// p[j] = exp(s[j] - max) / sum over j <= i, zero for j > i (calib_forward.rs
+// causal_attention, whose scores already carry the 1/sqrt(head_dim) scale).
+extern "C" __global__ void gq_causal_softmax(float* __restrict__ s, u32 seqlen) {
+    const u32 i = blockIdx.x;
+    float* row = s + ((u64)blockIdx.y * seqlen + i) * seqlen;
+    __shared__ float red[32];
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const float neg_inf = __int_as_float(0xff800000);  // no CUDA headers, so no INFINITY
+    float m = neg_inf;
+    for (u32 j = threadIdx.x; j <= i; j += blockDim.x) m = fmaxf(m, row[j]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (lane == 0) red[warp] = m;
+    __syncthreads();
+    m = neg_inf;
+    for (u32 w = 0; w < nwarps; ++w) m = fmaxf(m, red[w]);
+    float sum = 0.0f;
+    for (u32 j = threadIdx.x; j <= i; j += blockDim.x) {
+        const float e = expf(row[j] - m);
+        row[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum);
+    const float inv = 1.0f / sum;
+    for (u32 j = threadIdx.x; j < seqlen; j += blockDim.x) row[j] = j <= i ? row[j] * inv : 0.0f;
+}

@@ -1,0 +1,731 @@
+//! GPTQ on the GPU: the Hessian (cuBLAS SSYRK), the inverse factor (cuSOLVER potrf + trtri in
+//! f64) and the blocked sweep (kernels/gptq_solve.cu, one warp per output row, plus a cuBLAS
+//! SGEMM for each block's lazy trailing update). The host-side decisions (sweep order, dead
+//! columns, damping retries, up-front group parameters, the final `QuantizedLinear`) are
+//! gptq.rs's own functions, so both backends share them.
+
+use std::sync::Arc;
+
+use cudarc::cublas::sys as blas_sys;
+use cudarc::cusolver::{sys as sol_sys, DnHandle};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+use super::{as_u32, compile, drv, grid_1d, probe, CudaBackend, CudaBuf};
+use crate::backend::{check_len, runner_err, Backend, InverseFactor};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::quant::gptq::{
+    assemble, check_solver_inputs, gptq_quantize, non_finite_hessian, up_front_params,
+    with_damping_retries, GptqConfig, GptqOutcome, Hessian, SweepPlan,
+};
+use crate::quant::Weight;
+
+/// Widest lazy-update block the sweep kernel holds in registers (GQ_MAX_BLOCK).
+pub(crate) const MAX_BLOCK: usize = 128;
+
+fn blas_err(what: &str) -> impl Fn(cudarc::cublas::result::CublasError) -> Error + '_ {
+    move |e| Error::cuda(format!("{what}: {e:?}"))
+}
+
+fn sol(what: &str, status: sol_sys::cusolverStatus_t) -> Result<()> {
+    status
+        .result()
+        .map_err(|e| Error::cuda(format!("{what}: {e}")))
+}
+
+fn int(what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| runner_err(format!("{what} = {v} is too large for cuBLAS")))
+}
+
+impl CudaBackend {
+    /// The cuSOLVER handle, created at first use on our stream.
+    fn solver_handle(&self) -> Result<Arc<DnHandle>> {
+        let mut slot = self
+            .solver
+            .lock()
+            .map_err(|_| Error::cuda("cuSOLVER handle poisoned by an earlier panic"))?;
+        if let Some(h) = slot.as_ref() {
+            return Ok(h.clone());
+        }
+        if !probe::cusolver_present() {
+            return Err(Error::cuda(
+                "GPTQ on the GPU needs cuSOLVER, but libcusolver.so could not be loaded; put the \
+                 CUDA 13 toolkit's lib64 on LD_LIBRARY_PATH or point CUDA_PATH at the toolkit",
+            ));
+        }
+        let handle = probe::no_panic("cusolverDnCreate", || {
+            DnHandle::new(self.stream.clone())
+                .map_err(|e| Error::cuda(format!("cusolverDnCreate: {e}")))
+        })?;
+        // Same input, same output: cuSOLVER may otherwise pick non-deterministic reductions.
+        handle
+            .set_deterministic_mode(
+                sol_sys::cusolverDeterministicMode_t::CUSOLVER_DETERMINISTIC_RESULTS,
+            )
+            .map_err(|e| Error::cuda(format!("cusolverDnSetDeterministicMode: {e}")))?;
+        let handle = Arc::new(handle);
+        *slot = Some(handle.clone());
+        Ok(handle)
+    }
+
+    /// One element of a buffer, to the host.
+    fn read_one<T: crate::backend::Elem>(&self, buf: &CudaBuf<T>, i: usize) -> Result<T> {
+        let mut host = [T::default()];
+        let view = buf.slice.slice(i..i + 1);
+        drv("copy to host", self.stream.memcpy_dtoh(&view, &mut host))?;
+        drv("synchronize", self.stream.synchronize())?;
+        Ok(host[0])
+    }
+
+    /// Causal attention of whole sequences: per (sample, kv head), one batched SGEMM over the
+    /// query heads sharing that kv head for the scaled scores, the causal softmax kernel, one
+    /// batched SGEMM for P·V. Scores of one (sample, kv head) at a time: group·seqlen² floats.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn prefill_attention(
+        &self,
+        q: &CudaBuf<f32>,
+        k: &CudaBuf<f32>,
+        v: &CudaBuf<f32>,
+        samples: usize,
+        seqlen: usize,
+        shape: &crate::backend::AttnShape,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        shape.check()?;
+        let rows = samples * seqlen;
+        let (qd, kvd, hd) = (shape.q_width(), shape.kv_width(), shape.head_dim);
+        check_len("attention_prefill", "q", q.len, rows * qd)?;
+        check_len("attention_prefill", "k", k.len, rows * kvd)?;
+        check_len("attention_prefill", "v", v.len, rows * kvd)?;
+        check_len("attention_prefill", "out", out.len, rows * qd)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let group = shape.heads / shape.kv_heads;
+        let mut scores = self.scratch::<f32>(group * seqlen * seqlen)?;
+        let softmax = self.func(&compile::GPTQ_SOLVE, "gq_causal_softmax")?;
+        let (sl_i, hd_i, qd_i, kvd_i, g_i) = (
+            int("seqlen", seqlen)?,
+            int("head_dim", hd)?,
+            int("q width", qd)?,
+            int("kv width", kvd)?,
+            int("group", group)?,
+        );
+        let sq = (seqlen * seqlen) as i64;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (one, zero) = (1.0f32, 0.0f32);
+        let fsz = std::mem::size_of::<f32>() as u64;
+        let (sl_u, g_u) = (as_u32("seqlen", seqlen)?, as_u32("group", group)?);
+        for s in 0..samples {
+            for g in 0..shape.kv_heads {
+                let q_off = ((s * seqlen * qd + g * group * hd) as u64) * fsz;
+                let kv_off = ((s * seqlen * kvd + g * hd) as u64) * fsz;
+                {
+                    let (qp, _gq) = q.slice.device_ptr(&self.stream);
+                    let (kp, _gk) = k.slice.device_ptr(&self.stream);
+                    let (sp, _gs) = scores.slice.device_ptr_mut(&self.stream);
+                    // Row-major S[i][j] = scale · Σ_d Q[i][d] K[j][d] is column-major
+                    // C(j, i) = Kcᵀ · Qc with Kc = K as column-major [hd, seqlen] (ld kv
+                    // width) and Qc likewise (ld q width); one batch entry per query head.
+                    // SAFETY: offsets and strides stay inside q, k ([rows, width]) and
+                    // scores (group x seqlen²); handle on our stream.
+                    unsafe {
+                        cudarc::cublas::result::sgemm_strided_batched(
+                            *self.blas.handle(),
+                            blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                            sl_i,
+                            sl_i,
+                            hd_i,
+                            &scale,
+                            (kp + kv_off) as *const f32,
+                            kvd_i,
+                            0,
+                            (qp + q_off) as *const f32,
+                            qd_i,
+                            hd as i64,
+                            &zero,
+                            sp as *mut f32,
+                            sl_i,
+                            sq,
+                            g_i,
+                        )
+                        .map_err(blas_err("cublasSgemmStridedBatched (attention scores)"))?;
+                    }
+                }
+                let mut b = self.stream.launch_builder(&softmax);
+                b.arg(&mut scores.slice).arg(&sl_u);
+                let cfg = LaunchConfig {
+                    grid_dim: (sl_u, g_u, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: matches gq_causal_softmax: one block per (row, head) of scores.
+                unsafe { b.launch(cfg) }.map_err(Self::launch_err("gq_causal_softmax"))?;
+                {
+                    let (vp, _gv) = v.slice.device_ptr(&self.stream);
+                    let (sp, _gs) = scores.slice.device_ptr(&self.stream);
+                    let (op, _go) = out.slice.device_ptr_mut(&self.stream);
+                    // Row-major O[i][d] = Σ_j P[i][j] V[j][d]: column-major Oc = Vc · Pc
+                    // with Pc(j, i) = P[i][j] (ld seqlen), Oc ld q width.
+                    // SAFETY: as above; out is [rows, q width].
+                    unsafe {
+                        cudarc::cublas::result::sgemm_strided_batched(
+                            *self.blas.handle(),
+                            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                            hd_i,
+                            sl_i,
+                            sl_i,
+                            &one,
+                            (vp + kv_off) as *const f32,
+                            kvd_i,
+                            0,
+                            sp as *const f32,
+                            sl_i,
+                            sq,
+                            &zero,
+                            (op + q_off) as *mut f32,
+                            qd_i,
+                            hd as i64,
+                            g_i,
+                        )
+                        .map_err(blas_err("cublasSgemmStridedBatched (attention output)"))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn hessian_add_f32(
+        &self,
+        x: &CudaBuf<f32>,
+        rows: usize,
+        h: &mut CudaBuf<f32>,
+        dim: usize,
+        nsamples: usize,
+    ) -> Result<()> {
+        check_len("hessian_add", "x", x.len, rows * dim)?;
+        check_len("hessian_add", "h", h.len, dim * dim)?;
+        if rows == 0 || dim == 0 {
+            return Ok(());
+        }
+        let total = (nsamples + rows) as f64;
+        let beta = (nsamples as f64 / total) as f32;
+        let alpha = (2.0 / total) as f32;
+        let (n_i, k_i) = (int("hessian dim", dim)?, int("hessian rows", rows)?);
+        {
+            // Row-major x [rows, dim] is column-major xc [dim, rows]; XᵀX = xc·xcᵀ. SSYRK
+            // writes the column-major lower triangle (row-major upper), the mirror kernel the
+            // rest, so H is exactly symmetric like the CPU's.
+            let (xp, _gx) = x.slice.device_ptr(&self.stream);
+            let (hp, _gh) = h.slice.device_ptr_mut(&self.stream);
+            // SAFETY: live buffers of the checked sizes; the handle is bound to our stream.
+            unsafe {
+                blas_sys::cublasSsyrk_v2(
+                    *self.blas.handle(),
+                    blas_sys::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER,
+                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    n_i,
+                    k_i,
+                    &alpha,
+                    xp as *const f32,
+                    n_i,
+                    &beta,
+                    hp as *mut f32,
+                    n_i,
+                )
+                .result()
+                .map_err(blas_err("cublasSsyrk (Hessian)"))?;
+            }
+        }
+        let f = self.func(&compile::GPTQ_SOLVE, "gq_mirror_upper_to_lower")?;
+        let n_u = as_u32("hessian dim", dim)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut h.slice).arg(&n_u);
+        // SAFETY: matches gq_mirror_upper_to_lower; h holds dim x dim floats.
+        unsafe { b.launch(grid_1d((dim * dim) as u64, 256)?) }
+            .map_err(Self::launch_err("gq_mirror_upper_to_lower"))?;
+        Ok(())
+    }
+
+    pub(super) fn hessian_add_16(
+        &self,
+        x: &CudaBuf<u16>,
+        half: crate::backend::HalfKind,
+        rows: usize,
+        h: &mut CudaBuf<f32>,
+        dim: usize,
+        nsamples: usize,
+    ) -> Result<()> {
+        check_len("hessian_add_half", "x", x.len, rows * dim)?;
+        check_len("hessian_add_half", "h", h.len, dim * dim)?;
+        if rows == 0 || dim == 0 {
+            return Ok(());
+        }
+        let total = (nsamples + rows) as f64;
+        let beta = (nsamples as f64 / total) as f32;
+        let alpha = (2.0 / total) as f32;
+        let (n_i, k_i) = (int("hessian dim", dim)?, int("hessian rows", rows)?);
+        let dt = match half {
+            crate::backend::HalfKind::F16 => blas_sys::cudaDataType::CUDA_R_16F,
+            crate::backend::HalfKind::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
+        };
+        {
+            // Column-major xc [dim, rows] (= row-major x); H = xc·xcᵀ.
+            let (xp, _gx) = x.slice.device_ptr(&self.stream);
+            let (hp, _gh) = h.slice.device_ptr_mut(&self.stream);
+            // SAFETY: live buffers of the checked sizes, types as `dt` and CUDA_R_32F; the
+            // handle is bound to our stream.
+            unsafe {
+                cudarc::cublas::result::gemm_ex(
+                    *self.blas.handle(),
+                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                    n_i,
+                    n_i,
+                    k_i,
+                    &alpha as *const f32 as *const _,
+                    xp as *const _,
+                    dt,
+                    n_i,
+                    xp as *const _,
+                    dt,
+                    n_i,
+                    &beta as *const f32 as *const _,
+                    hp as *mut _,
+                    blas_sys::cudaDataType::CUDA_R_32F,
+                    n_i,
+                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+                .map_err(blas_err("cublasGemmEx (Hessian, 16-bit)"))?;
+            }
+        }
+        // The GEMM's two triangles may differ in the last bit: keep the upper one, as SSYRK.
+        let f = self.func(&compile::GPTQ_SOLVE, "gq_mirror_upper_to_lower")?;
+        let n_u = as_u32("hessian dim", dim)?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut h.slice).arg(&n_u);
+        // SAFETY: matches gq_mirror_upper_to_lower.
+        unsafe { b.launch(grid_1d((dim * dim) as u64, 256)?) }
+            .map_err(Self::launch_err("gq_mirror_upper_to_lower"))?;
+        Ok(())
+    }
+
+    pub(super) fn inverse_factor(
+        &self,
+        h: &CudaBuf<f32>,
+        dim: usize,
+        plan: &SweepPlan,
+        damp: f64,
+        name: &str,
+    ) -> Result<InverseFactor<Self>> {
+        check_len("gptq_inverse_factor", "h", h.len, dim * dim)?;
+        check_len("gptq_inverse_factor", "plan", plan.perm.len(), dim)?;
+        if dim == 0 {
+            return Err(runner_err("gptq_inverse_factor: empty Hessian"));
+        }
+        let solver = self.solver_handle()?;
+        let n_i = int("hessian dim", dim)?;
+        let n_u = as_u32("hessian dim", dim)?;
+        let perm: Vec<u32> = plan.perm.iter().map(|&p| p as u32).collect();
+        let perm = self.upload(&perm)?;
+        let dead: Vec<u8> = plan.dead.iter().map(|&d| d as u8).collect();
+        let dead = self.upload(&dead)?;
+        let mut a = self.scratch::<f64>(dim * dim)?;
+        let mut info = self.zeros::<i32>(1)?;
+        let uplo = sol_sys::cublasFillMode_t::CUBLAS_FILL_MODE_LOWER;
+
+        let mut lwork: i32 = 0;
+        {
+            let (ap, _ga) = a.slice.device_ptr_mut(&self.stream);
+            // SAFETY: a holds dim x dim doubles; only the size is computed.
+            sol("cusolverDnDpotrf_bufferSize", unsafe {
+                sol_sys::cusolverDnDpotrf_bufferSize(
+                    solver.cu(),
+                    uplo,
+                    n_i,
+                    ap as *mut f64,
+                    n_i,
+                    &mut lwork,
+                )
+            })?;
+        }
+        let mut work = self.scratch::<f64>((lwork.max(1)) as usize)?;
+        let (mut trtri_dev, mut trtri_host) = (0usize, 0usize);
+        {
+            let (ap, _ga) = a.slice.device_ptr_mut(&self.stream);
+            // SAFETY: as above.
+            sol("cusolverDnXtrtri_bufferSize", unsafe {
+                sol_sys::cusolverDnXtrtri_bufferSize(
+                    solver.cu(),
+                    uplo,
+                    sol_sys::cublasDiagType_t::CUBLAS_DIAG_NON_UNIT,
+                    dim as i64,
+                    sol_sys::cudaDataType::CUDA_R_64F,
+                    ap as *mut std::ffi::c_void,
+                    dim as i64,
+                    &mut trtri_dev,
+                    &mut trtri_host,
+                )
+            })?;
+        }
+        let mut trtri_work = self.scratch::<u8>(trtri_dev.max(1))?;
+        let mut trtri_host_work = vec![0u8; trtri_host.max(1)];
+        let flip = self.func(&compile::GPTQ_SOLVE, "gq_damped_flipped")?;
+        let to_u = self.func(&compile::GPTQ_SOLVE, "gq_upper_from_flipped_inverse")?;
+
+        let (u, damp_used, retries) = with_damping_retries(name, damp, plan, |lambda| {
+            let mut b = self.stream.launch_builder(&flip);
+            b.arg(&h.slice)
+                .arg(&perm.slice)
+                .arg(&dead.slice)
+                .arg(&mut a.slice)
+                .arg(&n_u)
+                .arg(&lambda);
+            // SAFETY: matches gq_damped_flipped; every buffer holds what n implies.
+            unsafe { b.launch(grid_1d((dim * dim) as u64, 256)?) }
+                .map_err(Self::launch_err("gq_damped_flipped"))?;
+            {
+                let (ap, _ga) = a.slice.device_ptr_mut(&self.stream);
+                let (wp, _gw) = work.slice.device_ptr_mut(&self.stream);
+                let (ip, _gi) = info.slice.device_ptr_mut(&self.stream);
+                // SAFETY: a is dim x dim (column-major = row-major, symmetric), work holds
+                // lwork doubles, info one int; the handle is bound to our stream.
+                sol("cusolverDnDpotrf", unsafe {
+                    sol_sys::cusolverDnDpotrf(
+                        solver.cu(),
+                        uplo,
+                        n_i,
+                        ap as *mut f64,
+                        n_i,
+                        wp as *mut f64,
+                        lwork,
+                        ip as *mut i32,
+                    )
+                })?;
+            }
+            let bad = self.read_one(&info, 0)?;
+            if bad > 0 {
+                // The leading minor of order `bad` is not positive definite: pivot bad - 1.
+                return Ok(Err(bad as usize - 1));
+            }
+            if bad < 0 {
+                return Err(Error::cuda(format!(
+                    "cusolverDnDpotrf: parameter {} is invalid",
+                    -bad
+                )));
+            }
+            {
+                let (ap, _ga) = a.slice.device_ptr_mut(&self.stream);
+                let (wp, _gw) = trtri_work.slice.device_ptr_mut(&self.stream);
+                let (ip, _gi) = info.slice.device_ptr_mut(&self.stream);
+                // SAFETY: workspaces of the sizes cuSOLVER asked for; a holds L.
+                sol("cusolverDnXtrtri", unsafe {
+                    sol_sys::cusolverDnXtrtri(
+                        solver.cu(),
+                        uplo,
+                        sol_sys::cublasDiagType_t::CUBLAS_DIAG_NON_UNIT,
+                        dim as i64,
+                        sol_sys::cudaDataType::CUDA_R_64F,
+                        ap as *mut std::ffi::c_void,
+                        dim as i64,
+                        wp as *mut std::ffi::c_void,
+                        trtri_dev,
+                        trtri_host_work.as_mut_ptr() as *mut std::ffi::c_void,
+                        trtri_host,
+                        ip as *mut i32,
+                    )
+                })?;
+            }
+            let bad = self.read_one(&info, 0)?;
+            if bad > 0 {
+                // A zero diagonal in L (cannot happen after a successful potrf, but
+                // treated like a failed pivot).
+                return Ok(Err(bad as usize - 1));
+            }
+            let mut u = self.scratch::<f32>(dim * dim)?;
+            let mut b = self.stream.launch_builder(&to_u);
+            b.arg(&a.slice).arg(&mut u.slice).arg(&n_u);
+            // SAFETY: matches gq_upper_from_flipped_inverse.
+            unsafe { b.launch(grid_1d((dim * dim) as u64, 256)?) }
+                .map_err(Self::launch_err("gq_upper_from_flipped_inverse"))?;
+            Ok(Ok(u))
+        })?;
+        Ok(InverseFactor {
+            u,
+            damp_used,
+            retries,
+        })
+    }
+
+    pub(super) fn gptq_solve(
+        &self,
+        w: &Weight<'_>,
+        h: &CudaBuf<f32>,
+        nsamples: usize,
+        cfg: &GptqConfig,
+    ) -> Result<GptqOutcome> {
+        let (n_out, k) = (w.out_features, w.in_features);
+        let name = w.name;
+        check_solver_inputs(w, k, h.len, nsamples, cfg)?;
+        if cfg.block_size > MAX_BLOCK {
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "GPTQ block size {} is wider than the GPU sweep's {MAX_BLOCK} columns",
+                    cfg.block_size
+                ),
+            ));
+        }
+        let store = match w.scale_dtype {
+            DType::F16 => 0u32,
+            DType::BF16 => 1,
+            DType::F32 => 2,
+            DType::I32 => return Err(Error::tensor(name, "scales cannot be stored as I32")),
+        };
+        let s = cfg.scheme;
+        let n_u = as_u32("in_features", k)?;
+
+        // Non-finite Hessian entries: the first one, as the CPU reports it.
+        let mut first = self.upload(&[u32::MAX])?;
+        {
+            let f = self.func(&compile::GPTQ_SOLVE, "gq_first_nonfinite_f32")?;
+            let len = h.len as u64;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&h.slice).arg(&len).arg(&mut first.slice);
+            // SAFETY: matches gq_first_nonfinite_f32.
+            unsafe { b.launch(grid_1d(len, 256)?) }
+                .map_err(Self::launch_err("gq_first_nonfinite_f32"))?;
+        }
+        let first = self.read_one(&first, 0)?;
+        if first != u32::MAX {
+            let i = first as usize;
+            return Err(non_finite_hessian(name, self.read_one(h, i)? as f64, i, k));
+        }
+
+        let mut diag = self.scratch::<f32>(k)?;
+        {
+            let f = self.func(&compile::GPTQ_SOLVE, "gq_diag_f32")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&h.slice).arg(&mut diag.slice).arg(&n_u);
+            // SAFETY: matches gq_diag_f32.
+            unsafe { b.launch(grid_1d(k as u64, 256)?) }
+                .map_err(Self::launch_err("gq_diag_f32"))?;
+        }
+        let diag: Vec<f64> = self.download(&diag)?.iter().map(|&v| v as f64).collect();
+        let plan = SweepPlan::new(&diag, cfg);
+        let factor = self.inverse_factor(h, k, &plan, cfg.damp, name)?;
+
+        let dynamic = plan.dynamic_groups(cfg);
+        let col_group = plan.column_groups(cfg);
+        let groups = s.num_groups(k);
+        let glen = s.group_len(k);
+        let (mut scales, mut zeros) = if dynamic {
+            (
+                self.zeros::<f32>(groups * n_out)?,
+                self.zeros::<u32>(groups * n_out)?,
+            )
+        } else {
+            let params = up_front_params(w, &plan, &s)?;
+            let mut sc = vec![0f32; groups * n_out];
+            let mut ze = vec![0u32; groups * n_out];
+            for ((n, g), p) in params.indexed_iter() {
+                sc[g * n_out + n] = p.scale;
+                ze[g * n_out + n] = p.zero;
+            }
+            (self.upload(&sc)?, self.upload(&ze)?)
+        };
+        let mut wp = self.upload(&crate::quant::gptq::sweep_order_weight(w, &plan))?;
+        let cg: Vec<u32> = col_group.iter().map(|&g| g as u32).collect();
+        let cg = self.upload(&cg)?;
+        let mut q = self.zeros::<u8>(n_out * k)?;
+        let mut err = self.zeros::<f32>(n_out * MAX_BLOCK)?;
+        let mut row_loss = self.zeros::<f64>(n_out)?;
+        let mut overflow = self.zeros::<u32>(1)?;
+
+        let sweep = self.func(&compile::GPTQ_SOLVE, "gq_sweep_block")?;
+        let rows_per_block = 4usize;
+        let cfg_launch = LaunchConfig {
+            grid_dim: (as_u32("row blocks", n_out.div_ceil(rows_per_block))?, 1, 1),
+            block_dim: ((rows_per_block * 32) as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n_out_u, gl, bits, sym, dyn_u) = (
+            as_u32("out_features", n_out)?,
+            as_u32("group_len", glen)?,
+            s.bits as u32,
+            s.sym as u32,
+            dynamic as u32,
+        );
+        let bs = cfg.block_size;
+        for i1 in (0..k).step_by(bs) {
+            let i2 = (i1 + bs).min(k);
+            let (i1_u, cnt_u) = (i1 as u32, (i2 - i1) as u32);
+            let mut b = self.stream.launch_builder(&sweep);
+            b.arg(&wp.slice)
+                .arg(&factor.u.slice)
+                .arg(&mut q.slice)
+                .arg(&mut err.slice)
+                .arg(&mut scales.slice)
+                .arg(&mut zeros.slice)
+                .arg(&cg.slice)
+                .arg(&mut row_loss.slice)
+                .arg(&mut overflow.slice)
+                .arg(&n_out_u)
+                .arg(&n_u)
+                .arg(&i1_u)
+                .arg(&cnt_u)
+                .arg(&gl)
+                .arg(&bits)
+                .arg(&sym)
+                .arg(&store)
+                .arg(&dyn_u);
+            // SAFETY: matches gq_sweep_block (one warp per row, cnt <= 128); buffer sizes as
+            // allocated above.
+            unsafe { b.launch(cfg_launch) }.map_err(Self::launch_err("gq_sweep_block"))?;
+            if i2 < k {
+                // W[:, i2:] -= Err[:, :cnt] · U[i1:i2, i2:], row-major; column-major that is
+                // C'[k-i2, n_out] -= A'[k-i2, cnt] · B'[cnt, n_out] with A' = U's block rows
+                // (ld k) and B' = Err (ld MAX_BLOCK).
+                let (alpha, beta) = (-1.0f32, 1.0f32);
+                let (up, _gu) = factor.u.slice.device_ptr(&self.stream);
+                let (ep, _ge) = err.slice.device_ptr(&self.stream);
+                let (wptr, _gw) = wp.slice.device_ptr_mut(&self.stream);
+                let fsz = std::mem::size_of::<f32>() as u64;
+                let a_ptr = up + ((i1 * k + i2) as u64) * fsz;
+                let c_ptr = wptr + (i2 as u64) * fsz;
+                // SAFETY: the offsets stay inside U ([k, k]) and W ([n_out, k]); Err holds
+                // n_out x MAX_BLOCK floats; the handle is bound to our stream.
+                unsafe {
+                    cudarc::cublas::result::sgemm(
+                        *self.blas.handle(),
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        int("trailing columns", k - i2)?,
+                        int("out_features", n_out)?,
+                        int("block columns", i2 - i1)?,
+                        &alpha,
+                        a_ptr as *const f32,
+                        int("in_features", k)?,
+                        ep as *const f32,
+                        MAX_BLOCK as i32,
+                        &beta,
+                        c_ptr as *mut f32,
+                        int("in_features", k)?,
+                    )
+                    .map_err(blas_err("cublasSgemm (GPTQ trailing update)"))?;
+                }
+            }
+        }
+        let (damp_used, retries) = (factor.damp_used, factor.retries);
+        drop(wp);
+        drop(factor);
+        if self.read_one(&overflow, 0)? != 0 {
+            // A group scale overflows the store dtype: the CPU solver names it.
+            let hess = Hessian::from_f32(k, &self.download(h)?, nsamples);
+            return gptq_quantize(w, &hess, cfg);
+        }
+        let q = self.download(&q)?;
+        let loss: f64 = self.download(&row_loss)?.iter().sum::<f64>() / 2.0;
+        let linear = assemble(
+            &s,
+            n_out,
+            &plan,
+            &col_group,
+            &q,
+            self.download(&scales)?,
+            self.download(&zeros)?,
+        );
+        Ok(GptqOutcome {
+            linear,
+            damp_used,
+            retries,
+            loss,
+        })
+    }
+
+    pub(super) fn output_errors(
+        &self,
+        w: &[f32],
+        candidates: &[&[f32]],
+        h: &CudaBuf<f32>,
+        dim: usize,
+    ) -> Result<Vec<f64>> {
+        use rayon::prelude::*;
+        check_len("gptq_output_errors", "h", h.len, dim * dim)?;
+        let n = crate::backend::rows_of("gptq_output_errors", "w", w.len(), dim)?;
+        for c in candidates {
+            check_len("gptq_output_errors", "candidate", c.len(), w.len())?;
+        }
+        if n == 0 {
+            return Ok(vec![0.0; candidates.len()]);
+        }
+        let (k_i, n_i) = (int("in_features", dim)?, int("out_features", n)?);
+        let mut mh = self.scratch::<f32>(n * dim)?;
+        let mut sums = self.scratch::<f64>(n)?;
+        let dots = self.func(&compile::GPTQ_SOLVE, "gq_row_dots")?;
+        let (n_u, k_u) = (as_u32("out_features", n)?, as_u32("in_features", dim)?);
+        // tr(M H Mᵀ) = Σ_rows dot(M[r], (M H)[r]); M H row-major is (H Mᵀ)ᵀ, i.e. column-major
+        // H·Mᵀ with H symmetric.
+        let mut quad = |m: &[f32]| -> Result<f64> {
+            let md = self.upload(m)?;
+            {
+                let (alpha, beta) = (1.0f32, 0.0f32);
+                let (hp, _gh) = h.slice.device_ptr(&self.stream);
+                let (mp, _gm) = md.slice.device_ptr(&self.stream);
+                let (op, _go) = mh.slice.device_ptr_mut(&self.stream);
+                // SAFETY: H is [dim, dim], M and MH are [n, dim]; handle on our stream.
+                unsafe {
+                    cudarc::cublas::result::sgemm(
+                        *self.blas.handle(),
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        k_i,
+                        n_i,
+                        k_i,
+                        &alpha,
+                        hp as *const f32,
+                        k_i,
+                        mp as *const f32,
+                        k_i,
+                        &beta,
+                        op as *mut f32,
+                        k_i,
+                    )
+                    .map_err(blas_err("cublasSgemm (output error)"))?;
+                }
+            }
+            let mut b = self.stream.launch_builder(&dots);
+            b.arg(&md.slice)
+                .arg(&mh.slice)
+                .arg(&mut sums.slice)
+                .arg(&n_u)
+                .arg(&k_u);
+            let cfg = LaunchConfig {
+                grid_dim: (as_u32("row blocks", n.div_ceil(4))?, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches gq_row_dots (one warp per row); sizes as allocated.
+            unsafe { b.launch(cfg) }.map_err(Self::launch_err("gq_row_dots"))?;
+            Ok(self.download(&sums)?.iter().sum())
+        };
+        let den = quad(w)?;
+        let mut out = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            let diff: Vec<f32> = w.par_iter().zip(c.par_iter()).map(|(a, b)| a - b).collect();
+            let num = quad(&diff)?;
+            out.push(if den > 0.0 {
+                num / den
+            } else if num == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,508 @@
+//! Calibrated GPTQ with the layer loop on a `Backend` (`quantize --method gptq --device
+//! cuda`): the same true-sequential order, resume store and manifest records as
+//! `gptq_pipeline` (the CPU path, which stays the reference and is untouched by this one), with
+//! the calibration hidden states resident on the backend, the forward made of backend ops
+//! (16-bit GEMM inputs with f32 accumulation, causal prefill attention, RMSNorm, RoPE, SiLU), the Hessians accumulated there
+//! (`Backend::hessian_add_half`: the 16-bit inputs the GEMMs see, f32 sums) and each linear solved there (`Backend::gptq_quantize`).
+//!
+//! It is generic over the backend so the CPU backend runs it too: that is how it is tested on
+//! machines without a GPU (tests compare it with the CPU pipeline's results; they are close,
+//! not identical: the forward rounds GEMM inputs to 16 bits like the reference's fp16 model,
+//! where the CPU pipeline keeps f32).
+//!
+//! Not done yet (docs/gpu-gptq.md): all hidden states plus the attention outputs of one layer
+//! stay resident (f32), which is more than the 8 GiB target at 7B size.
+
+use std::path::Path;
+
+use crate::backend::{AttnShape, Backend, BackendHessian, HalfKind};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::manifest::CalibrationRecord;
+use crate::model::arch::LinearKind;
+use crate::model::Checkpoint;
+use crate::progress::Progress;
+use crate::quant::calib_forward::{kind_index, load_layer, DenseLinear, ForwardDims, LayerWeights};
+use crate::quant::gptq_pipeline::{
+    act_order_name, calibration_batch, dequantize_packed, embed, fingerprint, CalibratedRun,
+    GptqSettings, GroupSolver,
+};
+use crate::quant::pipeline::Timer;
+use crate::quant::resume::ResumeStore;
+use crate::quant::QuantScheme;
+
+/// Tokens per forward chunk (rounded to whole samples), as the CPU pipeline.
+const CHUNK_TOKENS: usize = 4096;
+/// Attention outputs of one layer kept on the device up to this size (at 7B, 128 x 2048 they
+/// are 2 GiB in 16 bits and are recomputed instead: the 8 GiB VRAM target).
+const MAX_STORED_ATTN_BYTES: usize = 1 << 30;
+
+/// A linear on the backend: the weight in the model's half type, f32 bias.
+struct DeviceLinear<B: Backend> {
+    out_features: usize,
+    in_features: usize,
+    weight: B::Buf<u16>,
+    bias: Option<B::Buf<f32>>,
+}
+
+impl<B: Backend> DeviceLinear<B> {
+    fn upload(b: &B, lin: &DenseLinear, half: HalfKind) -> Result<Self> {
+        use rayon::prelude::*;
+        let w: Vec<u16> = lin.weight.par_iter().map(|&v| half.from_f32(v)).collect();
+        Ok(DeviceLinear {
+            out_features: lin.out_features,
+            in_features: lin.in_features,
+            weight: b.upload(&w)?,
+            bias: match &lin.bias {
+                Some(v) => Some(b.upload(v)?),
+                None => None,
+            },
+        })
+    }
+
+    /// `x` [rows, in] in `half` -> [rows, out] f32.
+    fn forward(&self, b: &B, x: &B::Buf<u16>, rows: usize, half: HalfKind) -> Result<B::Buf<f32>> {
+        let mut y = b.zeros::<f32>(rows * self.out_features)?;
+        b.gemm(
+            x,
+            &self.weight,
+            half,
+            rows,
+            self.out_features,
+            self.in_features,
+            &mut y,
+        )?;
+        if let Some(bias) = &self.bias {
+            b.add_bias(&mut y, bias)?;
+        }
+        Ok(y)
+    }
+}
+
+/// One decoder layer's weights on the backend.
+struct DeviceLayer<B: Backend> {
+    input_norm: B::Buf<f32>,
+    post_norm: B::Buf<f32>,
+    q_norm: Option<B::Buf<f32>>,
+    k_norm: Option<B::Buf<f32>>,
+    /// `LinearKind::ALL` order.
+    linears: Vec<DeviceLinear<B>>,
+}
+
+impl<B: Backend> DeviceLayer<B> {
+    fn upload(b: &B, lw: &LayerWeights, half: HalfKind) -> Result<Self> {
+        let opt = |v: &Option<Vec<f32>>| -> Result<Option<B::Buf<f32>>> {
+            match v {
+                Some(v) => Ok(Some(b.upload(v)?)),
+                None => Ok(None),
+            }
+        };
+        Ok(DeviceLayer {
+            input_norm: b.upload(&lw.input_norm)?,
+            post_norm: b.upload(&lw.post_norm)?,
+            q_norm: opt(&lw.q_norm)?,
+            k_norm: opt(&lw.k_norm)?,
+            linears: lw
+                .linears
+                .iter()
+                .map(|l| DeviceLinear::upload(b, l, half))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    fn linear(&self, kind: LinearKind) -> &DeviceLinear<B> {
+        &self.linears[kind_index(kind)]
+    }
+}
+
+/// The forward context of one run.
+struct Fwd<'a, B: Backend> {
+    b: &'a B,
+    dims: &'a ForwardDims,
+    half: HalfKind,
+    seqlen: usize,
+    inv_freq: B::Buf<f32>,
+    /// Largest size of one layer's stored attention outputs (16-bit); above it they are
+    /// recomputed in o_proj's residual pass.
+    attn_budget: usize,
+}
+
+impl<B: Backend> Fwd<'_, B> {
+    fn norm(&self, x: &B::Buf<f32>, w: &B::Buf<f32>) -> Result<B::Buf<f32>> {
+        let mut y = self.b.zeros::<f32>(self.b.len_of(x))?;
+        self.b.rms_norm(x, w, self.dims.eps, &mut y)?;
+        Ok(y)
+    }
+
+    fn to_half(&self, x: &B::Buf<f32>) -> Result<B::Buf<u16>> {
+        let mut y = self.b.zeros::<u16>(self.b.len_of(x))?;
+        self.b.to_half(x, self.half, &mut y)?;
+        Ok(y)
+    }
+
+    /// Adds `x`'s rows to a Hessian from their 16-bit rounding (the values the GEMMs see), as
+    /// the reference does with an fp16 model; tensor cores on the GPU.
+    fn hessian_add(&self, hs: &mut BackendHessian<B>, x: &B::Buf<f32>, rows: usize) -> Result<()> {
+        let xh = self.to_half(x)?;
+        hs.add_half(self.b, &xh, self.half, rows)
+    }
+
+    fn linear(&self, lin: &DeviceLinear<B>, x: &B::Buf<f32>, rows: usize) -> Result<B::Buf<f32>> {
+        let xh = self.to_half(x)?;
+        lin.forward(self.b, &xh, rows, self.half)
+    }
+
+    /// Causal self-attention of whole samples (`attention_prefill`: cuBLAS batched GEMMs on
+    /// the GPU, not the runner's decode-oriented fused kernel).
+    fn attention(&self, dev: &DeviceLayer<B>, a: &B::Buf<f32>, rows: usize) -> Result<B::Buf<f32>> {
+        let (b, d) = (self.b, self.dims);
+        let ah = self.to_half(a)?;
+        let mut q = dev.linear(LinearKind::Q).forward(b, &ah, rows, self.half)?;
+        let mut k = dev.linear(LinearKind::K).forward(b, &ah, rows, self.half)?;
+        let v = dev.linear(LinearKind::V).forward(b, &ah, rows, self.half)?;
+        drop(ah);
+        let positions: Vec<u32> = (0..rows).map(|r| (r % self.seqlen) as u32).collect();
+        let positions = b.upload(&positions)?;
+        b.rope(&mut q, &positions, &self.inv_freq, d.head_dim)?;
+        b.rope(&mut k, &positions, &self.inv_freq, d.head_dim)?;
+        // HunYuan's QK-norm comes after RoPE (calib_forward::attention).
+        if let (Some(qn), Some(kn)) = (&dev.q_norm, &dev.k_norm) {
+            let mut q2 = b.zeros::<f32>(b.len_of(&q))?;
+            b.rms_norm(&q, qn, d.eps, &mut q2)?;
+            q = q2;
+            let mut k2 = b.zeros::<f32>(b.len_of(&k))?;
+            b.rms_norm(&k, kn, d.eps, &mut k2)?;
+            k = k2;
+        }
+        let shape = AttnShape {
+            heads: d.heads,
+            kv_heads: d.kv_heads,
+            head_dim: d.head_dim,
+            max_len: self.seqlen,
+        };
+        let mut out = b.zeros::<f32>(rows * d.q_dim())?;
+        b.attention_prefill(
+            &q,
+            &k,
+            &v,
+            rows / self.seqlen,
+            self.seqlen,
+            &shape,
+            &mut out,
+        )?;
+        Ok(out)
+    }
+
+    /// silu(gate(m)) * up(m).
+    fn mlp_act(&self, dev: &DeviceLayer<B>, m: &B::Buf<f32>, rows: usize) -> Result<B::Buf<f32>> {
+        let mh = self.to_half(m)?;
+        let g = dev
+            .linear(LinearKind::Gate)
+            .forward(self.b, &mh, rows, self.half)?;
+        let u = dev
+            .linear(LinearKind::Up)
+            .forward(self.b, &mh, rows, self.half)?;
+        let mut act = self.b.zeros::<f32>(self.b.len_of(&g))?;
+        self.b.silu_mul(&g, &u, &mut act)?;
+        Ok(act)
+    }
+}
+
+/// Solves `kinds` against the backend Hessian and swaps the quantized weights in, on the host
+/// (`lw`, what the resume store and the statistics use) and on the backend (`dev`).
+#[allow(clippy::too_many_arguments)]
+fn solve_group<B: Backend>(
+    f: &Fwd<'_, B>,
+    s: &mut GroupSolver,
+    kinds: &[LinearKind],
+    hs: &BackendHessian<B>,
+    lw: &mut LayerWeights,
+    dev: &mut DeviceLayer<B>,
+    clock: &mut Timer,
+) -> Result<()> {
+    let cfg = s.cfg.clone();
+    s.solve_with(
+        kinds,
+        lw,
+        clock,
+        |w| f.b.gptq_quantize(w, &hs.h, hs.nsamples, &cfg),
+        |w, candidates| f.b.gptq_output_errors(w, candidates, &hs.h, hs.dim),
+    )?;
+    for &kind in kinds {
+        dev.linears[kind_index(kind)] = DeviceLinear::upload(f.b, lw.linear(kind), f.half)?;
+    }
+    Ok(())
+}
+
+/// One decoder layer over the resident hidden states (`h`: chunks of whole samples, `rows`
+/// each), in place; with a solver, each group is quantized as soon as its inputs are known.
+#[allow(clippy::too_many_arguments)]
+fn run_layer_on<B: Backend>(
+    f: &Fwd<'_, B>,
+    lw: &mut LayerWeights,
+    dev: &mut DeviceLayer<B>,
+    h: &mut [B::Buf<f32>],
+    rows: &[usize],
+    mut solver: Option<&mut GroupSolver>,
+    need_output: bool,
+    clock: &mut Timer,
+) -> Result<()> {
+    let (b, dims) = (f.b, f.dims);
+    // Each pass over the chunks is timed as "forward" up to a synchronize, so the phase holds
+    // the device time of its kernels (Hessian updates included).
+    if let Some(s) = solver.as_deref_mut() {
+        let mut hs = BackendHessian::new(b, dims.hidden)?;
+        clock.time("forward", || -> Result<()> {
+            for (c, &r) in h.iter().zip(rows) {
+                let a = f.norm(c, &dev.input_norm)?;
+                f.hessian_add(&mut hs, &a, r)?;
+            }
+            b.synchronize()
+        })?;
+        solve_group(
+            f,
+            s,
+            &[LinearKind::Q, LinearKind::K, LinearKind::V],
+            &hs,
+            lw,
+            dev,
+            clock,
+        )?;
+    }
+
+    // Keep the attention outputs for o_proj's residual pass when they fit the budget, else
+    // recompute them there (same quantized q/k/v, same arithmetic: the same values).
+    let attn_bytes = rows.iter().sum::<usize>() * dims.q_dim() * 2;
+    let store_attn = attn_bytes <= f.attn_budget;
+    let mut attn = Vec::with_capacity(h.len());
+    let mut h_o = if solver.is_some() {
+        Some(BackendHessian::new(b, dims.q_dim())?)
+    } else {
+        None
+    };
+    // The attention outputs are kept in 16 bits: exactly what o_proj's GEMM and its Hessian
+    // read, at half the memory.
+    clock.time("forward", || -> Result<()> {
+        for (c, &r) in h.iter().zip(rows) {
+            let a = f.norm(c, &dev.input_norm)?;
+            let at = f.to_half(&f.attention(dev, &a, r)?)?;
+            if let Some(hs) = h_o.as_mut() {
+                hs.add_half(b, &at, f.half, r)?;
+            }
+            if store_attn {
+                attn.push(at);
+            }
+        }
+        b.synchronize()
+    })?;
+    if let (Some(s), Some(hs)) = (solver.as_deref_mut(), h_o.as_ref()) {
+        solve_group(f, s, &[LinearKind::O], hs, lw, dev, clock)?;
+    }
+    drop(h_o);
+    clock.time("forward", || -> Result<()> {
+        for (i, (c, &r)) in h.iter_mut().zip(rows).enumerate() {
+            let recomputed;
+            let at = match attn.get(i) {
+                Some(at) => at,
+                None => {
+                    let a = f.norm(c, &dev.input_norm)?;
+                    recomputed = f.to_half(&f.attention(dev, &a, r)?)?;
+                    &recomputed
+                }
+            };
+            let y = dev.linear(LinearKind::O).forward(b, at, r, f.half)?;
+            b.add(c, &y)?;
+        }
+        b.synchronize()
+    })?;
+    drop(attn);
+
+    if let Some(s) = solver {
+        let mut hs = BackendHessian::new(b, dims.hidden)?;
+        clock.time("forward", || -> Result<()> {
+            for (c, &r) in h.iter().zip(rows) {
+                let m = f.norm(c, &dev.post_norm)?;
+                f.hessian_add(&mut hs, &m, r)?;
+            }
+            b.synchronize()
+        })?;
+        solve_group(
+            f,
+            s,
+            &[LinearKind::Gate, LinearKind::Up],
+            &hs,
+            lw,
+            dev,
+            clock,
+        )?;
+        drop(hs);
+        let mut hs = BackendHessian::new(b, dims.intermediate)?;
+        clock.time("forward", || -> Result<()> {
+            for (c, &r) in h.iter().zip(rows) {
+                let m = f.norm(c, &dev.post_norm)?;
+                let act = f.mlp_act(dev, &m, r)?;
+                f.hessian_add(&mut hs, &act, r)?;
+            }
+            b.synchronize()
+        })?;
+        solve_group(f, s, &[LinearKind::Down], &hs, lw, dev, clock)?;
+    }
+    if need_output {
+        clock.time("forward", || -> Result<()> {
+            for (c, &r) in h.iter_mut().zip(rows) {
+                let m = f.norm(c, &dev.post_norm)?;
+                let act = f.mlp_act(dev, &m, r)?;
+                let y = f.linear(dev.linear(LinearKind::Down), &act, r)?;
+                b.add(c, &y)?;
+            }
+            b.synchronize()
+        })?;
+    }
+    Ok(())
+}
+
+/// `gptq_pipeline::run_layers` with the layer loop on `b`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_layers_on<B: Backend>(
+    b: &B,
+    ckpt: &Checkpoint,
+    scheme: &QuantScheme,
+    settings: &GptqSettings,
+    scale_dtype: DType,
+    partial: &Path,
+    progress: &dyn Progress,
+    clock: &mut Timer,
+) -> Result<CalibratedRun> {
+    settings.check()?;
+    let (corpus, set) = clock.time("calibration data", || calibration_batch(ckpt, settings))?;
+    let mut fp = fingerprint(ckpt, scheme, settings, &corpus)?;
+    // A partial output of the CPU pipeline is not continued with this loop, nor the reverse
+    // (their numerics differ); the CPU pipeline's fingerprint is unchanged.
+    fp["layer_loop"] = serde_json::json!("backend");
+    let store = ResumeStore::open(partial, &fp, settings.resume)?;
+    let n = ckpt.arch.num_layers();
+    let done = store.finished_layers(n);
+    let dims = ForwardDims::of(&ckpt.arch)?;
+    let half = HalfKind::for_dtype(ckpt.model_dtype()?);
+    let seqlen = set.seqlen;
+    let f = Fwd {
+        b,
+        dims: &dims,
+        half,
+        seqlen,
+        inv_freq: b.upload(&dims.rope.inv_freq)?,
+        // `HYQ_ATTN_BUDGET` (bytes) is a test hook: 0 forces the recompute path.
+        attn_budget: std::env::var("HYQ_ATTN_BUDGET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MAX_STORED_ATTN_BYTES),
+    };
+
+    // Hidden states resident on the backend, in chunks of whole samples; embedded chunk by
+    // chunk so the host never holds them all.
+    let chunk_rows = (CHUNK_TOKENS / seqlen).max(1) * seqlen;
+    let mut h = Vec::new();
+    let mut rows = Vec::new();
+    for toks in set.tokens.chunks(chunk_rows) {
+        let e = clock.time("read", || embed(ckpt, toks))?;
+        h.push(b.upload(&e)?);
+        rows.push(toks.len());
+    }
+
+    progress.begin("gptq", n as u64, 0);
+    let replay_until = if done == n { 0 } else { done };
+    for layer in 0..n {
+        if layer < done && layer >= replay_until {
+            progress.step(0, &format!("layer {layer} (resumed)"));
+            continue;
+        }
+        let mut lw = clock.time("read", || load_layer(ckpt, layer))?;
+        let last = layer + 1 == n;
+        if layer < done {
+            let stored = clock.time("read", || store.load_layer(layer))?;
+            for kind in LinearKind::ALL {
+                let spec = ckpt
+                    .arch
+                    .layer_linears(layer)
+                    .into_iter()
+                    .find(|s| s.kind == kind)
+                    .expect("every kind is listed");
+                let r = stored
+                    .iter()
+                    .find(|r| r.prefix == spec.prefix)
+                    .ok_or_else(|| Error::Resume {
+                        path: store.dir().to_path_buf(),
+                        msg: format!("progress of layer {layer} lacks {}", spec.prefix),
+                    })?;
+                lw.linear_mut(kind).weight = dequantize_packed(
+                    &spec.weight_name(),
+                    scheme,
+                    &r.packed,
+                    scale_dtype,
+                    spec.out_features,
+                    spec.in_features,
+                )?;
+            }
+            if !last {
+                let mut dev = DeviceLayer::upload(b, &lw, half)?;
+                clock.time("forward", || {
+                    run_layer_on(
+                        &f,
+                        &mut lw,
+                        &mut dev,
+                        &mut h,
+                        &rows,
+                        None,
+                        true,
+                        &mut Timer::new(),
+                    )
+                })?;
+            }
+            progress.step(0, &format!("layer {layer} (resumed)"));
+            continue;
+        }
+        let mut dev = DeviceLayer::upload(b, &lw, half)?;
+        let mut solver = GroupSolver {
+            layer,
+            scheme: *scheme,
+            cfg: settings.config(*scheme),
+            scale_dtype,
+            prefixes: ckpt
+                .arch
+                .layer_linears(layer)
+                .into_iter()
+                .map(|s| (s.kind, s.prefix))
+                .collect(),
+            results: Vec::new(),
+            dump: None,
+        };
+        run_layer_on(
+            &f,
+            &mut lw,
+            &mut dev,
+            &mut h,
+            &rows,
+            Some(&mut solver),
+            !last,
+            clock,
+        )?;
+        clock.time("write", || store.save_layer(layer, &solver.results))?;
+        crate::quant::gptq_pipeline::fault_point(&format!("after-layer-{layer}"));
+        progress.step(0, &format!("layer {layer}"));
+    }
+    progress.end();
+    Ok(CalibratedRun {
+        store,
+        record: CalibrationRecord {
+            corpus: corpus.files.clone(),
+            samples: set.samples,
+            seqlen: set.seqlen,
+            seed: settings.calib_opts.seed,
+            documents: set.documents,
+            pairs: set.pairs,
+            damp: settings.damp,
+            act_order: act_order_name(settings.act_order).into(),
+            resumed_layers: done,
+        },
+    })
+}
