@@ -209,8 +209,8 @@ struct QuantizeArgs {
     #[arg(long)]
     resume: bool,
     /// Where the linears are quantized: cpu, cuda, or auto (CUDA when a driver and GPU are
-    /// usable, else the CPU). RTN's output is byte-identical either way; GPTQ runs on the CPU
-    /// in this build (auto picks the CPU for it, cuda is refused).
+    /// usable, else the CPU). RTN's output is byte-identical either way. GPTQ: auto picks the
+    /// CPU; its CUDA path is not verified on a GPU yet (docs/gpu-gptq.md).
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -307,9 +307,25 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
         .into());
     }
     let mut choice = a.device.parse::<DeviceChoice>()?;
-    if opts.method == Method::Gptq && choice == DeviceChoice::Auto {
-        // GPTQ has no CUDA path yet: auto means the CPU for it.
-        choice = DeviceChoice::Cpu;
+    if opts.method == Method::Gptq {
+        // The GPU GPTQ path (docs/gpu-gptq.md) has not run on a GPU yet: auto means the CPU,
+        // and an explicit request must say it accepts an unverified path.
+        match choice {
+            DeviceChoice::Auto => choice = DeviceChoice::Cpu,
+            DeviceChoice::Cuda
+                if std::env::var_os("HYQ_UNVERIFIED_GPU_GPTQ").is_none_or(|v| v != "1") =>
+            {
+                return Err(hy_quant::Error::Flag {
+                    flag: "--device".into(),
+                    msg:
+                        "GPTQ on CUDA is written but not yet verified on a GPU (docs/gpu-gptq.md); \
+                          use --device cpu, or set HYQ_UNVERIFIED_GPU_GPTQ=1 to try it"
+                            .into(),
+                }
+                .into())
+            }
+            _ => {}
+        }
     }
     let selection = Device::select(choice)?;
     if let Some(note) = &selection.note {
