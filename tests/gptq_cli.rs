@@ -353,6 +353,12 @@ fn bad_calibration_input_is_refused_clearly() {
     assert!(err.contains("short.jsonl") && err.contains("8192"), "{err}");
     no_output("short corpus");
 
+    // The GPU GPTQ path is not verified on a GPU yet: an explicit request is refused.
+    let (code, _, err) = run(&gptq_args(&f, out_s, &["--device", "cuda"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("HYQ_UNVERIFIED_GPU_GPTQ"), "{err}");
+    no_output("gptq on cuda");
+
     let (code, _, err) = run(&gptq_args(&f, out_s, &["--damp", "-1"]));
     assert_eq!(code, 2);
     assert!(err.contains("--damp"), "{err}");
