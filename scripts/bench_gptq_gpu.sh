@@ -4,9 +4,8 @@
 #   usage: scripts/bench_gptq_gpu.sh WORKDIR [PRESET] [SAMPLES] [SEQLEN] [TOKENIZER_DIR]
 #     PRESET        hy-mt1.5-7b (default) | hy-mt1.5-1.8b | tiny
 #     TOKENIZER_DIR a directory with the model's tokenizer.json (+ tokenizer_config.json);
-#                   without it a word-level tokenizer (w5..w1023, like tests/common) and a
-#                   matching random corpus are written, which is enough for timing.
-# `synth` writes no tokenizer (checked 2026-11-30), hence the tokenizer step here.
+#                   without it synth's word-level tokenizer (w6, w7, ...) is used with a
+#                   random corpus of those words, which is enough for timing.
 # Prints the wall time, the manifest's phases, the peak VRAM (nvidia-smi, polled every
 # 100 ms, minus the reading before the run) and the peak host RSS. HYQ_BIN overrides the binary.
 set -euo pipefail
@@ -28,32 +27,11 @@ if [ -n "$tokdir" ]; then
   [ -f "$tokdir/tokenizer_config.json" ] && cp "$tokdir/tokenizer_config.json" "$model/"
   corpus_args=()   # the bundled corpus
 else
-  {
-    printf '{"version":"1.0","truncation":null,"padding":null,"added_tokens":['
-    i=0
-    for s in '<unk>' '<｜hy_begin▁of▁sentence｜>' '<｜hy_User｜>' '<｜hy_Assistant｜>' '<｜hy_place▁holder▁no▁2｜>'; do
-      [ $i -gt 0 ] && printf ','
-      printf '{"id":%d,"content":"%s","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}' $i "$s"
-      i=$((i + 1))
-    done
-    printf '],"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,'
-    printf '"decoder":{"type":"WordPiece","prefix":"##","cleanup":false},"model":{"type":"WordLevel","vocab":{'
-    i=0
-    for s in '<unk>' '<｜hy_begin▁of▁sentence｜>' '<｜hy_User｜>' '<｜hy_Assistant｜>' '<｜hy_place▁holder▁no▁2｜>'; do
-      printf '"%s":%d,' "$s" $i
-      i=$((i + 1))
-    done
-    for i in $(seq 5 1023); do
-      printf '"w%d":%d' $i $i
-      [ $i -lt 1023 ] && printf ','
-    done
-    printf '},"unk_token":"<unk>"}}'
-  } > "$model/tokenizer.json"
   if [ ! -f "$corpus" ]; then
     RANDOM=7
     for d in $(seq 1 3000); do
       words=""
-      for w in $(seq 1 120); do words+="w$((5 + RANDOM % 1000)) "; done
+      for w in $(seq 1 120); do words+="w$((6 + RANDOM % 1000)) "; done
       printf '{"kind":"text","lang":"en","text":"%s","source":"bench"}\n' "${words% }"
     done > "$corpus"
   fi
