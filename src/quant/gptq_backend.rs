@@ -17,14 +17,14 @@ use std::path::Path;
 
 use crate::backend::{AttnShape, Backend, BackendHessian, HalfKind};
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::manifest::CalibrationRecord;
 use crate::model::arch::LinearKind;
 use crate::model::Checkpoint;
 use crate::progress::Progress;
 use crate::quant::calib_forward::{kind_index, load_layer, DenseLinear, ForwardDims, LayerWeights};
 use crate::quant::gptq_pipeline::{
-    act_order_name, calibration_batch, dequantize_packed, embed, fingerprint, CalibratedRun,
+    act_order_name, calibration_batch, embed, fingerprint, restore_quantized_layer, CalibratedRun,
     GptqSettings, GroupSolver,
 };
 use crate::quant::pipeline::Timer;
@@ -419,30 +419,9 @@ pub(crate) fn run_layers_on<B: Backend>(
         let mut lw = clock.time("read", || load_layer(ckpt, layer))?;
         let last = layer + 1 == n;
         if layer < done {
-            let stored = clock.time("read", || store.load_layer(layer))?;
-            for kind in LinearKind::ALL {
-                let spec = ckpt
-                    .arch
-                    .layer_linears(layer)
-                    .into_iter()
-                    .find(|s| s.kind == kind)
-                    .expect("every kind is listed");
-                let r = stored
-                    .iter()
-                    .find(|r| r.prefix == spec.prefix)
-                    .ok_or_else(|| Error::Resume {
-                        path: store.dir().to_path_buf(),
-                        msg: format!("progress of layer {layer} lacks {}", spec.prefix),
-                    })?;
-                lw.linear_mut(kind).weight = dequantize_packed(
-                    &spec.weight_name(),
-                    scheme,
-                    &r.packed,
-                    scale_dtype,
-                    spec.out_features,
-                    spec.in_features,
-                )?;
-            }
+            clock.time("read", || {
+                restore_quantized_layer(ckpt, &store, layer, scheme, scale_dtype, &mut lw)
+            })?;
             if !last {
                 let mut dev = DeviceLayer::upload(b, &lw, half)?;
                 clock.time("forward", || {

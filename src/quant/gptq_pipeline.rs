@@ -474,6 +474,37 @@ fn run_layer(
     Ok(())
 }
 
+/// Replaces the linears of `lw` (layer `layer`, original weights) by the quantized weights a
+/// finished run stored, as a loader reconstructs them: the input of replaying that layer.
+pub(crate) fn restore_quantized_layer(
+    ckpt: &Checkpoint,
+    store: &ResumeStore,
+    layer: usize,
+    scheme: &QuantScheme,
+    scale_dtype: DType,
+    lw: &mut LayerWeights,
+) -> Result<()> {
+    let stored = store.load_layer(layer)?;
+    for spec in ckpt.arch.layer_linears(layer) {
+        let r = stored
+            .iter()
+            .find(|r| r.prefix == spec.prefix)
+            .ok_or_else(|| Error::Resume {
+                path: store.dir().to_path_buf(),
+                msg: format!("progress of layer {layer} lacks {}", spec.prefix),
+            })?;
+        lw.linear_mut(spec.kind).weight = dequantize_packed(
+            &spec.weight_name(),
+            scheme,
+            &r.packed,
+            scale_dtype,
+            spec.out_features,
+            spec.in_features,
+        )?;
+    }
+    Ok(())
+}
+
 /// Quantizes every decoder layer with GPTQ into the resume store under `partial`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_layers(
@@ -519,30 +550,9 @@ pub(crate) fn run_layers(
         let last = layer + 1 == n;
         if layer < done {
             // Replay a finished layer with its stored quantized weights.
-            let stored = clock.time("read", || store.load_layer(layer))?;
-            for kind in LinearKind::ALL {
-                let spec = ckpt
-                    .arch
-                    .layer_linears(layer)
-                    .into_iter()
-                    .find(|s| s.kind == kind)
-                    .expect("every kind is listed");
-                let r = stored
-                    .iter()
-                    .find(|r| r.prefix == spec.prefix)
-                    .ok_or_else(|| Error::Resume {
-                        path: store.dir().to_path_buf(),
-                        msg: format!("progress of layer {layer} lacks {}", spec.prefix),
-                    })?;
-                lw.linear_mut(kind).weight = dequantize_packed(
-                    &spec.weight_name(),
-                    scheme,
-                    &r.packed,
-                    scale_dtype,
-                    spec.out_features,
-                    spec.in_features,
-                )?;
-            }
+            clock.time("read", || {
+                restore_quantized_layer(ckpt, &store, layer, scheme, scale_dtype, &mut lw)
+            })?;
             if !last {
                 run_layer(&dims, &mut lw, &mut h, set.seqlen, None, true, clock)?;
             }
