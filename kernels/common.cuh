@@ -62,3 +62,31 @@ __device__ __forceinline__ float block_sum(float v) {
     for (u32 w = 0; w < nwarps; ++w) s += partial[w];
     return s;
 }
+
+// --- The quantization grid's f32 operations, shared by rtn.cu and gptq_solve.cu so both
+// reproduce src/quant/grid.rs bit for bit.
+
+// grid.rs round_half_even: (x + 1.5*2^23) - 1.5*2^23 for |x| < 2^22, else x.
+__device__ __forceinline__ float grid_round_half_even(float x) {
+    const float MAGIC = 12582912.0f;
+    return fabsf(x) < 4194304.0f ? __fsub_rn(__fadd_rn(x, MAGIC), MAGIC) : x;
+}
+
+// Rust's saturating `f32 as u32`.
+__device__ __forceinline__ u32 grid_f32_as_u32(float x) {
+    if (!(x > 0.0f)) return 0u;
+    if (x >= 4294967296.0f) return 0xffffffffu;
+    return (u32)x;
+}
+
+// store: 0 = f16, 1 = bf16, 2 = f32 (DType::round_f32).
+__device__ __forceinline__ float grid_store_round(float x, u32 store) {
+    return store == 2u ? x : round_half(x, store);
+}
+
+// DType::min_positive: the smallest subnormal of the store type.
+__device__ __forceinline__ float grid_store_min_positive(u32 store) {
+    if (store == 2u) return __int_as_float(1);
+    if (store == 1u) return __uint_as_float(1u << 16);
+    return 5.9604644775390625e-8f;  // 2^-24, f16 bits 0x0001
+}

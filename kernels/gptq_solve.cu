@@ -8,31 +8,6 @@
 // intrinsics (__fadd_rn, __fmul_rn, ...) so that NVCC/NVRTC cannot contract it into FMAs:
 // given the same inputs, the sweep makes exactly the CPU's f32 operations in the CPU's order.
 
-// grid.rs round_half_even: (x + 1.5*2^23) - 1.5*2^23 for |x| < 2^22, else x.
-__device__ __forceinline__ float gq_round_half_even(float x) {
-    const float MAGIC = 12582912.0f;
-    return fabsf(x) < 4194304.0f ? __fsub_rn(__fadd_rn(x, MAGIC), MAGIC) : x;
-}
-
-// Rust's saturating `f32 as u32`.
-__device__ __forceinline__ u32 gq_f32_as_u32(float x) {
-    if (!(x > 0.0f)) return 0u;
-    if (x >= 4294967296.0f) return 0xffffffffu;
-    return (u32)x;
-}
-
-// store: 0 = f16, 1 = bf16, 2 = f32 (DType::round_f32).
-__device__ __forceinline__ float gq_store_round(float x, u32 store) {
-    return store == 2u ? x : round_half(x, store);
-}
-
-// DType::min_positive: the smallest subnormal of the store type.
-__device__ __forceinline__ float gq_store_min_positive(u32 store) {
-    if (store == 2u) return __int_as_float(1);
-    if (store == 1u) return __uint_as_float(1u << 16);
-    return 5.9604644775390625e-8f;  // 2^-24, f16 bits 0x0001
-}
-
 // out[i] = h[i * n + i].
 extern "C" __global__ void gq_diag_f32(const float* __restrict__ h, float* __restrict__ out,
                                        u32 n) {
@@ -104,14 +79,14 @@ __device__ __forceinline__ bool gq_fit(float lo, float hi, u32 bits, u32 sym, u3
         hi = 1.0f;
     }
     float scale = __fdiv_rn(__fsub_rn(hi, lo), maxq);
-    u32 zero = sym ? (1u << (bits - 1u)) : gq_f32_as_u32(gq_round_half_even(__fdiv_rn(-lo, scale)));
+    u32 zero = sym ? (1u << (bits - 1u)) : grid_f32_as_u32(grid_round_half_even(__fdiv_rn(-lo, scale)));
     if (!sym && zero == 0u) {
         zero = 1u;
         scale = __fdiv_rn(hi, __fsub_rn(maxq, 1.0f));
     }
-    const float stored = gq_store_round(scale, store);
+    const float stored = grid_store_round(scale, store);
     if (!isfinite(stored)) return false;
-    *scale_out = stored > 0.0f ? stored : gq_store_min_positive(store);
+    *scale_out = stored > 0.0f ? stored : grid_store_min_positive(store);
     *zero_out = zero;
     return true;
 }
@@ -203,8 +178,8 @@ extern "C" __global__ void gq_sweep_block(const float* __restrict__ w, const flo
             }
             const float x = __shfl_sync(0xffffffffu, w1[t], l);
             // GroupParams::quantize / dequantize.
-            const float qv = __fadd_rn(gq_round_half_even(__fdiv_rn(x, scale)), zf);
-            const u32 level = gq_f32_as_u32(fminf(fmaxf(qv, 0.0f), maxq));
+            const float qv = __fadd_rn(grid_round_half_even(__fdiv_rn(x, scale)), zf);
+            const u32 level = grid_f32_as_u32(fminf(fmaxf(qv, 0.0f), maxq));
             const float dq = __fmul_rn(scale, __fsub_rn((float)level, zf));
             const float* urow = u + (u64)j * k + i1;
             const float d = urow[i];

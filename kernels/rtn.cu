@@ -7,31 +7,6 @@
 // One warp per (row n, group g). Outputs: q [N, K] levels as bytes, scales/zeros [G, N],
 // *overflow = 1 when a stored scale is not finite (the host then reports the CPU's error).
 
-// grid.rs round_half_even: (x + 1.5*2^23) - 1.5*2^23 for |x| < 2^22, else x.
-__device__ __forceinline__ float rtn_round_half_even(float x) {
-    const float MAGIC = 12582912.0f;
-    return fabsf(x) < 4194304.0f ? __fsub_rn(__fadd_rn(x, MAGIC), MAGIC) : x;
-}
-
-// Rust's saturating `f32 as u32`.
-__device__ __forceinline__ u32 f32_as_u32(float x) {
-    if (!(x > 0.0f)) return 0u;
-    if (x >= 4294967296.0f) return 0xffffffffu;
-    return (u32)x;
-}
-
-// store: 0 = f16, 1 = bf16, 2 = f32 (DType::round_f32).
-__device__ __forceinline__ float store_round(float x, u32 store) {
-    return store == 2u ? x : round_half(x, store);
-}
-
-// DType::min_positive: the smallest subnormal of the store type.
-__device__ __forceinline__ float store_min_positive(u32 store) {
-    if (store == 2u) return __int_as_float(1);
-    if (store == 1u) return __uint_as_float(1u << 16);
-    return 5.9604644775390625e-8f;  // 2^-24, f16 bits 0x0001
-}
-
 extern "C" __global__ void rtn_quantize(const float* __restrict__ w, unsigned char* __restrict__ q,
                                         float* __restrict__ scales, u32* __restrict__ zeros,
                                         u32* __restrict__ overflow, u32 n_out, u32 k_in, u32 glen,
@@ -65,22 +40,22 @@ extern "C" __global__ void rtn_quantize(const float* __restrict__ w, unsigned ch
         hi = 1.0f;
     }
     float scale = __fdiv_rn(__fsub_rn(hi, lo), maxq);
-    u32 zero = sym ? (1u << (bits - 1u)) : f32_as_u32(rtn_round_half_even(__fdiv_rn(-lo, scale)));
+    u32 zero = sym ? (1u << (bits - 1u)) : grid_f32_as_u32(grid_round_half_even(__fdiv_rn(-lo, scale)));
     if (!sym && zero == 0u) {
         zero = 1u;
         scale = __fdiv_rn(hi, __fsub_rn(maxq, 1.0f));
     }
-    const float stored = store_round(scale, store);
+    const float stored = grid_store_round(scale, store);
     if (!isfinite(stored)) {
         if (lane == 0) *overflow = 1u;
         return;
     }
-    scale = stored > 0.0f ? stored : store_min_positive(store);
+    scale = stored > 0.0f ? stored : grid_store_min_positive(store);
     const float zf = (float)zero;
     unsigned char* qr = q + (u64)n * k_in + k0;
     for (u32 i = lane; i < len; i += 32u) {
-        const float v = __fadd_rn(rtn_round_half_even(__fdiv_rn(row[i], scale)), zf);
-        qr[i] = (unsigned char)f32_as_u32(fminf(fmaxf(v, 0.0f), maxq));
+        const float v = __fadd_rn(grid_round_half_even(__fdiv_rn(row[i], scale)), zf);
+        qr[i] = (unsigned char)grid_f32_as_u32(fminf(fmaxf(v, 0.0f), maxq));
     }
     if (lane == 0) {
         scales[(u64)g * n_out + n] = scale;
