@@ -96,6 +96,11 @@ extern "C" __global__ void to_half_f32(const float* __restrict__ x, u16* __restr
     if (i < n) out[i] = f32_to_half(x[i], kind);
 }
 
+extern "C" __global__ void from_half_u16(const u16* __restrict__ x, float* __restrict__ out, u64 n, u32 kind) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = half_to_f32(x[i], kind);
+}
+
 // Rows whose slot or position is outside the cache are skipped (the host checks what it can).
 extern "C" __global__ void kv_append_f32(const float* __restrict__ k, const float* __restrict__ v,
                                          const u32* __restrict__ slots, const u32* __restrict__ pos,

@@ -15,12 +15,24 @@ extern "C" __global__ void gq_diag_f32(const float* __restrict__ h, float* __res
     if (i < n) out[i] = h[(u64)i * n + i];
 }
 
-// h[i][j] = h[j][i] for i > j (row-major): SSYRK filled the row-major upper triangle.
+// h[i][j] = h[j][i] for i > j (row-major): the Hessian products filled the row-major upper
+// triangle. 32x32 tiles through shared memory so reads and writes are both coalesced; a
+// (32, 8) thread block per tile, grid (ceil(n/32), ceil(n/32)), tiles above the diagonal
+// return at once.
 extern "C" __global__ void gq_mirror_upper_to_lower(float* __restrict__ h, u32 n) {
-    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (u64)n * n) return;
-    const u32 i = (u32)(idx / n), j = (u32)(idx % n);
-    if (i > j) h[idx] = h[(u64)j * n + i];
+    __shared__ float tile[32][33];
+    const u32 bi = blockIdx.y, bj = blockIdx.x;  // destination tile (rows bi, cols bj)
+    if (bj > bi) return;
+    // Load the source tile: rows bj*32.., cols bi*32.. (row-major upper side).
+    for (u32 r = threadIdx.y; r < 32u; r += 8u) {
+        const u32 i = bj * 32u + r, j = bi * 32u + threadIdx.x;
+        if (i < n && j < n) tile[r][threadIdx.x] = h[(u64)i * n + j];
+    }
+    __syncthreads();
+    for (u32 r = threadIdx.y; r < 32u; r += 8u) {
+        const u32 i = bi * 32u + r, j = bj * 32u + threadIdx.x;
+        if (i < n && j < n && i > j) h[(u64)i * n + j] = tile[threadIdx.x][r];
+    }
 }
 
 // *first = smallest index of a non-finite value (*first starts at 0xffffffff).
@@ -253,4 +265,102 @@ extern "C" __global__ void gq_causal_softmax(float* __restrict__ s, u32 seqlen) 
     sum = block_sum(sum);
     const float inv = 1.0f / sum;
     for (u32 j = threadIdx.x; j < seqlen; j += blockDim.x) row[j] = j <= i ? row[j] * inv : 0.0f;
+}
+
+// ---- Device-resident per-linear work (gptq_solve.rs `solve_linear`): the weight never makes
+// a round trip through the host; only the packed result comes back.
+
+// The sweep-order f32 weight from the 16-bit original (gptq.rs sweep_order_weight):
+// out[n][i] = dead[perm[i]] ? 0 : w16[n][perm[i]].
+extern "C" __global__ void gq_sweep_weight_from_half(const u16* __restrict__ w16, u32 kind,
+                                                     const u32* __restrict__ perm,
+                                                     const unsigned char* __restrict__ dead,
+                                                     float* __restrict__ out, u32 n_out, u32 k) {
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (u64)n_out * k) return;
+    const u32 n = (u32)(idx / k), i = (u32)(idx % k);
+    const u32 c = perm[i];
+    out[idx] = dead[c] ? 0.0f : half_to_f32(w16[(u64)n * k + c], kind);
+}
+
+// Dequantized weight in original column order (QuantizedLinear::dequantize):
+// out[n][c] = scale[g][n] * (q[n][src(c)] - zero[g][n]) with src(c) = col_src[c] (the sweep
+// position of column c; identity when null) and g = g_of_col[c] (c / glen when null); the
+// same two f32 operations as the host. out16 (optional) gets it rounded to `kind` (what the
+// host uploads for the forward after `half.from_f32`).
+extern "C" __global__ void gq_dequant_levels(const unsigned char* __restrict__ q,
+                                             const u32* __restrict__ col_src,
+                                             const float* __restrict__ scales,
+                                             const u32* __restrict__ zeros,
+                                             const u32* __restrict__ g_of_col, u32 glen,
+                                             float* __restrict__ out, u16* __restrict__ out16,
+                                             u32 kind, u32 n_out, u32 k) {
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (u64)n_out * k) return;
+    const u32 n = (u32)(idx / k), c = (u32)(idx % k);
+    const u32 src = col_src ? col_src[c] : c;
+    const u32 g = g_of_col ? g_of_col[c] : c / glen;
+    const u64 p = (u64)g * n_out + n;
+    const float v = __fmul_rn(scales[p], __fsub_rn((float)q[(u64)n * k + src], (float)zeros[p]));
+    out[idx] = v;
+    if (out16) out16[idx] = f32_to_half(v, kind);
+}
+
+// GPTQ v1 qweight ([k / pf, n_out] int32, gptq_v1.rs pack): word (r, n) holds the levels of
+// columns r*pf .. r*pf+pf-1 of row n, column r*pf+j in bits [bits*j, bits*j+bits).
+extern "C" __global__ void gq_pack_qweight(const unsigned char* __restrict__ q,
+                                           const u32* __restrict__ col_src,
+                                           int* __restrict__ qweight, u32 n_out, u32 k, u32 bits) {
+    const u32 pf = 32u / bits, mask = (1u << bits) - 1u;
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (u64)(k / pf) * n_out) return;
+    const u32 r = (u32)(idx / n_out), n = (u32)(idx % n_out);
+    const unsigned char* row = q + (u64)n * k;
+    u32 word = 0u;
+    for (u32 j = 0; j < pf; ++j) {
+        const u32 c = r * pf + j;
+        word |= ((u32)row[col_src ? col_src[c] : c] & mask) << (bits * j);
+    }
+    qweight[idx] = (int)word;
+}
+
+// a[i] = a[i] - b[i] when sub_from_b == 0, else a[i] = b[i] - a[i] (in place).
+extern "C" __global__ void gq_sub_in_place(float* __restrict__ a, const float* __restrict__ b,
+                                           u64 n, u32 sub_from_b) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) a[i] = sub_from_b ? __fsub_rn(b[i], a[i]) : __fsub_rn(a[i], b[i]);
+}
+
+// Weight-space error of d against w (stats.rs ErrorStats): per block, Σ(w-d)², Σw² in f64 and
+// max|w-d|, over a fixed grid-stride partition; the host adds the blocks' partials in order,
+// so the result does not depend on scheduling. blockDim.x must be 256.
+extern "C" __global__ void __launch_bounds__(256) gq_error_partials(
+    const float* __restrict__ w, const float* __restrict__ d, u64 n, double* __restrict__ err,
+    double* __restrict__ norm, double* __restrict__ max_abs) {
+    __shared__ double se[256], sn[256], sm[256];
+    double e = 0.0, s = 0.0, m = 0.0;
+    for (u64 i = (u64)blockIdx.x * 256u + threadIdx.x; i < n; i += (u64)gridDim.x * 256u) {
+        const double x = (double)w[i], y = (double)d[i];
+        const double diff = x - y;
+        e += diff * diff;
+        s += x * x;
+        m = fmax(m, fabs(diff));
+    }
+    se[threadIdx.x] = e;
+    sn[threadIdx.x] = s;
+    sm[threadIdx.x] = m;
+    __syncthreads();
+    for (u32 o = 128; o > 0; o >>= 1) {
+        if (threadIdx.x < o) {
+            se[threadIdx.x] += se[threadIdx.x + o];
+            sn[threadIdx.x] += sn[threadIdx.x + o];
+            sm[threadIdx.x] = fmax(sm[threadIdx.x], sm[threadIdx.x + o]);
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        err[blockIdx.x] = se[0];
+        norm[blockIdx.x] = sn[0];
+        max_abs[blockIdx.x] = sm[0];
+    }
 }

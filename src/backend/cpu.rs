@@ -179,6 +179,14 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn widen_half(&self, x: &Vec<u16>, half: HalfKind, out: &mut Vec<f32>) -> Result<()> {
+        check_len("widen_half", "out", out.len(), x.len())?;
+        out.par_iter_mut()
+            .zip(x.par_iter())
+            .for_each(|(o, &v)| *o = half.to_f32(v));
+        Ok(())
+    }
+
     fn gemm(
         &self,
         x: &Vec<u16>,
@@ -340,6 +348,8 @@ impl Backend for CpuBackend {
         samples: usize,
         seqlen: usize,
         shape: &AttnShape,
+        // f32 always: the CPU has no TF32.
+        _math: crate::backend::PrefillMath,
         out: &mut Vec<f32>,
     ) -> Result<()> {
         shape.check()?;

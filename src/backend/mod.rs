@@ -238,6 +238,99 @@ pub struct InverseFactor<B: Backend + ?Sized> {
     pub retries: u32,
 }
 
+/// One linear for `Backend::gptq_linear`.
+pub struct LinearJob<'a, B: Backend + ?Sized> {
+    /// The original weight on the host (f32, HF layout), with its name and scale dtype.
+    pub weight: &'a Weight<'a>,
+    /// The same weight on the backend in `half` (what the forward reads).
+    pub w16: &'a B::Buf<u16>,
+    pub half: HalfKind,
+    /// `w16` holds `weight` exactly (a 16-bit checkpoint): the backend may work from it and
+    /// skip uploading the f32 copy.
+    pub exact16: bool,
+    /// Hessian of the linear's inputs, [in, in].
+    pub h: &'a B::Buf<f32>,
+    pub nsamples: usize,
+    pub cfg: &'a GptqConfig,
+}
+
+/// What `Backend::gptq_linear` returns: the GPTQ-v1 tensors to write, the dequantized weight
+/// on the backend for the rest of the forward, and the manifest's statistics.
+pub struct SolvedLinear<B: Backend + ?Sized> {
+    pub packed: crate::export::gptq_v1::PackedGptq,
+    /// `half(dequantize(packed))`, [out, in] on the backend: the weight a loader reconstructs.
+    pub deq16: B::Buf<u16>,
+    /// Weight-space error of the dequantized weight against the original.
+    pub error: crate::quant::stats::ErrorStats,
+    /// Relative squared output errors on the calibration inputs (`gptq::output_errors`): of
+    /// the GPTQ weight and of RTN's on the same scheme.
+    pub output_err_sq: f64,
+    pub rtn_output_err_sq: f64,
+    pub damp_used: f64,
+    pub retries: u32,
+    pub loss: f64,
+    /// Parts of the wall time the backend measured (manifest phases).
+    pub phases: Vec<(&'static str, f64)>,
+}
+
+/// `Backend::gptq_linear` made of the other ops with the host in between (the CPU backend's
+/// way, and the reference the GPU's device-resident version is tested against): solve, pack,
+/// the loader's dequantization, RTN for comparison, output and weight errors.
+pub fn gptq_linear_on_host<B: Backend + ?Sized>(
+    b: &B,
+    job: &LinearJob<'_, B>,
+) -> Result<SolvedLinear<B>> {
+    use rayon::prelude::*;
+    let w = job.weight;
+    let timed = |phases: &mut Vec<(&'static str, f64)>, name, t: std::time::Instant| {
+        phases.push((name, t.elapsed().as_secs_f64()));
+    };
+    let mut phases = Vec::new();
+    let t = std::time::Instant::now();
+    let outcome = b.gptq_quantize(w, job.h, job.nsamples, job.cfg)?;
+    let parts: f64 = outcome.phases.iter().map(|p| p.1).sum();
+    phases.extend(outcome.phases.iter().copied());
+    phases.push(("solve", (t.elapsed().as_secs_f64() - parts).max(0.0)));
+    let t = std::time::Instant::now();
+    let packed = crate::export::gptq_v1::pack(&outcome.linear, w.scale_dtype);
+    timed(&mut phases, "pack", t);
+    let t = std::time::Instant::now();
+    let deq = crate::quant::gptq_pipeline::dequantize_packed(
+        w.name,
+        &job.cfg.scheme,
+        &packed,
+        w.scale_dtype,
+        w.out_features,
+        w.in_features,
+    )?;
+    let deq16 = b.upload(
+        &deq.par_iter()
+            .map(|&v| job.half.from_f32(v))
+            .collect::<Vec<u16>>(),
+    )?;
+    timed(&mut phases, "dequantize", t);
+    let t = std::time::Instant::now();
+    let rtn = b.quantize_rtn(&job.cfg.scheme, w)?.dequantize();
+    timed(&mut phases, "stats: rtn", t);
+    let t = std::time::Instant::now();
+    let errs = b.gptq_output_errors(w.data, &[&deq, &rtn], job.h, w.in_features)?;
+    timed(&mut phases, "stats: output error", t);
+    let t = std::time::Instant::now();
+    let error = crate::quant::stats::ErrorStats::between(w.data, &deq);
+    timed(&mut phases, "stats: weight error", t);
+    Ok(SolvedLinear {
+        packed,
+        deq16,
+        error,
+        output_err_sq: errs[0],
+        rtn_output_err_sq: errs[1],
+        damp_used: outcome.damp_used,
+        retries: outcome.retries,
+        loss: outcome.loss,
+        phases,
+    })
+}
+
 /// A GPTQ Hessian H = 2/n Σ xxᵀ held on a backend, f32 [dim, dim] (the CPU pipeline keeps its
 /// own f64 `gptq::Hessian`; see docs/gpu-gptq.md for why f32 is enough on the GPU).
 pub struct BackendHessian<B: Backend> {
@@ -301,6 +394,17 @@ pub struct MemStats {
 
 /// The ops the runner and the quantizer need. Every op has a CPU and a CUDA implementation;
 /// tests/backend_ops.rs runs one body per op on both and compares with a host reference.
+/// Arithmetic of `attention_prefill`'s two products (scores and P·V).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefillMath {
+    /// f32 throughout (the CPU always does this).
+    F32,
+    /// TF32 tensor cores on the GPU: inputs rounded to 10-bit mantissas, f32 accumulation
+    /// (relative error ~1e-3, finer than the 16-bit inputs of the linears around it); the
+    /// calibration forward's choice.
+    Tf32,
+}
+
 pub trait Backend: Send + Sync {
     type Buf<T: Elem>: Send + Sync;
 
@@ -360,6 +464,14 @@ pub trait Backend: Send + Sync {
 
     /// f32 to 16-bit, round to nearest even.
     fn to_half(&self, x: &Self::Buf<f32>, half: HalfKind, out: &mut Self::Buf<u16>) -> Result<()>;
+
+    /// 16-bit to f32 (exact).
+    fn widen_half(
+        &self,
+        x: &Self::Buf<u16>,
+        half: HalfKind,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
 
     /// `out[m, n] = x[m, k] . w[n, k]^T` with 16-bit inputs and f32 accumulation and output
     /// (cuBLAS on the GPU).
@@ -430,6 +542,7 @@ pub trait Backend: Send + Sync {
         samples: usize,
         seqlen: usize,
         shape: &AttnShape,
+        math: PrefillMath,
         out: &mut Self::Buf<f32>,
     ) -> Result<()>;
 
@@ -516,6 +629,15 @@ pub trait Backend: Send + Sync {
     /// Round-to-nearest quantization of one linear by `quant::rtn`'s rules (host weight in,
     /// levels and group parameters out). Byte-identical on every backend.
     fn quantize_rtn(&self, scheme: &QuantScheme, w: &Weight<'_>) -> Result<QuantizedLinear>;
+
+    /// Everything the calibrated layer loop needs for one linear (`LinearJob` ->
+    /// `SolvedLinear`): GPTQ solve, GPTQ-v1 packing, the loader's dequantized weight on the
+    /// backend, RTN and the output/weight errors. The default goes through the host
+    /// (`gptq_linear_on_host`); the GPU keeps the weight on the device and brings back only
+    /// the packed tensors.
+    fn gptq_linear(&self, job: &LinearJob<'_, Self>) -> Result<SolvedLinear<Self>> {
+        gptq_linear_on_host(self, job)
+    }
 }
 
 pub(crate) fn runner_err(msg: impl Into<String>) -> Error {

@@ -79,23 +79,53 @@ pub fn pack(ql: &QuantizedLinear, scale_dtype: DType) -> PackedGptq {
                 *word = by_row[n * words_per_row + r] as i32;
             }
         });
+    let (qzeros, scales, g_idx) = pack_group_params(
+        &ql.scheme,
+        n_out,
+        groups,
+        &ql.scales,
+        &ql.zeros,
+        &ql.g_idx,
+        scale_dtype,
+    );
+    PackedGptq {
+        qweight,
+        qzeros,
+        scales,
+        g_idx,
+    }
+}
+
+/// The group tensors of `pack`: qzeros (zero − 1, packed along N), scales as `scale_dtype`
+/// bytes, g_idx as i32. Shared with the GPU path, which packs qweight on the device.
+pub fn pack_group_params(
+    scheme: &QuantScheme,
+    n_out: usize,
+    groups: usize,
+    scales: &[f32],
+    zeros: &[u32],
+    g_idx: &[u32],
+    scale_dtype: DType,
+) -> (Vec<i32>, Vec<u8>, Vec<i32>) {
+    let bits = scheme.bits as usize;
+    let pf = scheme.pack_factor();
+    let mask = scheme.maxq();
     let mut qzeros = vec![0i32; groups * n_out / pf];
     for g in 0..groups {
         for c in 0..n_out / pf {
             let mut w = 0u32;
             for j in 0..pf {
-                let z = ql.zeros[g * n_out + c * pf + j];
+                let z = zeros[g * n_out + c * pf + j];
                 w |= (z.wrapping_sub(1) & mask) << (bits * j);
             }
             qzeros[g * (n_out / pf) + c] = w as i32;
         }
     }
-    PackedGptq {
-        qweight,
+    (
         qzeros,
-        scales: dtype::from_f32(scale_dtype, &ql.scales),
-        g_idx: ql.g_idx.iter().map(|&g| g as i32).collect(),
-    }
+        dtype::from_f32(scale_dtype, scales),
+        g_idx.iter().map(|&g| g as i32).collect(),
+    )
 }
 
 /// Reads GPTQ v1 tensors back into levels and parameters (the inverse of `pack`), checking
@@ -140,12 +170,26 @@ pub fn unpack(
             format!("g_idx holds {bad}, outside 0..{groups}"),
         ));
     }
+    // Parallel over bands of output rows; within a band, each packed row of qweight is read
+    // contiguously and its words scattered to `pf` consecutive levels of each output row.
+    const BAND: usize = 64;
     let mut q = vec![0u8; n_out * k_in];
-    for k in 0..k_in {
-        let (r, j) = (k / pf, k % pf);
-        for n in 0..n_out {
-            q[n * k_in + k] = ((qweight[r * n_out + n] as u32 >> (bits * j)) & mask) as u8;
-        }
+    if k_in > 0 {
+        q.par_chunks_mut(BAND * k_in)
+            .enumerate()
+            .for_each(|(band, dst)| {
+                let n0 = band * BAND;
+                let rows = dst.len() / k_in;
+                for r in 0..k_in / pf {
+                    let words = &qweight[r * n_out + n0..r * n_out + n0 + rows];
+                    for (i, &word) in words.iter().enumerate() {
+                        let out = &mut dst[i * k_in + r * pf..i * k_in + (r + 1) * pf];
+                        for (j, v) in out.iter_mut().enumerate() {
+                            *v = ((word as u32 >> (bits * j)) & mask) as u8;
+                        }
+                    }
+                }
+            });
     }
     let mut zeros = vec![0u32; groups * n_out];
     for g in 0..groups {

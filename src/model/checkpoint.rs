@@ -80,7 +80,8 @@ impl TensorView<'_> {
     /// Decodes to f32 and refuses NaN/Inf, naming the tensor and the first bad index.
     pub fn to_f32_finite(&self) -> Result<Vec<f32>> {
         let values = dtype::to_f32(self.float_dtype()?, self.bytes);
-        match values.iter().position(|v| !v.is_finite()) {
+        use rayon::prelude::*;
+        match values.par_iter().position_first(|v| !v.is_finite()) {
             Some(i) => Err(self.non_finite_error(i, values[i])),
             None => Ok(values),
         }
@@ -99,7 +100,11 @@ impl TensorView<'_> {
                 _ => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) & 0x7f80_0000 == 0x7f80_0000,
             }
         };
-        match (0..self.bytes.len() / size).find(|&i| bad(i)) {
+        use rayon::prelude::*;
+        match (0..self.bytes.len() / size)
+            .into_par_iter()
+            .find_first(|&i| bad(i))
+        {
             None => Ok(()),
             Some(i) => {
                 let v = dtype::to_f32(dtype, &self.bytes[i * size..(i + 1) * size])[0];

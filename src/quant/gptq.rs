@@ -231,6 +231,9 @@ pub struct GptqOutcome {
     pub retries: u32,
     /// Σ (w - q)² / U[i,i]² / 2 over all weights, as the reference's `torch.sum(Losses)`.
     pub loss: f64,
+    /// Parts of the solve's wall time a backend measured separately (manifest phases), e.g.
+    /// the GPU's factorization and sweep; empty on the CPU.
+    pub phases: Vec<(&'static str, f64)>,
 }
 
 /// Quantizes `w` ([out, in], HF layout) with GPTQ against the Hessian of its inputs.
@@ -375,6 +378,7 @@ fn solve(
         damp_used: damp,
         retries,
         loss: row_loss.iter().sum::<f64>() / 2.0,
+        phases: Vec::new(),
     };
     Ok((outcome, dequantized))
 }

@@ -10,15 +10,17 @@
 //! not identical: the forward rounds GEMM inputs to 16 bits like the reference's fp16 model,
 //! where the CPU pipeline keeps f32).
 //!
-//! Not done yet (docs/gpu-gptq.md): all hidden states plus the attention outputs of one layer
-//! stay resident (f32), which is more than the 8 GiB target at 7B size.
+//! Memory: the hidden states stay resident in the model's 16-bit type (what a bf16/f16 model's
+//! residual stream holds; each residual sum is made in f32 and rounded once), the attention
+//! outputs of one layer in 16 bits up to `MAX_STORED_ATTN_BYTES` (recomputed above it).
 
 use std::path::Path;
 
-use crate::backend::{AttnShape, Backend, BackendHessian, HalfKind};
+use crate::backend::{AttnShape, Backend, BackendHessian, HalfKind, LinearJob, PrefillMath};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::manifest::CalibrationRecord;
+use crate::manifest::{CalibratedError, TensorRecord};
 use crate::model::arch::LinearKind;
 use crate::model::Checkpoint;
 use crate::progress::Progress;
@@ -28,14 +30,17 @@ use crate::quant::gptq_pipeline::{
     GptqSettings, GroupSolver,
 };
 use crate::quant::pipeline::Timer;
+use crate::quant::resume::LinearResult;
 use crate::quant::resume::ResumeStore;
 use crate::quant::QuantScheme;
+use crate::quant::Weight;
 
 /// Tokens per forward chunk (rounded to whole samples), as the CPU pipeline.
 const CHUNK_TOKENS: usize = 4096;
 /// Attention outputs of one layer kept on the device up to this size (at 7B, 128 x 2048 they
-/// are 2 GiB in 16 bits and are recomputed instead: the 8 GiB VRAM target).
-const MAX_STORED_ATTN_BYTES: usize = 1 << 30;
+/// are exactly 2 GiB in 16 bits; with the hidden states in 16 bits too that stays under the
+/// 8 GiB target, and larger budgets are recomputed in o_proj's residual pass instead).
+const MAX_STORED_ATTN_BYTES: usize = 2 << 30;
 
 /// A linear on the backend: the weight in the model's half type, f32 bias.
 struct DeviceLinear<B: Backend> {
@@ -134,6 +139,21 @@ impl<B: Backend> Fwd<'_, B> {
         Ok(y)
     }
 
+    /// A chunk of the (16-bit) hidden states in f32.
+    fn widen(&self, c: &B::Buf<u16>) -> Result<B::Buf<f32>> {
+        let mut y = self.b.zeros::<f32>(self.b.len_of(c))?;
+        self.b.widen_half(c, self.half, &mut y)?;
+        Ok(y)
+    }
+
+    /// `c += y` for a 16-bit chunk of hidden states: the sum in f32, stored rounded (a bf16/
+    /// f16 model's residual stream holds the same roundings).
+    fn residual_add(&self, c: &mut B::Buf<u16>, y: &B::Buf<f32>) -> Result<()> {
+        let mut x = self.widen(c)?;
+        self.b.add(&mut x, y)?;
+        self.b.to_half(&x, self.half, c)
+    }
+
     fn to_half(&self, x: &B::Buf<f32>) -> Result<B::Buf<u16>> {
         let mut y = self.b.zeros::<u16>(self.b.len_of(x))?;
         self.b.to_half(x, self.half, &mut y)?;
@@ -188,6 +208,7 @@ impl<B: Backend> Fwd<'_, B> {
             rows / self.seqlen,
             self.seqlen,
             &shape,
+            PrefillMath::Tf32,
             &mut out,
         )?;
         Ok(out)
@@ -208,28 +229,70 @@ impl<B: Backend> Fwd<'_, B> {
     }
 }
 
-/// Solves `kinds` against the backend Hessian and swaps the quantized weights in, on the host
-/// (`lw`, what the resume store and the statistics use) and on the backend (`dev`).
-#[allow(clippy::too_many_arguments)]
+/// Solves `kinds` against the backend Hessian (`Backend::gptq_linear`: on the GPU the weight
+/// stays on the device) and swaps the dequantized weights into `dev` for the rest of the
+/// forward; the packed tensors and statistics go to the solver's results.
 fn solve_group<B: Backend>(
     f: &Fwd<'_, B>,
     s: &mut GroupSolver,
     kinds: &[LinearKind],
     hs: &BackendHessian<B>,
-    lw: &mut LayerWeights,
+    lw: &LayerWeights,
     dev: &mut DeviceLayer<B>,
     clock: &mut Timer,
 ) -> Result<()> {
-    let cfg = s.cfg.clone();
-    s.solve_with(
-        kinds,
-        lw,
-        clock,
-        |w| f.b.gptq_quantize(w, &hs.h, hs.nsamples, &cfg),
-        |w, candidates| f.b.gptq_output_errors(w, candidates, &hs.h, hs.dim),
-    )?;
+    use rayon::prelude::*;
     for &kind in kinds {
-        dev.linears[kind_index(kind)] = DeviceLinear::upload(f.b, lw.linear(kind), f.half)?;
+        let prefix = s
+            .prefixes
+            .iter()
+            .find(|p| p.0 == kind)
+            .map(|p| p.1.clone())
+            .expect("every kind has a prefix");
+        let name = format!("{prefix}.weight");
+        let lin = lw.linear(kind);
+        let (n_out, k_in) = (lin.out_features, lin.in_features);
+        let weight = Weight {
+            name: &name,
+            data: &lin.weight,
+            out_features: n_out,
+            in_features: k_in,
+            scale_dtype: s.scale_dtype,
+        };
+        // The device copy is the checkpoint's weight exactly when every value is a 16-bit one.
+        let exact16 = lin.weight.par_iter().all(|&v| f.half.round(v) == v);
+        let job = LinearJob {
+            weight: &weight,
+            w16: &dev.linear(kind).weight,
+            half: f.half,
+            exact16,
+            h: &hs.h,
+            nsamples: hs.nsamples,
+            cfg: &s.cfg,
+        };
+        let t = std::time::Instant::now();
+        let solved = f.b.gptq_linear(&job)?;
+        let parts: f64 = solved.phases.iter().map(|p| p.1).sum();
+        for &(phase, secs) in &solved.phases {
+            clock.add(phase, secs);
+        }
+        clock.add("solve", (t.elapsed().as_secs_f64() - parts).max(0.0));
+        dev.linears[kind_index(kind)].weight = solved.deq16;
+        s.results.push(LinearResult {
+            prefix,
+            packed: solved.packed,
+            record: TensorRecord {
+                name,
+                shape: vec![n_out, k_in],
+                error: solved.error,
+                calibrated: Some(CalibratedError {
+                    output_rel_error: solved.output_err_sq.sqrt(),
+                    rtn_output_rel_error: solved.rtn_output_err_sq.sqrt(),
+                    damp_used: solved.damp_used,
+                    damp_retries: solved.retries,
+                }),
+            },
+        });
     }
     Ok(())
 }
@@ -239,9 +302,9 @@ fn solve_group<B: Backend>(
 #[allow(clippy::too_many_arguments)]
 fn run_layer_on<B: Backend>(
     f: &Fwd<'_, B>,
-    lw: &mut LayerWeights,
+    lw: &LayerWeights,
     dev: &mut DeviceLayer<B>,
-    h: &mut [B::Buf<f32>],
+    h: &mut [B::Buf<u16>],
     rows: &[usize],
     mut solver: Option<&mut GroupSolver>,
     need_output: bool,
@@ -254,7 +317,7 @@ fn run_layer_on<B: Backend>(
         let mut hs = BackendHessian::new(b, dims.hidden)?;
         clock.time("forward", || -> Result<()> {
             for (c, &r) in h.iter().zip(rows) {
-                let a = f.norm(c, &dev.input_norm)?;
+                let a = f.norm(&f.widen(c)?, &dev.input_norm)?;
                 f.hessian_add(&mut hs, &a, r)?;
             }
             b.synchronize()
@@ -284,7 +347,7 @@ fn run_layer_on<B: Backend>(
     // read, at half the memory.
     clock.time("forward", || -> Result<()> {
         for (c, &r) in h.iter().zip(rows) {
-            let a = f.norm(c, &dev.input_norm)?;
+            let a = f.norm(&f.widen(c)?, &dev.input_norm)?;
             let at = f.to_half(&f.attention(dev, &a, r)?)?;
             if let Some(hs) = h_o.as_mut() {
                 hs.add_half(b, &at, f.half, r)?;
@@ -305,13 +368,13 @@ fn run_layer_on<B: Backend>(
             let at = match attn.get(i) {
                 Some(at) => at,
                 None => {
-                    let a = f.norm(c, &dev.input_norm)?;
+                    let a = f.norm(&f.widen(c)?, &dev.input_norm)?;
                     recomputed = f.to_half(&f.attention(dev, &a, r)?)?;
                     &recomputed
                 }
             };
             let y = dev.linear(LinearKind::O).forward(b, at, r, f.half)?;
-            b.add(c, &y)?;
+            f.residual_add(c, &y)?;
         }
         b.synchronize()
     })?;
@@ -321,7 +384,7 @@ fn run_layer_on<B: Backend>(
         let mut hs = BackendHessian::new(b, dims.hidden)?;
         clock.time("forward", || -> Result<()> {
             for (c, &r) in h.iter().zip(rows) {
-                let m = f.norm(c, &dev.post_norm)?;
+                let m = f.norm(&f.widen(c)?, &dev.post_norm)?;
                 f.hessian_add(&mut hs, &m, r)?;
             }
             b.synchronize()
@@ -339,7 +402,7 @@ fn run_layer_on<B: Backend>(
         let mut hs = BackendHessian::new(b, dims.intermediate)?;
         clock.time("forward", || -> Result<()> {
             for (c, &r) in h.iter().zip(rows) {
-                let m = f.norm(c, &dev.post_norm)?;
+                let m = f.norm(&f.widen(c)?, &dev.post_norm)?;
                 let act = f.mlp_act(dev, &m, r)?;
                 f.hessian_add(&mut hs, &act, r)?;
             }
@@ -350,15 +413,27 @@ fn run_layer_on<B: Backend>(
     if need_output {
         clock.time("forward", || -> Result<()> {
             for (c, &r) in h.iter_mut().zip(rows) {
-                let m = f.norm(c, &dev.post_norm)?;
+                let m = f.norm(&f.widen(c)?, &dev.post_norm)?;
                 let act = f.mlp_act(dev, &m, r)?;
                 let y = f.linear(dev.linear(LinearKind::Down), &act, r)?;
-                b.add(c, &y)?;
+                f.residual_add(c, &y)?;
             }
             b.synchronize()
         })?;
     }
     Ok(())
+}
+
+/// Waits for a layer save started on a thread.
+fn wait_save(pending: Option<std::thread::ScopedJoinHandle<'_, Result<()>>>) -> Result<()> {
+    match pending {
+        None => Ok(()),
+        Some(h) => h.join().unwrap_or_else(|_| {
+            Err(crate::error::Error::Runner {
+                msg: "the thread saving a finished layer panicked".into(),
+            })
+        }),
+    }
 }
 
 /// `gptq_pipeline::run_layers` with the layer loop on `b`.
@@ -404,71 +479,109 @@ pub(crate) fn run_layers_on<B: Backend>(
     let mut h = Vec::new();
     let mut rows = Vec::new();
     for toks in set.tokens.chunks(chunk_rows) {
-        let e = clock.time("read", || embed(ckpt, toks))?;
+        let e = clock.time("read", || -> Result<Vec<u16>> {
+            use rayon::prelude::*;
+            Ok(embed(ckpt, toks)?
+                .par_iter()
+                .map(|&v| half.from_f32(v))
+                .collect())
+        })?;
         h.push(b.upload(&e)?);
         rows.push(toks.len());
     }
 
     progress.begin("gptq", n as u64, 0);
     let replay_until = if done == n { 0 } else { done };
-    for layer in 0..n {
-        if layer < done && layer >= replay_until {
-            progress.step(0, &format!("layer {layer} (resumed)"));
-            continue;
-        }
-        let mut lw = clock.time("read", || load_layer(ckpt, layer))?;
-        let last = layer + 1 == n;
-        if layer < done {
-            clock.time("read", || {
-                restore_quantized_layer(ckpt, &store, layer, scheme, scale_dtype, &mut lw)
-            })?;
-            if !last {
-                let mut dev = DeviceLayer::upload(b, &lw, half)?;
-                clock.time("forward", || {
-                    run_layer_on(
-                        &f,
-                        &mut lw,
-                        &mut dev,
-                        &mut h,
-                        &rows,
-                        None,
-                        true,
-                        &mut Timer::new(),
-                    )
-                })?;
+    let skipped = |layer: usize| layer < done && layer >= replay_until;
+    // The next layer's weights are read (mmap -> f32) on a thread while this one runs on the
+    // backend: one layer ahead at most (a rendezvous channel: the reader holds the next layer
+    // until it is taken), so the host holds two layers' f32 weights.
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<LayerWeights>>(0);
+        scope.spawn(move || {
+            for layer in (0..n).filter(|&l| !skipped(l)) {
+                if tx.send(load_layer(ckpt, layer)).is_err() {
+                    return;
+                }
             }
-            progress.step(0, &format!("layer {layer} (resumed)"));
-            continue;
+        });
+        let mut pending: Option<std::thread::ScopedJoinHandle<'_, Result<()>>> = None;
+        for layer in 0..n {
+            if skipped(layer) {
+                progress.step(0, &format!("layer {layer} (resumed)"));
+                continue;
+            }
+            let mut lw = clock.time("read (wait)", || {
+                rx.recv().unwrap_or_else(|_| {
+                    Err(crate::error::Error::Runner {
+                        msg: format!("the thread reading layer {layer} stopped"),
+                    })
+                })
+            })?;
+            debug_assert_eq!(lw.layer, layer);
+            let last = layer + 1 == n;
+            if layer < done {
+                clock.time("read", || {
+                    restore_quantized_layer(ckpt, &store, layer, scheme, scale_dtype, &mut lw)
+                })?;
+                if !last {
+                    let mut dev = clock.time("upload", || DeviceLayer::upload(b, &lw, half))?;
+                    clock.time("forward", || {
+                        run_layer_on(
+                            &f,
+                            &lw,
+                            &mut dev,
+                            &mut h,
+                            &rows,
+                            None,
+                            true,
+                            &mut Timer::new(),
+                        )
+                    })?;
+                }
+                progress.step(0, &format!("layer {layer} (resumed)"));
+                continue;
+            }
+            let mut dev = clock.time("upload", || DeviceLayer::upload(b, &lw, half))?;
+            let mut solver = GroupSolver {
+                layer,
+                scheme: *scheme,
+                cfg: settings.config(*scheme),
+                scale_dtype,
+                prefixes: ckpt
+                    .arch
+                    .layer_linears(layer)
+                    .into_iter()
+                    .map(|s| (s.kind, s.prefix))
+                    .collect(),
+                results: Vec::new(),
+                dump: None,
+            };
+            run_layer_on(
+                &f,
+                &lw,
+                &mut dev,
+                &mut h,
+                &rows,
+                Some(&mut solver),
+                !last,
+                clock,
+            )?;
+            // The finished layer is saved on a thread while the next one runs; at most one
+            // save is in flight. A fault-injection point after the layer waits for it, so
+            // "after-layer-N" still means "layer N is in the store".
+            clock.time("write (resume store, wait)", || wait_save(pending.take()))?;
+            let results = std::mem::take(&mut solver.results);
+            let store = &store;
+            pending = Some(scope.spawn(move || store.save_layer(layer, &results)));
+            if std::env::var_os("HYQ_FAULT").is_some() {
+                wait_save(pending.take())?;
+            }
+            crate::quant::gptq_pipeline::fault_point(&format!("after-layer-{layer}"));
+            progress.step(0, &format!("layer {layer}"));
         }
-        let mut dev = DeviceLayer::upload(b, &lw, half)?;
-        let mut solver = GroupSolver {
-            layer,
-            scheme: *scheme,
-            cfg: settings.config(*scheme),
-            scale_dtype,
-            prefixes: ckpt
-                .arch
-                .layer_linears(layer)
-                .into_iter()
-                .map(|s| (s.kind, s.prefix))
-                .collect(),
-            results: Vec::new(),
-            dump: None,
-        };
-        run_layer_on(
-            &f,
-            &mut lw,
-            &mut dev,
-            &mut h,
-            &rows,
-            Some(&mut solver),
-            !last,
-            clock,
-        )?;
-        clock.time("write", || store.save_layer(layer, &solver.results))?;
-        crate::quant::gptq_pipeline::fault_point(&format!("after-layer-{layer}"));
-        progress.step(0, &format!("layer {layer}"));
-    }
+        clock.time("write (resume store, wait)", || wait_save(pending.take()))
+    })?;
     progress.end();
     Ok(CalibratedRun {
         store,

@@ -328,28 +328,37 @@ impl GroupSolver {
                 in_features: k_in,
                 scale_dtype: self.scale_dtype,
             };
-            let outcome = clock.time("solve", || gptq(&weight))?;
+            let t = std::time::Instant::now();
+            let outcome = gptq(&weight)?;
+            // A backend that reports where its solve went (the GPU's device parts) gets them
+            // as separate phases; the remainder stays "solve".
+            let parts: f64 = outcome.phases.iter().map(|p| p.1).sum();
+            for &(phase, secs) in &outcome.phases {
+                clock.add(phase, secs);
+            }
+            clock.add("solve", (t.elapsed().as_secs_f64() - parts).max(0.0));
             let packed = clock.time("pack", || gptq_v1::pack(&outcome.linear, self.scale_dtype));
             // The forward continues with exactly what a loader will reconstruct.
-            let deq =
-                dequantize_packed(&name, &self.scheme, &packed, self.scale_dtype, n_out, k_in)?;
-            let (error, calibrated) = clock.time("stats", || -> Result<_> {
-                let rtn = Rtn {
+            let deq = clock.time("dequantize", || {
+                dequantize_packed(&name, &self.scheme, &packed, self.scale_dtype, n_out, k_in)
+            })?;
+            let rtn = clock.time("stats: rtn", || -> Result<_> {
+                Ok(Rtn {
                     scheme: self.scheme,
                 }
                 .quantize(&weight)?
-                .dequantize();
-                let errs = errors(&lin.weight, &[&deq, &rtn])?;
-                Ok((
-                    ErrorStats::between(&lin.weight, &deq),
-                    CalibratedError {
-                        output_rel_error: errs[0].sqrt(),
-                        rtn_output_rel_error: errs[1].sqrt(),
-                        damp_used: outcome.damp_used,
-                        damp_retries: outcome.retries,
-                    },
-                ))
+                .dequantize())
             })?;
+            let errs = clock.time("stats: output error", || errors(&lin.weight, &[&deq, &rtn]))?;
+            let error = clock.time("stats: weight error", || {
+                ErrorStats::between(&lin.weight, &deq)
+            });
+            let calibrated = CalibratedError {
+                output_rel_error: errs[0].sqrt(),
+                rtn_output_rel_error: errs[1].sqrt(),
+                damp_used: outcome.damp_used,
+                damp_retries: outcome.retries,
+            };
             lw.linear_mut(kind).weight = deq;
             self.results.push(LinearResult {
                 prefix,

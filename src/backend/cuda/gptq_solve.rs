@@ -11,13 +11,16 @@ use cudarc::cusolver::{sys as sol_sys, DnHandle};
 use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::{as_u32, compile, drv, grid_1d, probe, CudaBackend, CudaBuf};
-use crate::backend::{check_len, runner_err, Backend, InverseFactor};
+use crate::backend::{
+    check_len, runner_err, Backend, HalfKind, InverseFactor, LinearJob, PrefillMath, SolvedLinear,
+};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::quant::gptq::{
     assemble, check_solver_inputs, gptq_quantize, non_finite_hessian, up_front_params,
     with_damping_retries, GptqConfig, GptqOutcome, Hessian, SweepPlan,
 };
+use crate::quant::stats::ErrorStats;
 use crate::quant::Weight;
 
 /// Widest lazy-update block the sweep kernel holds in registers (GQ_MAX_BLOCK).
@@ -35,6 +38,22 @@ fn sol(what: &str, status: sol_sys::cusolverStatus_t) -> Result<()> {
 
 fn int(what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| runner_err(format!("{what} = {v} is too large for cuBLAS")))
+}
+
+/// The device sweep's result (`CudaBackend::sweep`): levels in sweep order [n_out, k] and
+/// group parameters [groups, n_out], still on the device.
+struct Sweep {
+    q: CudaBuf<u8>,
+    scales: CudaBuf<f32>,
+    zeros: CudaBuf<u32>,
+    plan: SweepPlan,
+    col_group: Vec<usize>,
+    damp_used: f64,
+    retries: u32,
+    loss: f64,
+    /// A group scale overflowed the store dtype (the host then reruns the CPU solver).
+    overflow: bool,
+    phases: Vec<(&'static str, f64)>,
 }
 
 impl CudaBackend {
@@ -89,6 +108,7 @@ impl CudaBackend {
         samples: usize,
         seqlen: usize,
         shape: &crate::backend::AttnShape,
+        math: PrefillMath,
         out: &mut CudaBuf<f32>,
     ) -> Result<()> {
         shape.check()?;
@@ -113,7 +133,7 @@ impl CudaBackend {
         );
         let sq = (seqlen * seqlen) as i64;
         let scale = 1.0 / (hd as f32).sqrt();
-        let (one, zero) = (1.0f32, 0.0f32);
+        let one = 1.0f32;
         let fsz = std::mem::size_of::<f32>() as u64;
         let (sl_u, g_u) = (as_u32("seqlen", seqlen)?, as_u32("group", group)?);
         for s in 0..samples {
@@ -130,27 +150,18 @@ impl CudaBackend {
                     // SAFETY: offsets and strides stay inside q, k ([rows, width]) and
                     // scores (group x seqlen²); handle on our stream.
                     unsafe {
-                        cudarc::cublas::result::sgemm_strided_batched(
-                            *self.blas.handle(),
+                        self.batched_gemm_f32(
+                            math,
                             blas_sys::cublasOperation_t::CUBLAS_OP_T,
                             blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                            sl_i,
-                            sl_i,
-                            hd_i,
-                            &scale,
-                            (kp + kv_off) as *const f32,
-                            kvd_i,
-                            0,
-                            (qp + q_off) as *const f32,
-                            qd_i,
-                            hd as i64,
-                            &zero,
-                            sp as *mut f32,
-                            sl_i,
-                            sq,
+                            (sl_i, sl_i, hd_i),
+                            scale,
+                            ((kp + kv_off) as *const f32, kvd_i, 0),
+                            ((qp + q_off) as *const f32, qd_i, hd as i64),
+                            (sp as *mut f32, sl_i, sq),
                             g_i,
                         )
-                        .map_err(blas_err("cublasSgemmStridedBatched (attention scores)"))?;
+                        .map_err(blas_err("cublasGemmStridedBatchedEx (attention scores)"))?;
                     }
                 }
                 let mut b = self.stream.launch_builder(&softmax);
@@ -170,31 +181,91 @@ impl CudaBackend {
                     // with Pc(j, i) = P[i][j] (ld seqlen), Oc ld q width.
                     // SAFETY: as above; out is [rows, q width].
                     unsafe {
-                        cudarc::cublas::result::sgemm_strided_batched(
-                            *self.blas.handle(),
+                        self.batched_gemm_f32(
+                            math,
                             blas_sys::cublasOperation_t::CUBLAS_OP_N,
                             blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                            hd_i,
-                            sl_i,
-                            sl_i,
-                            &one,
-                            (vp + kv_off) as *const f32,
-                            kvd_i,
-                            0,
-                            sp as *const f32,
-                            sl_i,
-                            sq,
-                            &zero,
-                            (op + q_off) as *mut f32,
-                            qd_i,
-                            hd as i64,
+                            (hd_i, sl_i, sl_i),
+                            one,
+                            ((vp + kv_off) as *const f32, kvd_i, 0),
+                            (sp as *const f32, sl_i, sq),
+                            ((op + q_off) as *mut f32, qd_i, hd as i64),
                             g_i,
                         )
-                        .map_err(blas_err("cublasSgemmStridedBatched (attention output)"))?;
+                        .map_err(blas_err("cublasGemmStridedBatchedEx (attention output)"))?;
                     }
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Column-major strided batched C = alpha · op(A) · op(B) on f32 buffers: plain f32
+    /// (CUDA cores, `PrefillMath::F32`) or with TF32 tensor cores (`PrefillMath::Tf32`: the
+    /// inputs rounded to 10-bit mantissas, f32 accumulation).
+    /// # Safety
+    /// Pointers, leading dimensions and strides must describe live device buffers.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn batched_gemm_f32(
+        &self,
+        math: PrefillMath,
+        ta: blas_sys::cublasOperation_t,
+        tb: blas_sys::cublasOperation_t,
+        (m, n, k): (i32, i32, i32),
+        alpha: f32,
+        (a, lda, stride_a): (*const f32, i32, i64),
+        (b, ldb, stride_b): (*const f32, i32, i64),
+        (c, ldc, stride_c): (*mut f32, i32, i64),
+        batch: i32,
+    ) -> std::result::Result<(), cudarc::cublas::result::CublasError> {
+        let beta = 0.0f32;
+        let compute = match math {
+            PrefillMath::F32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            PrefillMath::Tf32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+        };
+        let f32t = blas_sys::cudaDataType::CUDA_R_32F;
+        cudarc::cublas::result::gemm_strided_batched_ex(
+            *self.blas.handle(),
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            &alpha as *const f32 as *const _,
+            a as *const _,
+            f32t,
+            lda,
+            stride_a,
+            b as *const _,
+            f32t,
+            ldb,
+            stride_b,
+            &beta as *const f32 as *const _,
+            c as *mut _,
+            f32t,
+            ldc,
+            stride_c,
+            batch,
+            compute,
+            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+
+    /// Copies the row-major upper triangle of `h` ([dim, dim]) onto the lower one.
+    fn mirror_upper_to_lower(&self, h: &mut CudaBuf<f32>, dim: usize) -> Result<()> {
+        let f = self.func(&compile::GPTQ_SOLVE, "gq_mirror_upper_to_lower")?;
+        let n_u = as_u32("hessian dim", dim)?;
+        let tiles = as_u32("hessian tiles", dim.div_ceil(32))?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut h.slice).arg(&n_u);
+        let cfg = LaunchConfig {
+            grid_dim: (tiles, tiles, 1),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches gq_mirror_upper_to_lower (32x8 threads per 32x32 tile); h holds
+        // dim x dim floats.
+        unsafe { b.launch(cfg) }.map_err(Self::launch_err("gq_mirror_upper_to_lower"))?;
         Ok(())
     }
 
@@ -240,14 +311,7 @@ impl CudaBackend {
                 .map_err(blas_err("cublasSsyrk (Hessian)"))?;
             }
         }
-        let f = self.func(&compile::GPTQ_SOLVE, "gq_mirror_upper_to_lower")?;
-        let n_u = as_u32("hessian dim", dim)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut h.slice).arg(&n_u);
-        // SAFETY: matches gq_mirror_upper_to_lower; h holds dim x dim floats.
-        unsafe { b.launch(grid_1d((dim * dim) as u64, 256)?) }
-            .map_err(Self::launch_err("gq_mirror_upper_to_lower"))?;
-        Ok(())
+        self.mirror_upper_to_lower(h, dim)
     }
 
     pub(super) fn hessian_add_16(
@@ -272,46 +336,58 @@ impl CudaBackend {
             crate::backend::HalfKind::F16 => blas_sys::cudaDataType::CUDA_R_16F,
             crate::backend::HalfKind::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
         };
-        {
-            // Column-major xc [dim, rows] (= row-major x); H = xc·xcᵀ.
-            let (xp, _gx) = x.slice.device_ptr(&self.stream);
-            let (hp, _gh) = h.slice.device_ptr_mut(&self.stream);
-            // SAFETY: live buffers of the checked sizes, types as `dt` and CUDA_R_32F; the
-            // handle is bound to our stream.
-            unsafe {
-                cudarc::cublas::result::gemm_ex(
-                    *self.blas.handle(),
-                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                    blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                    n_i,
-                    n_i,
-                    k_i,
-                    &alpha as *const f32 as *const _,
-                    xp as *const _,
-                    dt,
-                    n_i,
-                    xp as *const _,
-                    dt,
-                    n_i,
-                    &beta as *const f32 as *const _,
-                    hp as *mut _,
-                    blas_sys::cudaDataType::CUDA_R_32F,
-                    n_i,
-                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )
-                .map_err(blas_err("cublasGemmEx (Hessian, 16-bit)"))?;
+        // Column-major xc [dim, rows] (= row-major x); H = xc·xcᵀ. Only the blocks (I, J),
+        // I >= J, of the column-major lower triangle (the row-major upper one) are computed,
+        // in bands of `bs` rows: ~5/8 of the full product's work for 4 bands.
+        let bands = if dim >= 8192 {
+            4
+        } else if dim >= 2048 {
+            2
+        } else {
+            1
+        };
+        let bs = dim.div_ceil(bands).div_ceil(64) * 64;
+        let (xp, _gx) = x.slice.device_ptr(&self.stream);
+        let (hp, _gh) = h.slice.device_ptr_mut(&self.stream);
+        let (esz, fsz) = (2u64, 4u64);
+        for i0 in (0..dim).step_by(bs) {
+            let mi = int("hessian band", bs.min(dim - i0))?;
+            for j0 in (0..=i0).step_by(bs) {
+                let nj = int("hessian band", bs.min(dim - j0))?;
+                let a = xp + i0 as u64 * esz;
+                let b = xp + j0 as u64 * esz;
+                let c = hp + (i0 + j0 * dim) as u64 * fsz;
+                // SAFETY: the bands stay inside x ([rows, dim]) and h ([dim, dim]); types as
+                // `dt` and CUDA_R_32F; the handle is bound to our stream.
+                unsafe {
+                    cudarc::cublas::result::gemm_ex(
+                        *self.blas.handle(),
+                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                        blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                        mi,
+                        nj,
+                        k_i,
+                        &alpha as *const f32 as *const _,
+                        a as *const _,
+                        dt,
+                        n_i,
+                        b as *const _,
+                        dt,
+                        n_i,
+                        &beta as *const f32 as *const _,
+                        c as *mut _,
+                        blas_sys::cudaDataType::CUDA_R_32F,
+                        n_i,
+                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    )
+                    .map_err(blas_err("cublasGemmEx (Hessian, 16-bit)"))?;
+                }
             }
         }
-        // The GEMM's two triangles may differ in the last bit: keep the upper one, as SSYRK.
-        let f = self.func(&compile::GPTQ_SOLVE, "gq_mirror_upper_to_lower")?;
-        let n_u = as_u32("hessian dim", dim)?;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut h.slice).arg(&n_u);
-        // SAFETY: matches gq_mirror_upper_to_lower.
-        unsafe { b.launch(grid_1d((dim * dim) as u64, 256)?) }
-            .map_err(Self::launch_err("gq_mirror_upper_to_lower"))?;
-        Ok(())
+        drop((_gx, _gh));
+        // The row-major lower triangle is the upper one mirrored (exactly symmetric, as SSYRK).
+        self.mirror_upper_to_lower(h, dim)
     }
 
     pub(super) fn inverse_factor(
@@ -461,13 +537,17 @@ impl CudaBackend {
         })
     }
 
-    pub(super) fn gptq_solve(
+    /// The GPTQ sweep on the device up to the levels (sweep order) and group parameters:
+    /// shared by `gptq_solve` (host result) and `solve_linear` (device-resident). The weight
+    /// comes from `w16` (widened and permuted on the device) when given, else from the host.
+    fn sweep(
         &self,
         w: &Weight<'_>,
+        w16: Option<(&CudaBuf<u16>, HalfKind)>,
         h: &CudaBuf<f32>,
         nsamples: usize,
         cfg: &GptqConfig,
-    ) -> Result<GptqOutcome> {
+    ) -> Result<Sweep> {
         let (n_out, k) = (w.out_features, w.in_features);
         let name = w.name;
         check_solver_inputs(w, k, h.len, nsamples, cfg)?;
@@ -488,6 +568,16 @@ impl CudaBackend {
         };
         let s = cfg.scheme;
         let n_u = as_u32("in_features", k)?;
+        // Device parts are timed up to a synchronize (manifest phases).
+        let mut phases: Vec<(&'static str, f64)> = Vec::new();
+        let mut mark = std::time::Instant::now();
+        let mut lap = |phase: &'static str, this: &Self| -> Result<()> {
+            drv("synchronize", this.stream.synchronize())?;
+            let now = std::time::Instant::now();
+            phases.push((phase, (now - mark).as_secs_f64()));
+            mark = now;
+            Ok(())
+        };
 
         // Non-finite Hessian entries: the first one, as the CPU reports it.
         let mut first = self.upload(&[u32::MAX])?;
@@ -518,6 +608,7 @@ impl CudaBackend {
         let diag: Vec<f64> = self.download(&diag)?.iter().map(|&v| v as f64).collect();
         let plan = SweepPlan::new(&diag, cfg);
         let factor = self.inverse_factor(h, k, &plan, cfg.damp, name)?;
+        lap("solve: factor (gpu)", self)?;
 
         let dynamic = plan.dynamic_groups(cfg);
         let col_group = plan.column_groups(cfg);
@@ -538,13 +629,38 @@ impl CudaBackend {
             }
             (self.upload(&sc)?, self.upload(&ze)?)
         };
-        let mut wp = self.upload(&crate::quant::gptq::sweep_order_weight(w, &plan))?;
+        let mut wp = match w16 {
+            Some((w16, half)) => {
+                check_len("gptq sweep", "w16", w16.len, n_out * k)?;
+                let perm: Vec<u32> = plan.perm.iter().map(|&p| p as u32).collect();
+                let perm = self.upload(&perm)?;
+                let dead: Vec<u8> = plan.dead.iter().map(|&d| d as u8).collect();
+                let dead = self.upload(&dead)?;
+                let mut wp = self.scratch::<f32>(n_out * k)?;
+                let f = self.func(&compile::GPTQ_SOLVE, "gq_sweep_weight_from_half")?;
+                let (kind, n_o) = (half.code(), as_u32("out_features", n_out)?);
+                let mut b = self.stream.launch_builder(&f);
+                b.arg(&w16.slice)
+                    .arg(&kind)
+                    .arg(&perm.slice)
+                    .arg(&dead.slice)
+                    .arg(&mut wp.slice)
+                    .arg(&n_o)
+                    .arg(&n_u);
+                // SAFETY: matches gq_sweep_weight_from_half; w16 and wp hold n_out x k.
+                unsafe { b.launch(grid_1d((n_out * k) as u64, 256)?) }
+                    .map_err(Self::launch_err("gq_sweep_weight_from_half"))?;
+                wp
+            }
+            None => self.upload(&crate::quant::gptq::sweep_order_weight(w, &plan))?,
+        };
         let cg: Vec<u32> = col_group.iter().map(|&g| g as u32).collect();
         let cg = self.upload(&cg)?;
         let mut q = self.zeros::<u8>(n_out * k)?;
         let mut err = self.zeros::<f32>(n_out * MAX_BLOCK)?;
         let mut row_loss = self.zeros::<f64>(n_out)?;
         let mut overflow = self.zeros::<u32>(1)?;
+        lap("solve: weight upload", self)?;
 
         let sweep = self.func(&compile::GPTQ_SOLVE, "gq_sweep_block")?;
         let rows_per_block = 4usize;
@@ -620,30 +736,309 @@ impl CudaBackend {
                 }
             }
         }
-        let (damp_used, retries) = (factor.damp_used, factor.retries);
-        drop(wp);
-        drop(factor);
-        if self.read_one(&overflow, 0)? != 0 {
+        lap("solve: sweep (gpu)", self)?;
+        let overflow = self.read_one(&overflow, 0)? != 0;
+        let loss: f64 = self.download(&row_loss)?.iter().sum::<f64>() / 2.0;
+        Ok(Sweep {
+            q,
+            scales,
+            zeros,
+            plan,
+            col_group,
+            damp_used: factor.damp_used,
+            retries: factor.retries,
+            loss,
+            overflow,
+            phases,
+        })
+    }
+
+    pub(super) fn gptq_solve(
+        &self,
+        w: &Weight<'_>,
+        h: &CudaBuf<f32>,
+        nsamples: usize,
+        cfg: &GptqConfig,
+    ) -> Result<GptqOutcome> {
+        let sw = self.sweep(w, None, h, nsamples, cfg)?;
+        if sw.overflow {
             // A group scale overflows the store dtype: the CPU solver names it.
-            let hess = Hessian::from_f32(k, &self.download(h)?, nsamples);
+            let hess = Hessian::from_f32(w.in_features, &self.download(h)?, nsamples);
             return gptq_quantize(w, &hess, cfg);
         }
-        let q = self.download(&q)?;
-        let loss: f64 = self.download(&row_loss)?.iter().sum::<f64>() / 2.0;
+        let q = self.download(&sw.q)?;
         let linear = assemble(
-            &s,
-            n_out,
-            &plan,
-            &col_group,
+            &cfg.scheme,
+            w.out_features,
+            &sw.plan,
+            &sw.col_group,
             &q,
-            self.download(&scales)?,
-            self.download(&zeros)?,
+            self.download(&sw.scales)?,
+            self.download(&sw.zeros)?,
         );
         Ok(GptqOutcome {
             linear,
-            damp_used,
-            retries,
-            loss,
+            damp_used: sw.damp_used,
+            retries: sw.retries,
+            loss: sw.loss,
+            phases: sw.phases,
+        })
+    }
+
+    /// `Backend::gptq_linear` on the device: the sweep reads the 16-bit weight already there
+    /// (when it is exact), the levels are packed and dequantized there, RTN and the output and
+    /// weight errors are computed there; only qweight and the group parameters come back.
+    /// The same values as `gptq_linear_on_host` over this backend's `gptq_quantize`.
+    pub(super) fn solve_linear(&self, job: &LinearJob<'_, Self>) -> Result<SolvedLinear<Self>> {
+        let w = job.weight;
+        let (n_out, k) = (w.out_features, w.in_features);
+        let s = job.cfg.scheme;
+        check_len("gptq_linear", "w16", job.w16.len, n_out * k)?;
+        let src16 = job.exact16.then_some((job.w16, job.half));
+        let sw = self.sweep(w, src16, job.h, job.nsamples, job.cfg)?;
+        if sw.overflow {
+            // The CPU solver names the overflowing scale.
+            return crate::backend::gptq_linear_on_host(self, job);
+        }
+        let t = std::time::Instant::now();
+        let mut phases = sw.phases;
+        let (n_u, k_u) = (as_u32("out_features", n_out)?, as_u32("in_features", k)?);
+        let groups = s.num_groups(k);
+        let glen = s.group_len(k);
+        // Column c of the original order sits at sweep position inv[c].
+        let mut inv = vec![0u32; k];
+        for (i, &c) in sw.plan.perm.iter().enumerate() {
+            inv[c] = i as u32;
+        }
+        let mut g_idx = vec![0u32; k];
+        for (i, &c) in sw.plan.perm.iter().enumerate() {
+            g_idx[c] = sw.col_group[i] as u32;
+        }
+        let identity = sw.plan.perm.iter().enumerate().all(|(i, &c)| i == c);
+        let inv_d = self.upload(&inv)?;
+        let g_d = self.upload(&g_idx)?;
+
+        // qweight on the device; the group tensors on the host (small).
+        let pf = s.pack_factor();
+        let mut qweight = self.scratch::<i32>(k / pf * n_out)?;
+        {
+            let f = self.func(&compile::GPTQ_SOLVE, "gq_pack_qweight")?;
+            let bits = s.bits as u32;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&sw.q.slice);
+            if identity {
+                b.arg(&0u64);
+            } else {
+                b.arg(&inv_d.slice);
+            }
+            b.arg(&mut qweight.slice).arg(&n_u).arg(&k_u).arg(&bits);
+            // SAFETY: matches gq_pack_qweight (a null col_src means identity); q is
+            // [n_out, k], qweight [k / pf, n_out].
+            unsafe { b.launch(grid_1d((k / pf * n_out) as u64, 256)?) }
+                .map_err(Self::launch_err("gq_pack_qweight"))?;
+        }
+        let scales = self.download(&sw.scales)?;
+        let zeros = self.download(&sw.zeros)?;
+        let (qzeros, scale_bytes, g_idx_i32) = crate::export::gptq_v1::pack_group_params(
+            &s,
+            n_out,
+            groups,
+            &scales,
+            &zeros,
+            &g_idx,
+            w.scale_dtype,
+        );
+        let packed = crate::export::gptq_v1::PackedGptq {
+            qweight: self.download(&qweight)?,
+            qzeros,
+            scales: scale_bytes,
+            g_idx: g_idx_i32,
+        };
+        drop(qweight);
+        phases.push(("pack", t.elapsed().as_secs_f64()));
+
+        // The loader's weight: scales as stored (the sweep kept them rounded to the store
+        // dtype), zeros as v1 reads them back (never 0 by the grid rule), in f32 and in 16 bits.
+        let t = std::time::Instant::now();
+        let mut deq = self.scratch::<f32>(n_out * k)?;
+        let mut deq16 = self.scratch::<u16>(n_out * k)?;
+        self.dequant_levels(
+            &sw.q,
+            (!identity).then_some(&inv_d),
+            &sw.scales,
+            &sw.zeros,
+            Some(&g_d),
+            glen,
+            &mut deq,
+            Some((&mut deq16, job.half)),
+            n_out,
+            k,
+        )?;
+        drop(sw.q);
+        drv("synchronize", self.stream.synchronize())?;
+        phases.push(("dequantize", t.elapsed().as_secs_f64()));
+
+        // The original weight in f32 on the device.
+        let t = std::time::Instant::now();
+        let wf = if job.exact16 {
+            let mut wf = self.scratch::<f32>(n_out * k)?;
+            self.widen_half(job.w16, job.half, &mut wf)?;
+            wf
+        } else {
+            self.upload(w.data)?
+        };
+        let error = self.weight_error(&wf, &deq)?;
+        drv("synchronize", self.stream.synchronize())?;
+        phases.push(("stats: weight error", t.elapsed().as_secs_f64()));
+
+        let t = std::time::Instant::now();
+        let den = self.quad(&wf, n_out, job.h, k)?;
+        self.sub_in_place(&mut deq, &wf, true)?; // deq <- W - deq
+        let num_gptq = self.quad(&deq, n_out, job.h, k)?;
+        phases.push(("stats: output error", t.elapsed().as_secs_f64()));
+
+        // RTN on the same weight, on the device (byte-identical to the CPU's rtn.rs).
+        let t = std::time::Instant::now();
+        let rtn = self.rtn_levels(&s, w, &wf)?;
+        let num_rtn = match rtn {
+            Some((rq, rs, rz)) => {
+                self.dequant_levels(&rq, None, &rs, &rz, None, glen, &mut deq, None, n_out, k)?;
+                self.sub_in_place(&mut deq, &wf, true)?;
+                self.quad(&deq, n_out, job.h, k)?
+            }
+            None => {
+                // A scale overflowed the store dtype on the RTN grid: the host path reports it.
+                let rtn = self.quantize_rtn(&s, w)?.dequantize();
+                let errs = self.output_errors(w.data, &[&rtn], job.h, k)?;
+                errs[0] * den
+            }
+        };
+        phases.push(("stats: rtn", t.elapsed().as_secs_f64()));
+        let rel = |num: f64| {
+            if den > 0.0 {
+                num / den
+            } else if num == 0.0 {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        };
+        Ok(SolvedLinear {
+            packed,
+            deq16,
+            error,
+            output_err_sq: rel(num_gptq),
+            rtn_output_err_sq: rel(num_rtn),
+            damp_used: sw.damp_used,
+            retries: sw.retries,
+            loss: sw.loss,
+            phases,
+        })
+    }
+
+    /// `gq_dequant_levels`: out (and out16) from levels and group parameters.
+    #[allow(clippy::too_many_arguments)]
+    fn dequant_levels(
+        &self,
+        q: &CudaBuf<u8>,
+        col_src: Option<&CudaBuf<u32>>,
+        scales: &CudaBuf<f32>,
+        zeros: &CudaBuf<u32>,
+        g_of_col: Option<&CudaBuf<u32>>,
+        glen: usize,
+        out: &mut CudaBuf<f32>,
+        out16: Option<(&mut CudaBuf<u16>, HalfKind)>,
+        n_out: usize,
+        k: usize,
+    ) -> Result<()> {
+        check_len("dequantize levels", "q", q.len, n_out * k)?;
+        check_len("dequantize levels", "out", out.len, n_out * k)?;
+        if n_out * k == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::GPTQ_SOLVE, "gq_dequant_levels")?;
+        let (n_u, k_u, gl) = (
+            as_u32("out_features", n_out)?,
+            as_u32("in_features", k)?,
+            as_u32("group_len", glen)?,
+        );
+        let kind = out16.as_ref().map_or(0, |o| o.1.code());
+        let null = 0u64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&q.slice);
+        match col_src {
+            Some(c) => b.arg(&c.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&scales.slice).arg(&zeros.slice);
+        match g_of_col {
+            Some(g) => b.arg(&g.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&gl).arg(&mut out.slice);
+        let mut o16 = out16;
+        match o16.as_mut() {
+            Some((o, _)) => {
+                check_len("dequantize levels", "out16", o.len, n_out * k)?;
+                b.arg(&mut o.slice)
+            }
+            None => b.arg(&null),
+        };
+        b.arg(&kind).arg(&n_u).arg(&k_u);
+        // SAFETY: matches gq_dequant_levels (null pointers for the optional arguments); the
+        // buffers hold n_out x k elements and the group tensors groups x n_out.
+        unsafe { b.launch(grid_1d((n_out * k) as u64, 256)?) }
+            .map_err(Self::launch_err("gq_dequant_levels"))?;
+        Ok(())
+    }
+
+    /// a <- b - a (`from_b`) or a <- a - b.
+    fn sub_in_place(&self, a: &mut CudaBuf<f32>, b_: &CudaBuf<f32>, from_b: bool) -> Result<()> {
+        check_len("sub", "b", b_.len, a.len)?;
+        if a.len == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::GPTQ_SOLVE, "gq_sub_in_place")?;
+        let (n, flag) = (a.len as u64, from_b as u32);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut a.slice).arg(&b_.slice).arg(&n).arg(&flag);
+        // SAFETY: matches gq_sub_in_place; equal lengths checked.
+        unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("gq_sub_in_place"))?;
+        Ok(())
+    }
+
+    /// `ErrorStats::between(w, d)` on the device (f64 partial sums per block, added in order
+    /// on the host).
+    fn weight_error(&self, w: &CudaBuf<f32>, d: &CudaBuf<f32>) -> Result<ErrorStats> {
+        check_len("weight error", "d", d.len, w.len)?;
+        const BLOCKS: usize = 1024;
+        let mut err = self.zeros::<f64>(BLOCKS)?;
+        let mut norm = self.zeros::<f64>(BLOCKS)?;
+        let mut max_abs = self.zeros::<f64>(BLOCKS)?;
+        if w.len > 0 {
+            let f = self.func(&compile::GPTQ_SOLVE, "gq_error_partials")?;
+            let n = w.len as u64;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&w.slice)
+                .arg(&d.slice)
+                .arg(&n)
+                .arg(&mut err.slice)
+                .arg(&mut norm.slice)
+                .arg(&mut max_abs.slice);
+            let cfg = LaunchConfig {
+                grid_dim: (BLOCKS as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches gq_error_partials (256 threads, one partial per block).
+            unsafe { b.launch(cfg) }.map_err(Self::launch_err("gq_error_partials"))?;
+        }
+        let e: f64 = self.download(&err)?.iter().sum();
+        let s: f64 = self.download(&norm)?.iter().sum();
+        let m = self.download(&max_abs)?.into_iter().fold(0f64, f64::max);
+        Ok(ErrorStats {
+            rel_fro: if s > 0.0 { (e / s).sqrt() } else { e.sqrt() },
+            max_abs: m,
         })
     }
 
@@ -663,61 +1058,11 @@ impl CudaBackend {
         if n == 0 {
             return Ok(vec![0.0; candidates.len()]);
         }
-        let (k_i, n_i) = (int("in_features", dim)?, int("out_features", n)?);
-        let mut mh = self.scratch::<f32>(n * dim)?;
-        let mut sums = self.scratch::<f64>(n)?;
-        let dots = self.func(&compile::GPTQ_SOLVE, "gq_row_dots")?;
-        let (n_u, k_u) = (as_u32("out_features", n)?, as_u32("in_features", dim)?);
-        // tr(M H Mᵀ) = Σ_rows dot(M[r], (M H)[r]); M H row-major is (H Mᵀ)ᵀ, i.e. column-major
-        // H·Mᵀ with H symmetric.
-        let mut quad = |m: &[f32]| -> Result<f64> {
-            let md = self.upload(m)?;
-            {
-                let (alpha, beta) = (1.0f32, 0.0f32);
-                let (hp, _gh) = h.slice.device_ptr(&self.stream);
-                let (mp, _gm) = md.slice.device_ptr(&self.stream);
-                let (op, _go) = mh.slice.device_ptr_mut(&self.stream);
-                // SAFETY: H is [dim, dim], M and MH are [n, dim]; handle on our stream.
-                unsafe {
-                    cudarc::cublas::result::sgemm(
-                        *self.blas.handle(),
-                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                        blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                        k_i,
-                        n_i,
-                        k_i,
-                        &alpha,
-                        hp as *const f32,
-                        k_i,
-                        mp as *const f32,
-                        k_i,
-                        &beta,
-                        op as *mut f32,
-                        k_i,
-                    )
-                    .map_err(blas_err("cublasSgemm (output error)"))?;
-                }
-            }
-            let mut b = self.stream.launch_builder(&dots);
-            b.arg(&md.slice)
-                .arg(&mh.slice)
-                .arg(&mut sums.slice)
-                .arg(&n_u)
-                .arg(&k_u);
-            let cfg = LaunchConfig {
-                grid_dim: (as_u32("row blocks", n.div_ceil(4))?, 1, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: matches gq_row_dots (one warp per row); sizes as allocated.
-            unsafe { b.launch(cfg) }.map_err(Self::launch_err("gq_row_dots"))?;
-            Ok(self.download(&sums)?.iter().sum())
-        };
-        let den = quad(w)?;
+        let den = self.quad(&self.upload(w)?, n, h, dim)?;
         let mut out = Vec::with_capacity(candidates.len());
         for c in candidates {
             let diff: Vec<f32> = w.par_iter().zip(c.par_iter()).map(|(a, b)| a - b).collect();
-            let num = quad(&diff)?;
+            let num = self.quad(&self.upload(&diff)?, n, h, dim)?;
             out.push(if den > 0.0 {
                 num / den
             } else if num == 0.0 {
@@ -727,5 +1072,61 @@ impl CudaBackend {
             });
         }
         Ok(out)
+    }
+
+    /// tr(M H Mᵀ) = Σ_rows dot(M[r], (M H)[r]) for M [n, dim] on the device: cuBLAS SGEMM for
+    /// M H, a warp per row for the dots (f64), rows summed on the host in order.
+    fn quad(&self, m: &CudaBuf<f32>, n: usize, h: &CudaBuf<f32>, dim: usize) -> Result<f64> {
+        check_len("gptq_output_errors", "h", h.len, dim * dim)?;
+        check_len("gptq_output_errors", "w", m.len, n * dim)?;
+        if n == 0 || dim == 0 {
+            return Ok(0.0);
+        }
+        let (k_i, n_i) = (int("in_features", dim)?, int("out_features", n)?);
+        let mut mh = self.scratch::<f32>(n * dim)?;
+        let mut sums = self.scratch::<f64>(n)?;
+        let dots = self.func(&compile::GPTQ_SOLVE, "gq_row_dots")?;
+        let (n_u, k_u) = (as_u32("out_features", n)?, as_u32("in_features", dim)?);
+        {
+            let (alpha, beta) = (1.0f32, 0.0f32);
+            let (hp, _gh) = h.slice.device_ptr(&self.stream);
+            let (mp, _gm) = m.slice.device_ptr(&self.stream);
+            let (op, _go) = mh.slice.device_ptr_mut(&self.stream);
+            // M H row-major is (H Mᵀ)ᵀ, i.e. column-major H·Mᵀ with H symmetric.
+            // SAFETY: H is [dim, dim], M and MH are [n, dim]; handle on our stream.
+            unsafe {
+                cudarc::cublas::result::sgemm(
+                    *self.blas.handle(),
+                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                    k_i,
+                    n_i,
+                    k_i,
+                    &alpha,
+                    hp as *const f32,
+                    k_i,
+                    mp as *const f32,
+                    k_i,
+                    &beta,
+                    op as *mut f32,
+                    k_i,
+                )
+                .map_err(blas_err("cublasSgemm (output error)"))?;
+            }
+        }
+        let mut b = self.stream.launch_builder(&dots);
+        b.arg(&m.slice)
+            .arg(&mh.slice)
+            .arg(&mut sums.slice)
+            .arg(&n_u)
+            .arg(&k_u);
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("row blocks", n.div_ceil(4))?, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches gq_row_dots (one warp per row); sizes as allocated.
+        unsafe { b.launch(cfg) }.map_err(Self::launch_err("gq_row_dots"))?;
+        Ok(self.download(&sums)?.iter().sum())
     }
 }

@@ -6,6 +6,7 @@
 pub mod compile;
 mod gptq_solve;
 pub mod probe;
+mod staging;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use cudarc::nvrtc::Ptx;
 
 use crate::backend::{
     check_len, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind, InverseFactor,
-    MemStats,
+    LinearJob, MemStats, SolvedLinear,
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -104,6 +105,8 @@ pub struct CudaBackend {
     tracker: Arc<MemTracker>,
     /// cuSOLVER, opened at the first GPTQ solve (only GPTQ needs libcusolver).
     solver: Mutex<Option<Arc<cudarc::cusolver::DnHandle>>>,
+    /// Pinned buffers for large copies, allocated at the first one.
+    staging: Mutex<Option<staging::Staging>>,
 }
 
 fn drv<T>(what: &str, r: std::result::Result<T, cudarc::driver::DriverError>) -> Result<T> {
@@ -185,6 +188,7 @@ impl CudaBackend {
                     min_free: AtomicU64::new(free as u64),
                 }),
                 solver: Mutex::new(None),
+                staging: Mutex::new(None),
             })
         })
     }
@@ -253,6 +257,81 @@ impl CudaBackend {
             .flatten()
     }
 
+    /// RTN (`rtn_quantize` kernel) of the f32 weight `wd` already on the device ([n, k], the
+    /// shape and scale dtype of `w`): levels [n, k], scales and zeros [groups, n]; `None` when
+    /// a scale overflows the store dtype (the caller lets the CPU path name it).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn rtn_levels(
+        &self,
+        scheme: &QuantScheme,
+        w: &Weight<'_>,
+        wd: &CudaBuf<f32>,
+    ) -> Result<Option<(CudaBuf<u8>, CudaBuf<f32>, CudaBuf<u32>)>> {
+        let (n, k) = (w.out_features, w.in_features);
+        scheme.check_shape(w.name, n, k)?;
+        check_len("quantize_rtn", w.name, wd.len, n * k)?;
+        let glen = scheme.group_len(k);
+        let groups = scheme.num_groups(k);
+        let store = match w.scale_dtype {
+            DType::F16 => 0u32,
+            DType::BF16 => 1,
+            DType::F32 => 2,
+            DType::I32 => {
+                return Err(Error::tensor(w.name, "scales cannot be stored as I32"));
+            }
+        };
+        let mut q = self.zeros::<u8>(n * k)?;
+        let mut scales = self.zeros::<f32>(groups * n)?;
+        let mut zeros = self.zeros::<u32>(groups * n)?;
+        let mut overflow = self.zeros::<u32>(1)?;
+        if n * k > 0 {
+            let f = self.func(&compile::RTN, "rtn_quantize")?;
+            let (n_u, k_u, gl, gr, bits, sym) = (
+                as_u32("out_features", n)?,
+                as_u32("in_features", k)?,
+                as_u32("group_len", glen)?,
+                as_u32("groups", groups)?,
+                scheme.bits as u32,
+                scheme.sym as u32,
+            );
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&wd.slice)
+                .arg(&mut q.slice)
+                .arg(&mut scales.slice)
+                .arg(&mut zeros.slice)
+                .arg(&mut overflow.slice)
+                .arg(&n_u)
+                .arg(&k_u)
+                .arg(&gl)
+                .arg(&gr)
+                .arg(&bits)
+                .arg(&sym)
+                .arg(&store);
+            // SAFETY: matches rtn_quantize: one warp per (row, group).
+            unsafe { b.launch(grid_1d((n * groups) as u64 * 32, 256)?) }
+                .map_err(Self::launch_err("rtn_quantize"))?;
+        }
+        if self.download(&overflow)?[0] != 0 {
+            return Ok(None);
+        }
+        Ok(Some((q, scales, zeros)))
+    }
+
+    /// Runs `f` with the pinned staging buffers (allocated at the first large copy).
+    fn with_staging<R>(&self, f: impl FnOnce(&mut staging::Staging) -> Result<R>) -> Result<R> {
+        let mut slot = self
+            .staging
+            .lock()
+            .map_err(|_| Error::cuda("staging buffers poisoned by an earlier panic"))?;
+        if slot.is_none() {
+            *slot = Some(drv(
+                "allocating pinned staging buffers",
+                staging::Staging::new(&self.ctx),
+            )?);
+        }
+        f(slot.as_mut().expect("just set"))
+    }
+
     /// Device time of the work `f` queues, in milliseconds (CUDA events around it).
     pub fn time_ms(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f32> {
         let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
@@ -304,7 +383,15 @@ impl Backend for CudaBackend {
 
     fn upload<T: Elem>(&self, host: &[T]) -> Result<CudaBuf<T>> {
         let mut buf = self.alloc::<T>(host.len())?;
-        if !host.is_empty() {
+        let bytes = std::mem::size_of_val(host);
+        if bytes >= staging::MIN_STAGED {
+            // SAFETY: Elem types are plain numbers; the bytes of a live slice.
+            let src = unsafe { std::slice::from_raw_parts(host.as_ptr() as *const u8, bytes) };
+            let (dst, _g) = buf.slice.device_ptr_mut(&self.stream);
+            self.with_staging(|st| {
+                drv("copy to device (staged)", st.upload(&self.stream, dst, src))
+            })?;
+        } else if !host.is_empty() {
             let mut view = buf.slice.slice_mut(0..host.len());
             drv("copy to device", self.stream.memcpy_htod(host, &mut view))?;
         }
@@ -320,6 +407,18 @@ impl Backend for CudaBackend {
             return Ok(Vec::new());
         }
         let mut host = vec![T::default(); buf.len];
+        let bytes = std::mem::size_of_val(host.as_slice());
+        if bytes >= staging::MIN_STAGED {
+            // SAFETY: Elem types are plain numbers (every bit pattern the device wrote is a
+            // value); the bytes of a live, exclusively borrowed vector.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(host.as_mut_ptr() as *mut u8, bytes) };
+            let (src, _g) = buf.slice.device_ptr(&self.stream);
+            self.with_staging(|st| {
+                drv("copy to host (staged)", st.download(&self.stream, src, dst))
+            })?;
+            return Ok(host);
+        }
         let view = buf.slice.slice(0..buf.len);
         drv("copy to host", self.stream.memcpy_dtoh(&view, &mut host))?;
         drv("synchronize", self.stream.synchronize())?;
@@ -514,6 +613,20 @@ impl Backend for CudaBackend {
         b.arg(&x.slice).arg(&mut out.slice).arg(&n).arg(&kind);
         // SAFETY: matches to_half_f32.
         unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("to_half_f32"))?;
+        Ok(())
+    }
+
+    fn widen_half(&self, x: &CudaBuf<u16>, half: HalfKind, out: &mut CudaBuf<f32>) -> Result<()> {
+        check_len("widen_half", "out", out.len, x.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "from_half_u16")?;
+        let (n, kind) = (x.len as u64, half.code());
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x.slice).arg(&mut out.slice).arg(&n).arg(&kind);
+        // SAFETY: matches from_half_u16.
+        unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("from_half_u16"))?;
         Ok(())
     }
 
@@ -931,61 +1044,23 @@ impl Backend for CudaBackend {
         let (n, k) = (w.out_features, w.in_features);
         scheme.check_shape(w.name, n, k)?;
         check_len("quantize_rtn", w.name, w.data.len(), n * k)?;
-        let glen = scheme.group_len(k);
-        let groups = scheme.num_groups(k);
-        let store = match w.scale_dtype {
-            DType::F16 => 0u32,
-            DType::BF16 => 1,
-            DType::F32 => 2,
-            DType::I32 => {
-                return Err(Error::tensor(w.name, "scales cannot be stored as I32"));
-            }
-        };
         let wd = self.upload(w.data)?;
-        let mut q = self.zeros::<u8>(n * k)?;
-        let mut scales = self.zeros::<f32>(groups * n)?;
-        let mut zeros = self.zeros::<u32>(groups * n)?;
-        let mut overflow = self.zeros::<u32>(1)?;
-        if n * k > 0 {
-            let f = self.func(&compile::RTN, "rtn_quantize")?;
-            let (n_u, k_u, gl, gr, bits, sym) = (
-                as_u32("out_features", n)?,
-                as_u32("in_features", k)?,
-                as_u32("group_len", glen)?,
-                as_u32("groups", groups)?,
-                scheme.bits as u32,
-                scheme.sym as u32,
-            );
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&wd.slice)
-                .arg(&mut q.slice)
-                .arg(&mut scales.slice)
-                .arg(&mut zeros.slice)
-                .arg(&mut overflow.slice)
-                .arg(&n_u)
-                .arg(&k_u)
-                .arg(&gl)
-                .arg(&gr)
-                .arg(&bits)
-                .arg(&sym)
-                .arg(&store);
-            // SAFETY: matches rtn_quantize: one warp per (row, group).
-            unsafe { b.launch(grid_1d((n * groups) as u64 * 32, 256)?) }
-                .map_err(Self::launch_err("rtn_quantize"))?;
-        }
-        if self.download(&overflow)?[0] != 0 {
+        match self.rtn_levels(scheme, w, &wd)? {
+            Some((q, scales, zeros)) => {
+                let glen = scheme.group_len(k);
+                Ok(QuantizedLinear {
+                    scheme: *scheme,
+                    out_features: n,
+                    in_features: k,
+                    q: self.download(&q)?,
+                    scales: self.download(&scales)?,
+                    zeros: self.download(&zeros)?,
+                    g_idx: (0..k).map(|i| (i / glen) as u32).collect(),
+                })
+            }
             // A scale overflows the store dtype: the CPU path names the group's scale.
-            return Rtn { scheme: *scheme }.quantize(w);
+            None => Rtn { scheme: *scheme }.quantize(w),
         }
-        Ok(QuantizedLinear {
-            scheme: *scheme,
-            out_features: n,
-            in_features: k,
-            q: self.download(&q)?,
-            scales: self.download(&scales)?,
-            zeros: self.download(&zeros)?,
-            g_idx: (0..k).map(|i| (i / glen) as u32).collect(),
-        })
     }
 
     fn attention_prefill(
@@ -996,9 +1071,10 @@ impl Backend for CudaBackend {
         samples: usize,
         seqlen: usize,
         shape: &AttnShape,
+        math: crate::backend::PrefillMath,
         out: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        self.prefill_attention(q, k, v, samples, seqlen, shape, out)
+        self.prefill_attention(q, k, v, samples, seqlen, shape, math, out)
     }
 
     fn hessian_add(
@@ -1056,5 +1132,9 @@ impl Backend for CudaBackend {
         cfg: &GptqConfig,
     ) -> Result<GptqOutcome> {
         probe::no_panic("GPTQ on the GPU", || self.gptq_solve(w, h, nsamples, cfg))
+    }
+
+    fn gptq_linear(&self, job: &LinearJob<'_, Self>) -> Result<SolvedLinear<Self>> {
+        probe::no_panic("GPTQ on the GPU", || self.solve_linear(job))
     }
 }
