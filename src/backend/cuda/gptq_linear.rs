@@ -59,7 +59,8 @@ fn gemv_smem_bytes(rows: usize, mb: usize, qps: usize, kq: usize) -> usize {
 impl CudaBackend {
     /// Whether `gptq_gemv_*` handles this weight: sequential groups, K a multiple of one quad
     /// of packed rows (32 k for int4, 16 for int8), groups of whole quads, N a multiple of the
-    /// block's 32 columns, and every tensor indexable with 32 bits.
+    /// block's 32 columns, every tensor indexable with 32 bits, and the K splits within a
+    /// grid's y dimension.
     fn gemv_fits(&self, w: &GptqWeight<Self>) -> bool {
         let kq = 4 * (32 / w.bits as usize);
         let (n, k) = (w.out_features, w.in_features);
@@ -68,6 +69,7 @@ impl CudaBackend {
             && k % kq == 0
             && w.group_len % kq == 0
             && n % GV_COLS == 0
+            && (k / kq).div_ceil(GV_UNROLL) <= 65_535
             && (k / (32 / w.bits as usize)) * n <= u32::MAX as usize
             && w.groups * n <= u32::MAX as usize
     }
@@ -94,11 +96,13 @@ impl CudaBackend {
         if let Some(&b) = cache.get(name) {
             return Ok(b);
         }
-        let b = drv(
-            &format!("occupancy of {name}"),
-            f.occupancy_max_active_blocks_per_multiprocessor(GV_THREADS, smem, None),
-        )?
-        .max(1) as usize;
+        // The driver answers for the current context; a failed query only costs the guess of
+        // two blocks (what the register count of the m16 kernels allows).
+        let b = self
+            .ctx
+            .bind_to_thread()
+            .and_then(|()| f.occupancy_max_active_blocks_per_multiprocessor(GV_THREADS, smem, None))
+            .map_or(2, |b| b.max(1) as usize);
         cache.insert(name.to_string(), b);
         Ok(b)
     }
