@@ -247,21 +247,35 @@ __device__ __forceinline__ void gptq_gemv(const u16* __restrict__ x, const int* 
     };
     load_step(qb);
 
-    // Stage x rows 0..m-1 of the block's k range while the first weights are on their way.
+    // Stage x rows 0..m-1 of the block's k range while the first weights are on their way:
+    // thread t copies the 16-byte chunks t, t + 256, ... of the [m][k_len / 8] chunks, four
+    // loads in flight, (row, chunk) stepped without dividing.
     {
-        const u32 per_row = k_len / 8u, total = m * per_row;
-        for (u32 i0 = threadIdx.x; i0 < total; i0 += 4u * blockDim.x) {
+        constexpr u32 THREADS = GV_WARPS * 32u;
+        const u32 per_row = k_len / 8u, db = THREADS / per_row, dc = THREADS % per_row;
+        u32 b = threadIdx.x / per_row, c = threadIdx.x % per_row;
+        while (b < m) {
             U32x4 v[4];
+            u32 lb = b, lc = c;
 #pragma unroll
             for (u32 j = 0; j < 4; ++j) {
-                const u32 i = i0 + j * blockDim.x;
-                if (i < total)
-                    v[j] = *reinterpret_cast<const U32x4*>(x + (u64)(i / per_row) * k_in + k_base + (i % per_row) * 8u);
+                if (lb < m) v[j] = *reinterpret_cast<const U32x4*>(x + (u64)lb * k_in + k_base + lc * 8u);
+                lb += db;
+                lc += dc;
+                if (lc >= per_row) {
+                    lc -= per_row;
+                    ++lb;
+                }
             }
 #pragma unroll
             for (u32 j = 0; j < 4; ++j) {
-                const u32 i = i0 + j * blockDim.x;
-                if (i < total) *reinterpret_cast<U32x4*>(xs + (i / per_row) * xstride + (i % per_row) * 8u) = v[j];
+                if (b < m) *reinterpret_cast<U32x4*>(xs + b * xstride + c * 8u) = v[j];
+                b += db;
+                c += dc;
+                if (c >= per_row) {
+                    c -= per_row;
+                    ++b;
+                }
             }
         }
     }
