@@ -23,9 +23,10 @@ use crate::backend::{runner_err, GptqWeight, HalfKind};
 use crate::error::{Error, Result};
 
 /// Rows of x up to which the decode kernel runs (in launches of 16 rows); above, the weight is
-/// dequantized for cuBLAS. One decode launch reads the packed weight once, so `m / 16`
-/// launches cost about `m / 16` weight reads, against one read plus 2 bytes per weight written
-/// and read again by cuBLAS: the crossing is near 64 rows for int4.
+/// dequantized for cuBLAS. One decode launch reads the packed weight once (0.5 / 1 byte per
+/// weight for int4 / int8); dequantize + cuBLAS moves ~4.5 / 5 bytes per weight (read, write
+/// 2, read 2 again). By bytes alone the crossing would be near 144 / 80 rows; 64 allows for
+/// the 16-row launches being slower per byte than the 8-row ones. Not measured yet.
 pub(crate) const GEMV_MAX_ROWS: usize = 64;
 
 /// Threads per decode block (GV_WARPS warps in kernels/gptq.cu), quads of packed rows a warp
