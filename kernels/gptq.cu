@@ -6,8 +6,14 @@
 //   scales  half  [G, N]
 //   g_idx   int32 [K]         group of input k; null = k / group_len (sequential)
 // Weights are dequantized in registers to half(scale * (q - zero)), exactly the weight
-// `hy-quant dequantize` writes, and multiplied in f32 with f32 accumulation. Every sum runs
-// in a fixed order (no atomics), so results are deterministic.
+// `hy-quant dequantize` writes, and multiplied with f32 accumulation. Every sum runs in a
+// fixed order (no float atomics), so results are deterministic on a given GPU.
+//
+// Two paths (chosen in src/backend/cuda/mod.rs, `gemm_gptq`):
+// - decode, m <= 16 rows per launch, sequential groups: `gptq_gemv_*` below, which streams the
+//   packed weight once at close to memory bandwidth;
+// - everything else (prefill, act-order): `gptq_dequantize_w*` writes the 16-bit weight (in
+//   column chunks) and cuBLAS multiplies it.
 
 __device__ __forceinline__ float gptq_zero(const int* qzeros, u32 g, u32 n, u32 n_out, u32 bits) {
     const u32 pf = 32u / bits, mask = (1u << bits) - 1u;
@@ -20,357 +26,425 @@ struct alignas(16) U32x4 {
     u32 x, y, z, w;
 };
 
-// Decode (GEMV-like, m <= MB rows, MB <= 16), split-K. A block of DEC_WARPS warps owns 128
-// output columns (lane l: columns 4l..4l+3, one 16-byte qweight load per packed row) and one
-// slice of K (blockIdx.y); its activations are staged once in shared memory as f32. Warps take
-// the slice's packed rows round-robin, DEC_UNROLL loads in flight each; per-warp sums are added
-// in warp order, and the per-slice partial sums are added in slice order by gptq_splitk_reduce
-// (or written straight to `out` when there is one slice). No atomics: deterministic.
-#define DEC_WARPS 4
-#define DEC_UNROLL 4
-template <u32 BITS, u32 MB>
-__device__ __forceinline__ void gptq_decode(const u16* __restrict__ x, const int* __restrict__ qweight,
-                                            const int* __restrict__ qzeros, const u16* __restrict__ scales,
-                                            const int* __restrict__ g_idx, float* __restrict__ part,
-                                            u32 m, u32 n_out, u32 k_in, u32 group_len, u32 kind,
-                                            u32 rows_per_split) {
-    extern __shared__ float smem[];  // [MB][kchunk] activations, then [DEC_WARPS][MB][128] sums
-    const u32 PF = 32u / BITS, MASK = (1u << BITS) - 1u;
-    const u32 words = k_in / PF;
-    const u32 r0 = min(words, blockIdx.y * rows_per_split);
-    const u32 r1 = min(words, r0 + rows_per_split);
-    const u32 kbase = r0 * PF, kchunk = (r1 - r0) * PF;
-    for (u32 i = threadIdx.x; i < MB * kchunk; i += blockDim.x) {
-        const u32 b = i / kchunk, kk = i % kchunk;
-        smem[i] = b < m ? half_to_f32(x[(u64)b * k_in + kbase + kk], kind) : 0.0f;
-    }
-    __syncthreads();
-    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-    const u32 n = blockIdx.x * 128u + lane * 4u;
-    float acc[MB][4];
-#pragma unroll
-    for (u32 b = 0; b < MB; ++b)
-#pragma unroll
-        for (u32 c = 0; c < 4; ++c) acc[b][c] = 0.0f;
-    if (n < n_out) {
-        u32 cur_g = 0xffffffffu;
-        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f}, z[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (u32 r = r0 + warp; r < r1; r += DEC_WARPS * DEC_UNROLL) {
-            U32x4 wv[DEC_UNROLL];
-#pragma unroll
-            for (u32 u = 0; u < DEC_UNROLL; ++u) {
-                const u32 rr = r + u * DEC_WARPS;
-                wv[u] = rr < r1 ? *reinterpret_cast<const U32x4*>(qweight + (u64)rr * n_out + n)
-                                : U32x4{0u, 0u, 0u, 0u};
-            }
-#pragma unroll
-            for (u32 u = 0; u < DEC_UNROLL; ++u) {
-                const u32 rr = r + u * DEC_WARPS;
-                if (rr >= r1) break;
-                const u32 k0 = rr * PF;
-                const float* xk = smem + (k0 - kbase);
-                const u32 wd[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
-                if (g_idx == 0) {
-                    const u32 g = k0 / group_len;
-                    if (g != cur_g) {
-                        cur_g = g;
-#pragma unroll
-                        for (u32 c = 0; c < 4; ++c) {
-                            s[c] = half_to_f32(scales[(u64)g * n_out + n + c], kind);
-                            z[c] = gptq_zero(qzeros, g, n + c, n_out, BITS);
-                        }
-                    }
-// Large MB: k one at a time, so the compiler cannot hoist MB x PF activations into
-// registers (it spills past 255 otherwise).
-#define DEC_SEQ_K(j)                                                                                 \
-    {                                                                                                \
-        float xv[MB];                                                                                \
-        _Pragma("unroll") for (u32 b = 0; b < MB; ++b) xv[b] = b < m ? xk[b * kchunk + (j)] : 0.0f; \
-        _Pragma("unroll") for (u32 c = 0; c < 4; ++c) {                                              \
-            const float w = round_half(s[c] * ((float)((wd[c] >> (BITS * (j))) & MASK) - z[c]), kind); \
-            _Pragma("unroll") for (u32 b = 0; b < MB; ++b) acc[b][c] += w * xv[b];                   \
-        }                                                                                            \
-    }
-                    if (MB >= 8) {
-#pragma unroll 1
-                        for (u32 j = 0; j < PF; ++j) DEC_SEQ_K(j)
-                    } else {
-#pragma unroll
-                        for (u32 j = 0; j < PF; ++j) DEC_SEQ_K(j)
-                    }
-                } else {
-                    // Act-order: the group can change at every k.
-#pragma unroll 1
-                    for (u32 j = 0; j < PF; ++j) {
-                        const u32 g = (u32)g_idx[k0 + j];
-#pragma unroll
-                        for (u32 c = 0; c < 4; ++c) {
-                            const float sc = half_to_f32(scales[(u64)g * n_out + n + c], kind);
-                            const float zc = gptq_zero(qzeros, g, n + c, n_out, BITS);
-                            const float w = round_half(sc * ((float)((wd[c] >> (BITS * j)) & MASK) - zc), kind);
-#pragma unroll
-                            for (u32 b = 0; b < MB; ++b)
-                                if (b < m) acc[b][c] += w * xk[b * kchunk + j];
-                        }
-                    }
-                }
-            }
-        }
-    }
-    __syncthreads();
-    float* red = smem;
-#pragma unroll
-    for (u32 b = 0; b < MB; ++b)
-#pragma unroll
-        for (u32 c = 0; c < 4; ++c) red[(warp * MB + b) * 128u + lane * 4u + c] = acc[b][c];
-    __syncthreads();
-    for (u32 t = threadIdx.x; t < 128u; t += blockDim.x) {
-        const u32 nn = blockIdx.x * 128u + t;
-        if (nn >= n_out) continue;
-        for (u32 b = 0; b < m && b < MB; ++b) {
-            float sum = 0.0f;
-            for (u32 w = 0; w < DEC_WARPS; ++w) sum += red[(w * MB + b) * 128u + t];
-            part[((u64)blockIdx.y * m + b) * n_out + nn] = sum;
-        }
-    }
-}
-
-#define DECODE_KERNEL(BITS, MB)                                                                    \
-    extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) gptq_gemv_w##BITS##_m##MB(       \
-        const u16* x, const int* qweight, const int* qzeros, const u16* scales, const int* g_idx, \
-        float* part, u32 m, u32 n_out, u32 k_in, u32 group_len, u32 kind, u32 rows_per_split) {   \
-        gptq_decode<BITS, MB>(x, qweight, qzeros, scales, g_idx, part, m, n_out, k_in, group_len, \
-                              kind, rows_per_split);                                               \
-    }
-DECODE_KERNEL(4, 1)
-DECODE_KERNEL(4, 2)
-DECODE_KERNEL(4, 4)
-DECODE_KERNEL(4, 8)
-DECODE_KERNEL(4, 16)
-DECODE_KERNEL(8, 1)
-DECODE_KERNEL(8, 2)
-DECODE_KERNEL(8, 4)
-DECODE_KERNEL(8, 8)
-DECODE_KERNEL(8, 16)
-
-// out[i] = sum over slices s (in order) of part[s * len + i].
-extern "C" __global__ void gptq_splitk_reduce(const float* __restrict__ part, float* __restrict__ out,
-                                              u32 splits, u64 len) {
-    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= len) return;
-    float s = 0.0f;
-    for (u32 p = 0; p < splits; ++p) s += part[(u64)p * len + i];
-    out[i] = s;
-}
-
-// Prefill on the tensor cores: a 64x64 output tile per block of 4 warps (each 32x32), K in
-// steps of 32. Activations are copied to shared memory as they are (16-bit), the weight tile
-// is dequantized into shared memory once per step (half(scale * (q - zero)), as above), and
-// mma.sync m16n8k16 multiplies with f32 accumulation, k in order. Needs K % 32 == 0.
-// Fragment layouts: PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type".
-#define MM_BM 64
-#define MM_BN 64
-#define MM_BK 32
-#define MM_LD (MM_BK + 8)  // padded row (80 bytes): fragment loads hit 32 distinct banks
-
-struct alignas(16) MmaTile {
-    u16 v[MM_BM][MM_LD];
+struct alignas(8) U32x2 {
+    u32 x, y;
 };
 
-__device__ __forceinline__ void mma_16816(float* d, const u32* a, const u32* b, u32 kind) {
-    if (kind) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+// ------------------------------------------------------------------------------------------
+// Decode: out[m, N] = x[m, K] . W^T for m <= MB (8 or 16), W never leaves registers. The host
+// (src/backend/cuda/gptq_linear.rs) sends only sequential groups, K a multiple of one quad of
+// packed rows (32 k for int4, 16 for int8), groups of whole quads and N a multiple of 32.
+//
+// Memory: a warp owns 32 output columns. Lane (gid = lane/4, tig = lane%4) loads 16 bytes of
+// qweight: columns n..n+3 (n = 4*gid) of packed row 4*quad + tig. One warp load therefore
+// covers 4 packed rows x 128 contiguous bytes, and a step of GV_UNROLL such loads (consecutive
+// quads) is in flight per lane before the first is used, with the scales and zeros of any
+// group starting in it. A block is GV_WARPS warps on the same 32 columns, each on its own run
+// of whole steps of the block's K slice (blockIdx.y, quads_per_split quads); the slice of x
+// (m rows) is staged in shared memory once per block while the first weights are in flight.
+//
+// Math: the tensor cores, mma.m16n8k16 with A = weights (16 columns x 16 k), B = x^T
+// (16 k x 8 rows of x), f32 accumulators. The dot product does not care which k sits in which
+// of the 16 k slots as long as A and B agree, so each lane feeds the k it loaded: the word of
+// column c holds k = 8r..8r+7 (int4); dequantized as half pairs (k_i, k_{i+4}) it gives the
+// lane's A registers for two k16 steps, and the lane reads x[gid][8r..8r+7] (16 bytes of
+// shared memory) and permutes it (prmt) into the same pairs for B. For int8 a word holds
+// k = 4r..4r+3, pairs (k_i, k_{i+2}), one k16 step. Tile t of the lane covers columns 4gid+2t
+// (A row gid) and 4gid+2t+1 (A row gid+8). Fragment layouts: PTX ISA, "Matrix Fragments for
+// mma.m16n8k16 with floating point type". With A = weights, m <= 8 wastes only the unused
+// B columns; 9..16 rows take a second mma per tile.
+//
+// Dequantization, bit-exact half(scale * (q - zero)):
+// - int4: a nibble pair OR'ed into the mantissa of 1024.0 (f16) / 128.0 (bf16) gives the half2
+//   (bias + q); fma(t, 1, -(bias + z)) = q - z exactly (small integer); fma(d, s, -0) =
+//   s * (q - z) rounded once to half, as the f32 product rounded to half is (the f32 product
+//   of an 8/11-bit scale and a 5-bit integer is exact). Two half2 FMAs per two weights.
+//   (The magic-number int-to-half conversion is the one of FasterTransformer / exllama /
+//   Marlin; the code here is our own.)
+// - int8 (the bf16 mantissa cannot hold 128 + q for q < 256): byte into the mantissa of 2^23
+//   (prmt), minus (2^23 + z), times s, all exact in f32, then one cvt.rn to a half pair.
+// The per-column constants are rebuilt only when a group starts (once per step for int4 g128).
+//
+// Sums: per lane in k order (mma), per block over warps in warp order (shared memory), over
+// the K slices in slice order: every block writes its slice sum to `part`, and the last block
+// of a column tile to finish (an integer ticket in `counters`, reset by that block) adds the
+// slices in order and writes `out`. No float atomics: the result does not depend on timing.
+#define GV_WARPS 8
+#define GV_UNROLL 4
+#define GV_COLS 32
+
+// qweight is read exactly once: keep it out of L1.
+__device__ __forceinline__ U32x4 ld_stream_v4(const int* p) {
+    U32x4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+// Another block's partial sums: from L2, never a stale L1 line.
+__device__ __forceinline__ float ld_l2_f32(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+    return v;
+}
+
+template <u32 KIND>
+__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
+    u32 d;
+    if constexpr (KIND == 1u) {
+        asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
     } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    }
+    return d;
+}
+
+// {half(lo) in bits 0..15, half(hi) in bits 16..31}, round to nearest even.
+template <u32 KIND>
+__device__ __forceinline__ u32 pack_half2(float lo, float hi) {
+    u32 d;
+    if constexpr (KIND == 1u) {
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    } else {
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    }
+    return d;
+}
+
+template <u32 KIND>
+__device__ __forceinline__ void mma_16816(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    if constexpr (KIND == 1u) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    } else {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
     }
 }
 
-extern "C" __global__ void __launch_bounds__(128)
-gptq_gemm_mma(const u16* __restrict__ x, const int* __restrict__ qweight, const int* __restrict__ qzeros,
-              const u16* __restrict__ scales, const int* __restrict__ g_idx, float* __restrict__ out,
-              u32 m, u32 n_out, u32 k_in, u32 group_len, u32 bits, u32 kind) {
-    __shared__ MmaTile xs_t;  // [m][k]
-    __shared__ MmaTile ws_t;  // [n][k]: column-major B
-    u16 (*xs)[MM_LD] = xs_t.v;
-    u16 (*ws)[MM_LD] = ws_t.v;
-    const u32 tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5;
-    const u32 wm = warp >> 1, wn = warp & 1u;
-    const u32 gid = lane >> 2, tig = lane & 3u;
-    const u32 m0 = blockIdx.y * MM_BM, n0 = blockIdx.x * MM_BN;
-    const u32 pf = 32u / bits, mask = (1u << bits) - 1u;
-    float acc[2][4][4];
+// Per-column constants of one group: int4 (half2 path) ca = {s, s}, cb = {-(bias + z)} x 2;
+// int8 (f32 path) ca = s, cb = -(2^23 + z) as f32 bits.
+template <u32 BITS, u32 KIND>
+__device__ __forceinline__ void gemv_group_consts(U32x2 sraw, u32 zword, u32 zshift, u32* ca, u32* cb) {
+    const u32 s01 = sraw.x, s23 = sraw.y;
+    const u32 sbits[4] = {s01 & 0xffffu, s01 >> 16, s23 & 0xffffu, s23 >> 16};
 #pragma unroll
-    for (u32 i = 0; i < 2; ++i)
-#pragma unroll
-        for (u32 j = 0; j < 4; ++j)
-#pragma unroll
-            for (u32 e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-
-    for (u32 k0 = 0; k0 < k_in; k0 += MM_BK) {
-        for (u32 c = tid; c < MM_BM * 4u; c += 128u) {
-            const u32 row = c >> 2, part = c & 3u;
-            const u32 gm = m0 + row;
-            U32x4 v = {0u, 0u, 0u, 0u};
-            if (gm < m) v = *reinterpret_cast<const U32x4*>(x + (u64)gm * k_in + k0 + part * 8u);
-            *reinterpret_cast<U32x4*>(&xs[row][part * 8u]) = v;
+    for (u32 c = 0; c < 4; ++c) {
+        const u32 z = ((zword >> (zshift + BITS * c)) & ((1u << BITS) - 1u)) + 1u;
+        if constexpr (BITS == 4) {
+            const u32 bias = KIND == 1u ? 0x4300u : 0x6400u;  // 128.0 bf16 / 1024.0 f16
+            ca[c] = sbits[c] * 0x10001u;
+            cb[c] = ((bias + z) | 0x8000u) * 0x10001u;
+        } else {
+            ca[c] = __float_as_uint(half_to_f32((u16)sbits[c], KIND));
+            cb[c] = __float_as_uint(-__uint_as_float(0x4b000000u + z));
         }
-        const u32 wrows = MM_BK / pf;
-        for (u32 e = tid; e < wrows * MM_BN; e += 128u) {
-            const u32 rr = e / MM_BN, nn = e % MM_BN;
-            const u32 gn = n0 + nn, kk0 = rr * pf;
-            if (gn < n_out) {
-                const u32 word = (u32)qweight[(u64)(k0 / pf + rr) * n_out + gn];
-                if (g_idx == 0) {
-                    const u32 g = (k0 + kk0) / group_len;
-                    const float s = half_to_f32(scales[(u64)g * n_out + gn], kind);
-                    const float z = gptq_zero(qzeros, g, gn, n_out, bits);
-                    for (u32 j = 0; j < pf; ++j)
-                        ws[nn][kk0 + j] = f32_to_half(s * ((float)((word >> (bits * j)) & mask) - z), kind);
-                } else {
-                    for (u32 j = 0; j < pf; ++j) {
-                        const u32 g = (u32)g_idx[k0 + kk0 + j];
-                        const float s = half_to_f32(scales[(u64)g * n_out + gn], kind);
-                        const float z = gptq_zero(qzeros, g, gn, n_out, bits);
-                        ws[nn][kk0 + j] = f32_to_half(s * ((float)((word >> (bits * j)) & mask) - z), kind);
-                    }
-                }
-            } else {
-                for (u32 j = 0; j < pf; ++j) ws[nn][kk0 + j] = 0;
+    }
+}
+
+// The PF weights of one word as PF/2 half pairs h[i] = {k_i, k_{i+PF/2}}.
+template <u32 BITS, u32 KIND>
+__device__ __forceinline__ void gemv_dequant_word(u32 w, u32 ca, u32 cb, u32 bias2, u32* h) {
+    if constexpr (BITS == 4) {
+        const u32 one2 = KIND == 1u ? 0x3f803f80u : 0x3c003c00u;
+#pragma unroll
+        for (u32 i = 0; i < 4; ++i) {
+            const u32 t = ((w >> (4u * i)) & 0x000f000fu) | bias2;
+            h[i] = hfma2<KIND>(hfma2<KIND>(t, one2, cb), ca, 0x80008000u);
+        }
+    } else {
+        const float s = __uint_as_float(ca), nz = __uint_as_float(cb);
+#pragma unroll
+        for (u32 i = 0; i < 2; ++i) {
+            const float lo = __uint_as_float(__byte_perm(w, 0x4b000000u, 0x7440u + i)) + nz;
+            const float hi = __uint_as_float(__byte_perm(w, 0x4b000000u, 0x7442u + i)) + nz;
+            h[i] = pack_half2<KIND>(lo * s, hi * s);
+        }
+    }
+}
+
+template <u32 BITS, u32 MB, u32 KIND>
+__device__ __forceinline__ void gptq_gemv(const u16* __restrict__ x, const int* __restrict__ qweight,
+                                          const int* __restrict__ qzeros, const u16* __restrict__ scales,
+                                          float* __restrict__ out, float* __restrict__ part,
+                                          u32* __restrict__ counters, u32 m, u32 n_out, u32 k_in,
+                                          u32 group_len, u32 quads_per_split) {
+    constexpr u32 PF = 32u / BITS;   // k per word
+    constexpr u32 KQ = 4u * PF;      // k per quad of packed rows
+    constexpr u32 HP = PF / 2u;      // half pairs per word = x registers per lane and row
+    constexpr u32 KSTEPS = PF / 4u;  // k16 steps per quad
+    constexpr u32 NB = MB / 8u;      // mma per A tile and k step (8 rows of x each)
+    // The block's slice of x while the loop runs, then the per-warp sums.
+    extern __shared__ __align__(16) unsigned char gv_smem[];
+    u16* xs = reinterpret_cast<u16*>(gv_smem);
+    float* red = reinterpret_cast<float*>(gv_smem);  // [GV_WARPS][MB][GV_COLS]
+    __shared__ u32 is_last;
+
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+    const u32 gid = lane >> 2, tig = lane & 3u;
+    const u32 quads = k_in / KQ;
+    const u32 q_lo = min(quads, blockIdx.y * quads_per_split);
+    const u32 q_hi = min(quads, q_lo + quads_per_split);
+    // Whole GV_UNROLL steps per warp (quads_per_split is a multiple of GV_UNROLL too), so that
+    // with 4 quads per group (int4 g128) every step is exactly one group.
+    const u32 per_warp = ((q_hi - q_lo + GV_WARPS - 1u) / GV_WARPS + GV_UNROLL - 1u) / GV_UNROLL * GV_UNROLL;
+    const u32 qb = min(q_hi, q_lo + warp * per_warp), qe = min(q_hi, qb + per_warp);
+    const u32 n0 = blockIdx.x * GV_COLS, n = n0 + 4u * gid;
+    const u32 quads_per_group = group_len / KQ;
+    const u32 zshift = BITS == 4 ? (n % 8u) * 4u : 0u;
+    // x slice [m][xstride] in shared memory; a row pitch of KQ halves modulo 64 keeps the rows a
+    // quarter (int4) / half (int8) warp reads in distinct banks.
+    const u32 k_base = q_lo * KQ, k_len = (q_hi - q_lo) * KQ;
+    const u32 xstride = ((k_len + 63u) & ~63u) + KQ;
+
+    float acc[2][NB][4];
+#pragma unroll
+    for (u32 t = 0; t < 2; ++t)
+#pragma unroll
+        for (u32 bg = 0; bg < NB; ++bg)
+#pragma unroll
+            for (u32 e = 0; e < 4; ++e) acc[t][bg][e] = 0.0f;
+
+    // 32-bit element offsets of the lane's current packed row (4*quad + tig) and group (the
+    // host keeps every tensor under 2^32 elements).
+    u32 w_off = (4u * qb + tig) * n_out + n;
+    u32 g_next = (qb / quads_per_group + 1u) * quads_per_group;  // first quad of the next group
+    u32 s_off = qb / quads_per_group * n_out + n;
+    u32 z_off = qb / quads_per_group * (n_out / PF) + n / PF;
+    U32x4 wq[GV_UNROLL];
+    U32x2 sr[GV_UNROLL];
+    u32 zr[GV_UNROLL];
+    u32 new_group = 0;  // bit u: quad q + u starts a group (or the warp's range)
+    u32 ca[4], cb[4];
+    // The int4 magic bias pair (see gemv_dequant_word). Built from a kernel argument so that
+    // ptxas keeps it in one register instead of rematerializing a constant at every use.
+    const u32 bias2 = (KIND == 1u ? 0x43004300u : 0x64006400u) | (group_len >> 31);
+
+    // One step: GV_UNROLL quads, every load issued before any is used (the tail test is
+    // uniform per warp).
+    auto load_step = [&](u32 q) {
+        new_group = q == qb ? 1u : 0u;
+#pragma unroll
+        for (u32 u = 0; u < GV_UNROLL; ++u) {
+            const u32 quad = q + u;
+            if (quad >= qe) break;
+            if (quad >= g_next) {
+                g_next += quads_per_group;
+                s_off += n_out;
+                z_off += n_out / PF;
+                new_group |= 1u << u;
+            }
+            wq[u] = ld_stream_v4(qweight + w_off);
+            w_off += 4u * n_out;
+            if (new_group & (1u << u)) {
+                sr[u] = *reinterpret_cast<const U32x2*>(scales + s_off);
+                zr[u] = (u32)qzeros[z_off];
             }
         }
-        __syncthreads();
+    };
+    load_step(qb);
+
+    // Stage x rows 0..m-1 of the block's k range while the first weights are on their way:
+    // thread t copies the 16-byte chunks t, t + 256, ... of the [m][k_len / 8] chunks, four
+    // loads in flight, (row, chunk) stepped without dividing.
+    {
+        constexpr u32 THREADS = GV_WARPS * 32u;
+        const u32 per_row = k_len / 8u, db = THREADS / per_row, dc = THREADS % per_row;
+        u32 b = threadIdx.x / per_row, c = threadIdx.x % per_row;
+        while (b < m) {
+            U32x4 v[4];
+            u32 lb = b, lc = c;
 #pragma unroll
-        for (u32 ks = 0; ks < MM_BK; ks += 16u) {
-            u32 a[2][4], b[4][2];
-#pragma unroll
-            for (u32 i = 0; i < 2; ++i) {
-                const u32 r = wm * 32u + i * 16u + gid;
-                a[i][0] = *reinterpret_cast<const u32*>(&xs[r][ks + tig * 2u]);
-                a[i][1] = *reinterpret_cast<const u32*>(&xs[r + 8u][ks + tig * 2u]);
-                a[i][2] = *reinterpret_cast<const u32*>(&xs[r][ks + tig * 2u + 8u]);
-                a[i][3] = *reinterpret_cast<const u32*>(&xs[r + 8u][ks + tig * 2u + 8u]);
+            for (u32 j = 0; j < 4; ++j) {
+                if (lb < m) v[j] = *reinterpret_cast<const U32x4*>(x + (u64)lb * k_in + k_base + lc * 8u);
+                lb += db;
+                lc += dc;
+                if (lc >= per_row) {
+                    lc -= per_row;
+                    ++lb;
+                }
             }
 #pragma unroll
             for (u32 j = 0; j < 4; ++j) {
-                const u32 c = wn * 32u + j * 8u + gid;
-                b[j][0] = *reinterpret_cast<const u32*>(&ws[c][ks + tig * 2u]);
-                b[j][1] = *reinterpret_cast<const u32*>(&ws[c][ks + tig * 2u + 8u]);
-            }
-#pragma unroll
-            for (u32 i = 0; i < 2; ++i)
-#pragma unroll
-                for (u32 j = 0; j < 4; ++j) mma_16816(acc[i][j], a[i], b[j], kind);
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (u32 i = 0; i < 2; ++i) {
-#pragma unroll
-        for (u32 j = 0; j < 4; ++j) {
-            const u32 col = n0 + wn * 32u + j * 8u + tig * 2u;
-#pragma unroll
-            for (u32 h = 0; h < 2; ++h) {
-                const u32 row = m0 + wm * 32u + i * 16u + gid + h * 8u;
-                if (row >= m) continue;
-                if (col < n_out) out[(u64)row * n_out + col] = acc[i][j][2 * h];
-                if (col + 1 < n_out) out[(u64)row * n_out + col + 1] = acc[i][j][2 * h + 1];
+                if (b < m) *reinterpret_cast<U32x4*>(xs + b * xstride + c * 8u) = v[j];
+                b += db;
+                c += dc;
+                if (c >= per_row) {
+                    c -= per_row;
+                    ++b;
+                }
             }
         }
     }
+    __syncthreads();
+
+    // Lanes past row m-1 of x read row m-1: they only feed output rows that are never written.
+    u32 x_off[NB];
+#pragma unroll
+    for (u32 bg = 0; bg < NB; ++bg) x_off[bg] = min(bg * 8u + gid, m - 1u) * xstride + (4u * qb + tig) * PF - k_base;
+
+    for (u32 q = qb; q < qe; q += GV_UNROLL) {
+        if (q != qb) load_step(q);
+#pragma unroll
+        for (u32 u = 0; u < GV_UNROLL; ++u) {
+            if (q + u >= qe) break;
+            if (new_group & (1u << u)) gemv_group_consts<BITS, KIND>(sr[u], zr[u], zshift, ca, cb);
+            u32 h[4][HP];
+            gemv_dequant_word<BITS, KIND>(wq[u].x, ca[0], cb[0], bias2, h[0]);
+            gemv_dequant_word<BITS, KIND>(wq[u].y, ca[1], cb[1], bias2, h[1]);
+            gemv_dequant_word<BITS, KIND>(wq[u].z, ca[2], cb[2], bias2, h[2]);
+            gemv_dequant_word<BITS, KIND>(wq[u].w, ca[3], cb[3], bias2, h[3]);
+#pragma unroll
+            for (u32 bg = 0; bg < NB; ++bg) {
+                u32 xv[HP];
+                if constexpr (BITS == 4) {
+                    const U32x4 v = *reinterpret_cast<const U32x4*>(xs + x_off[bg]);
+                    xv[0] = v.x;
+                    xv[1] = v.y;
+                    xv[2] = v.z;
+                    xv[3] = v.w;
+                } else {
+                    const U32x2 v = *reinterpret_cast<const U32x2*>(xs + x_off[bg]);
+                    xv[0] = v.x;
+                    xv[1] = v.y;
+                }
+                x_off[bg] += 4u * PF;
+#pragma unroll
+                for (u32 s = 0; s < KSTEPS; ++s) {
+                    // B: {x_{2s}, x_{2s+PF/2}} and {x_{2s+1}, x_{2s+1+PF/2}}, the k of the A pairs.
+                    const u32 b0 = __byte_perm(xv[s], xv[s + KSTEPS], 0x5410u);
+                    const u32 b1 = __byte_perm(xv[s], xv[s + KSTEPS], 0x7632u);
+#pragma unroll
+                    for (u32 t = 0; t < 2; ++t)
+                        mma_16816<KIND>(acc[t][bg], h[2 * t][2 * s], h[2 * t + 1][2 * s], h[2 * t][2 * s + 1],
+                                        h[2 * t + 1][2 * s + 1], b0, b1);
+                }
+            }
+        }
+    }
+    __syncthreads();  // every warp is done with xs: the same memory now takes the sums
+
+    // C fragment: acc[t][bg][e] is x row bg*8 + 2*tig + (e & 1), column 4*gid + 2*t + (e >> 1).
+#pragma unroll
+    for (u32 t = 0; t < 2; ++t)
+#pragma unroll
+        for (u32 bg = 0; bg < NB; ++bg)
+#pragma unroll
+            for (u32 e = 0; e < 4; ++e)
+                red[(warp * MB + bg * 8u + 2u * tig + (e & 1u)) * GV_COLS + 4u * gid + 2u * t + (e >> 1)] =
+                    acc[t][bg][e];
+    __syncthreads();
+    const u32 splits = gridDim.y;
+    for (u32 i = threadIdx.x; i < m * GV_COLS; i += blockDim.x) {
+        const u32 b = i / GV_COLS, col = i % GV_COLS;
+        float sum = 0.0f;
+#pragma unroll
+        for (u32 w = 0; w < GV_WARPS; ++w) sum += red[(w * MB + b) * GV_COLS + col];
+        if (splits == 1u) {
+            out[(u64)b * n_out + n0 + col] = sum;
+        } else {
+            part[((u64)blockIdx.y * m + b) * n_out + n0 + col] = sum;
+        }
+    }
+    if (splits == 1u) return;
+    // Publish this slice, take a ticket; the last block of the column tile adds the slices.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) is_last = atomicAdd(&counters[blockIdx.x], 1u) == splits - 1u;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    for (u32 i = threadIdx.x; i < m * GV_COLS; i += blockDim.x) {
+        const u32 b = i / GV_COLS, col = i % GV_COLS;
+        float sum = 0.0f;
+        for (u32 sp = 0; sp < splits; ++sp) sum += ld_l2_f32(part + ((u64)sp * m + b) * n_out + n0 + col);
+        out[(u64)b * n_out + n0 + col] = sum;
+    }
+    if (threadIdx.x == 0) counters[blockIdx.x] = 0u;  // ready for the next launch
 }
 
-// Prefill fallback (K not a multiple of 32): 64x64 output tile per block of 256 threads on the
-// CUDA cores, K in steps of 32. The activation
-// tile is stored transposed in shared memory, the weight tile is dequantized into shared memory
-// once per step, each thread accumulates a 4x4 block over k in order.
-#define TM 64
-#define TN 64
-#define TK 32
-extern "C" __global__ void __launch_bounds__(256)
-gptq_gemm(const u16* __restrict__ x, const int* __restrict__ qweight, const int* __restrict__ qzeros,
-          const u16* __restrict__ scales, const int* __restrict__ g_idx, float* __restrict__ out,
-          u32 m, u32 n_out, u32 k_in, u32 group_len, u32 bits, u32 kind) {
-    __shared__ float xs[TK][TM + 1];
-    __shared__ float ws[TK][TN + 1];
-    const u32 pf = 32u / bits, mask = (1u << bits) - 1u;
-    const u32 tid = threadIdx.x;
-    const u32 tx = tid % 16u, ty = tid / 16u;
-    const u32 m0 = blockIdx.y * TM, n0 = blockIdx.x * TN;
-    float acc[4][4];
-#pragma unroll
-    for (u32 i = 0; i < 4; ++i)
-#pragma unroll
-        for (u32 j = 0; j < 4; ++j) acc[i][j] = 0.0f;
-
-    for (u32 k0 = 0; k0 < k_in; k0 += TK) {
-#pragma unroll
-        for (u32 e = tid; e < TM * TK; e += 256u) {
-            const u32 row = e / TK, kk = e % TK;
-            const u32 gm = m0 + row, gk = k0 + kk;
-            xs[kk][row] = (gm < m && gk < k_in) ? half_to_f32(x[(u64)gm * k_in + gk], kind) : 0.0f;
-        }
-#pragma unroll
-        for (u32 e = tid; e < TK * TN; e += 256u) {
-            const u32 kk = e / TN, nn = e % TN;
-            const u32 gk = k0 + kk, gn = n0 + nn;
-            float w = 0.0f;
-            if (gk < k_in && gn < n_out) {
-                const u32 word = (u32)qweight[(u64)(gk / pf) * n_out + gn];
-                const u32 q = (word >> (bits * (gk % pf))) & mask;
-                const u32 g = g_idx ? (u32)g_idx[gk] : gk / group_len;
-                const float s = half_to_f32(scales[(u64)g * n_out + gn], kind);
-                const float z = gptq_zero(qzeros, g, gn, n_out, bits);
-                w = round_half(s * ((float)q - z), kind);
-            }
-            ws[kk][nn] = w;
-        }
-        __syncthreads();
-#pragma unroll 8
-        for (u32 kk = 0; kk < TK; ++kk) {
-            float a[4], b[4];
-#pragma unroll
-            for (u32 i = 0; i < 4; ++i) a[i] = xs[kk][ty * 4 + i];
-#pragma unroll
-            for (u32 j = 0; j < 4; ++j) b[j] = ws[kk][tx * 4 + j];
-#pragma unroll
-            for (u32 i = 0; i < 4; ++i)
-#pragma unroll
-                for (u32 j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
-        }
-        __syncthreads();
+#define GEMV_KERNEL(BITS, MB, KIND, NAME)                                                          \
+    extern "C" __global__ void __launch_bounds__(GV_WARPS * 32) gptq_gemv_w##BITS##_m##MB##_##NAME( \
+        const u16* x, const int* qweight, const int* qzeros, const u16* scales, float* out,        \
+        float* part, u32* counters, u32 m, u32 n_out, u32 k_in, u32 group_len, u32 quads_per_split) { \
+        gptq_gemv<BITS, MB, KIND>(x, qweight, qzeros, scales, out, part, counters, m, n_out, k_in, \
+                                  group_len, quads_per_split);                                      \
     }
-#pragma unroll
-    for (u32 i = 0; i < 4; ++i) {
-        const u32 gm = m0 + ty * 4 + i;
-        if (gm >= m) continue;
-#pragma unroll
-        for (u32 j = 0; j < 4; ++j) {
-            const u32 gn = n0 + tx * 4 + j;
-            if (gn < n_out) out[(u64)gm * n_out + gn] = acc[i][j];
-        }
-    }
-}
+GEMV_KERNEL(4, 8, 0, f16)
+GEMV_KERNEL(4, 8, 1, bf16)
+GEMV_KERNEL(4, 16, 0, f16)
+GEMV_KERNEL(4, 16, 1, bf16)
+GEMV_KERNEL(8, 8, 0, f16)
+GEMV_KERNEL(8, 8, 1, bf16)
+GEMV_KERNEL(8, 16, 0, f16)
+GEMV_KERNEL(8, 16, 1, bf16)
 
-// The weight a GPTQ loader reconstructs, [N, K] in half; one thread per weight, consecutive
-// threads on consecutive columns n (coalesced qweight reads).
-extern "C" __global__ void gptq_dequantize(const int* __restrict__ qweight, const int* __restrict__ qzeros,
-                                           const u16* __restrict__ scales, const int* __restrict__ g_idx,
-                                           u16* __restrict__ out, u32 n_out, u32 k_in, u32 group_len,
-                                           u32 bits, u32 kind) {
+// ------------------------------------------------------------------------------------------
+// The weight a GPTQ loader reconstructs, W[n][k] = half(scale * (q - zero)), for the columns
+// n0 <= n < n0 + n_cols (written as rows n - n0 of `out`, [n_cols, K]). The `dequantize_gptq`
+// op, and the prefill / act-order path (column chunks, then cuBLAS).
+// One thread per (column, 32 consecutive k): consecutive threads take consecutive columns, so
+// each qweight row is read coalesced, and every thread writes 64 contiguous bytes of its
+// output row (whole 32-byte sectors).
+template <u32 BITS>
+__device__ __forceinline__ void gptq_dequantize_cols(const int* __restrict__ qweight, const int* __restrict__ qzeros,
+                                                     const u16* __restrict__ scales, const int* __restrict__ g_idx,
+                                                     u16* __restrict__ out, u32 n_out, u32 k_in, u32 group_len,
+                                                     u32 kind, u32 n0, u32 n_cols) {
+    constexpr u32 PF = 32u / BITS, WORDS = 32u / PF, MASK = (1u << BITS) - 1u;
+    const u32 chunks = (k_in + 31u) / 32u;
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (u64)n_out * k_in) return;
-    const u32 pf = 32u / bits, mask = (1u << bits) - 1u;
-    const u32 n = (u32)(idx % n_out), k = (u32)(idx / n_out);
-    const u32 word = (u32)qweight[(u64)(k / pf) * n_out + n];
-    const u32 q = (word >> (bits * (k % pf))) & mask;
-    const u32 g = g_idx ? (u32)g_idx[k] : k / group_len;
-    const float s = half_to_f32(scales[(u64)g * n_out + n], kind);
-    const float z = gptq_zero(qzeros, g, n, n_out, bits);
-    out[(u64)n * k_in + k] = f32_to_half(s * ((float)q - z), kind);
+    if (idx >= (u64)n_cols * chunks) return;
+    const u32 nl = (u32)(idx % n_cols), chunk = (u32)(idx / n_cols), n = n0 + nl;
+    const u32 rows = k_in / PF;
+    u32 h[16];
+#pragma unroll
+    for (u32 i = 0; i < WORDS; ++i) {
+        const u32 r = chunk * WORDS + i;
+        const bool ok = r < rows;
+        const u32 word = ok ? (u32)qweight[(u64)r * n_out + n] : 0u;
+        float s = 0.0f, z = 0.0f;
+        if (ok && !g_idx) {
+            // Sequential groups: group_len % PF == 0 (GptqWeight::upload), one group per word.
+            const u32 g = r * PF / group_len;
+            s = half_to_f32(scales[(u64)g * n_out + n], kind);
+            z = gptq_zero(qzeros, g, n, n_out, BITS);
+        }
+#pragma unroll
+        for (u32 j = 0; j < PF; ++j) {
+            if (ok && g_idx) {
+                const u32 g = (u32)g_idx[r * PF + j];
+                s = half_to_f32(scales[(u64)g * n_out + n], kind);
+                z = gptq_zero(qzeros, g, n, n_out, BITS);
+            }
+            const u32 v = f32_to_half(s * ((float)((word >> (BITS * j)) & MASK) - z), kind);
+            const u32 e = i * PF + j;
+            h[e / 2u] = (e & 1u) ? (h[e / 2u] | (v << 16)) : v;
+        }
+    }
+    u16* dst = out + (u64)nl * k_in + (u64)chunk * 32u;
+    if (chunk * 32u + 32u <= k_in && k_in % 8u == 0u) {
+#pragma unroll
+        for (u32 v = 0; v < 4; ++v)
+            reinterpret_cast<U32x4*>(dst)[v] = U32x4{h[4 * v], h[4 * v + 1], h[4 * v + 2], h[4 * v + 3]};
+    } else {
+        const u32 valid = k_in - chunk * 32u;
+#pragma unroll
+        for (u32 e = 0; e < 32; ++e)
+            if (e < valid) dst[e] = (u16)(h[e / 2u] >> (16u * (e & 1u)));
+    }
 }
+
+#define DEQUANT_KERNEL(BITS)                                                                         \
+    extern "C" __global__ void gptq_dequantize_w##BITS(const int* qweight, const int* qzeros,           \
+                                                        const u16* scales, const int* g_idx, u16* out,  \
+                                                        u32 n_out, u32 k_in, u32 group_len, u32 kind,   \
+                                                        u32 n0, u32 n_cols) {                           \
+        gptq_dequantize_cols<BITS>(qweight, qzeros, scales, g_idx, out, n_out, k_in, group_len, kind, n0, \
+                                   n_cols);                                                              \
+    }
+DEQUANT_KERNEL(4)
+DEQUANT_KERNEL(8)

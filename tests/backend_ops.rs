@@ -1404,6 +1404,92 @@ fn quantize_rtn_on_cuda_is_byte_identical_to_cpu() {
     }
 }
 
+/// The decode kernel (m <= 64 rows, sequential groups) at every K split size it can be given
+/// (4 to 128 quads of packed rows per block: one busy warp to 8 warps of 4 steps, one group per
+/// step or several), for int4/int8, g32/g64/g128/per-channel, f16/bf16 and 1 to 64 rows:
+/// against the f64 host reference like `gptq_body`, and bit-identical when run twice.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gptq_gemv_splits_cuda() {
+    let b = cuda();
+    let (n, k) = (96usize, 2048usize);
+    let mut worst = 0f64;
+    for (bits, gs, kind) in [
+        (4u8, 128i64, HalfKind::BF16),
+        (4, 32, HalfKind::F16),
+        (4, 64, HalfKind::BF16),
+        (4, -1, HalfKind::F16),
+        (8, 128, HalfKind::BF16),
+        (8, 16, HalfKind::F16),
+    ] {
+        let ql = sample_linear(bits, gs, false, false, n, k, kind, 40 + bits as u64);
+        let dtype = match kind {
+            HalfKind::BF16 => DType::BF16,
+            HalfKind::F16 => DType::F16,
+        };
+        let packed = gptq_v1::pack(&ql, dtype);
+        let scales: Vec<u16> = packed
+            .scales
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        let host = GptqHost {
+            name: "t",
+            scheme: ql.scheme,
+            in_features: k,
+            out_features: n,
+            qweight: &packed.qweight,
+            qzeros: &packed.qzeros,
+            scales: &scales,
+            half: kind,
+            g_idx: &packed.g_idx,
+        };
+        let w = GptqWeight::upload(&b, &host).unwrap();
+        assert!(w.g_idx.is_none());
+        let wf: Vec<f32> = halves(kind, &ql.dequantize())
+            .iter()
+            .map(|&h| kind.to_f32(h))
+            .collect();
+        for m in [1usize, 2, 7, 8, 9, 16, 40, 64] {
+            let xh = halves(kind, &randn(300 + m as u64, m * k, 1.0));
+            let xf: Vec<f32> = xh.iter().map(|&h| kind.to_f32(h)).collect();
+            let (want, mag) = matmul_ref(&xf, &wf, m, n, k);
+            let xd = b.upload(&xh).unwrap();
+            for qps in [
+                None,
+                Some(4usize),
+                Some(8),
+                Some(16),
+                Some(32),
+                Some(64),
+                Some(128),
+            ] {
+                b.set_gemv_quads_per_split(qps);
+                let mut out = b.zeros::<f32>(m * n).unwrap();
+                b.gemm_gptq(&xd, &w, m, &mut out).unwrap();
+                let first = b.download(&out).unwrap();
+                b.gemm_gptq(&xd, &w, m, &mut out).unwrap();
+                let again = b.download(&out).unwrap();
+                b.set_gemv_quads_per_split(None);
+                assert!(
+                    first
+                        .iter()
+                        .zip(&again)
+                        .all(|(a, c)| a.to_bits() == c.to_bits()),
+                    "w{bits} g{gs} m={m} split {qps:?}: two runs differ"
+                );
+                let e = rel_err(&first, &want, &mag);
+                assert!(
+                    e <= 1e-5,
+                    "w{bits} g{gs} {kind:?} m={m} split {qps:?}: max rel err {e:e}"
+                );
+                worst = worst.max(e);
+            }
+        }
+    }
+    report("gptq decode kernel, all K splits", &b, worst, 1e-5);
+}
+
 /// CPU and CUDA agree with each other, not only with the host reference: a decode-shaped GPTQ
 /// product and attention, compared directly.
 #[test]
@@ -1641,6 +1727,204 @@ fn cuda_timings() {
         );
     }
     println!("memory after timings: {:?}", b.memory());
+}
+
+/// A random GPTQ v1 linear (`sample_linear`: int`bits` g128 sym, no act-order) on `b`.
+fn random_gptq<B: Backend>(b: &B, bits: u8, n: usize, k: usize, seed: u64) -> GptqWeight<B> {
+    let kind = HalfKind::BF16;
+    let ql = sample_linear(bits, 128, true, false, n, k, kind, seed);
+    let packed = gptq_v1::pack(&ql, DType::BF16);
+    let scales: Vec<u16> = packed
+        .scales
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let host = GptqHost {
+        name: "bench",
+        scheme: ql.scheme,
+        in_features: k,
+        out_features: n,
+        qweight: &packed.qweight,
+        qzeros: &packed.qzeros,
+        scales: &scales,
+        half: kind,
+        g_idx: &packed.g_idx,
+    };
+    GptqWeight::upload(b, &host).unwrap()
+}
+
+/// Device time of one call of `f` in microseconds, as a decode step sees it: the median of
+/// `samples` CUDA-event timings after 3 warm-ups, each preceded by a 256 MiB read (argmax over
+/// zeros) so that the weight comes from HBM, not from the 50+ MB L2 the previous call filled.
+fn cold_call_us(b: &CudaBackend, samples: usize, f: &mut dyn FnMut()) -> f64 {
+    let cols = 1usize << 18;
+    let flush = b.zeros::<f32>(256 * cols).unwrap();
+    let mut idx = b.zeros::<u32>(256).unwrap();
+    for _ in 0..3 {
+        f();
+    }
+    let mut t: Vec<f64> = (0..samples)
+        .map(|_| {
+            b.argmax(&flush, cols, &mut idx).unwrap();
+            b.time_ms(&mut || {
+                f();
+                Ok(())
+            })
+            .unwrap() as f64
+                * 1e3
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[samples / 2]
+}
+
+/// The linears of one HY-MT 7B decoder layer as the runner calls them
+/// (src/runner/backend_model.rs: q, k, v, o, gate, up, down, each its own GEMM):
+/// (name, out_features N, in_features K, calls per layer).
+const LAYER_7B: [(&str, usize, usize, usize); 4] = [
+    ("q_proj, o_proj", 4096, 4096, 2),
+    ("k_proj, v_proj", 1024, 4096, 2),
+    ("gate_proj, up_proj", 14336, 4096, 2),
+    ("down_proj", 4096, 14336, 1),
+];
+
+/// Issue 4's decode benchmark: per linear of a HY-MT 7B layer (hidden 4096, intermediate
+/// 14336, 32 heads / 8 kv heads of 128) at m = 1 and 16 rows, cuBLAS bf16 (`gemm` on the
+/// dequantized weight) against W8A16 and W4A16 g128 (`gemm_gptq`), cold L2 (see
+/// `cold_call_us`), with the bytes each reads over a device-to-device copy's bandwidth as the
+/// roofline. Prints markdown tables for docs/perf.md. Run alone:
+/// `./backend_ops --ignored --nocapture --test-threads=1 decode_step`
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn decode_step_bench() {
+    let b = cuda();
+    let kind = HalfKind::BF16;
+    let samples = 30;
+    // Copy bandwidth, counting bytes read and written (as KINDS.md's 4.3 TB/s does).
+    let copy_bytes = 1usize << 30;
+    let copy_bw = {
+        let src = b.zeros::<u8>(copy_bytes).unwrap();
+        let mut dst = b.zeros::<u8>(copy_bytes).unwrap();
+        let us = cold_call_us(&b, 20, &mut || b.copy_device(&src, &mut dst).unwrap());
+        2.0 * copy_bytes as f64 / (us * 1e-6)
+    };
+    println!(
+        "decode_step on {}: device-to-device copy of 1 GiB: {:.0} GB/s (read + written)",
+        b.name(),
+        copy_bw / 1e9
+    );
+    // times[m][shape] = (bf16 us, w8 us, w4 us); bytes[shape] = (bf16, w8, w4).
+    let ms = [1usize, 16];
+    let mut times = vec![vec![(0f64, 0f64, 0f64); LAYER_7B.len()]; ms.len()];
+    let mut bytes = vec![(0f64, 0f64, 0f64); LAYER_7B.len()];
+    for (si, &(name, n, k, _)) in LAYER_7B.iter().enumerate() {
+        let w8 = random_gptq(&b, 8, n, k, 11 + si as u64);
+        let w4 = random_gptq(&b, 4, n, k, 17 + si as u64);
+        // The dense weight is W4's dequantization (realistic values, no host generation).
+        let mut dense = b.zeros::<u16>(n * k).unwrap();
+        b.dequantize_gptq(&w4, &mut dense).unwrap();
+        bytes[si] = ((n * k * 2) as f64, w8.bytes() as f64, w4.bytes() as f64);
+        for (mi, &m) in ms.iter().enumerate() {
+            let x = b
+                .upload(&halves(kind, &randn(3 + m as u64, m * k, 1.0)))
+                .unwrap();
+            let mut out = b.zeros::<f32>(m * n).unwrap();
+            let mut reference = b.zeros::<f32>(m * n).unwrap();
+            let t16 = cold_call_us(&b, samples, &mut || {
+                b.gemm(&x, &dense, kind, m, n, k, &mut out).unwrap()
+            });
+            let t8 = cold_call_us(&b, samples, &mut || {
+                b.gemm_gptq(&x, &w8, m, &mut out).unwrap()
+            });
+            let t4 = cold_call_us(&b, samples, &mut || {
+                b.gemm_gptq(&x, &w4, m, &mut out).unwrap()
+            });
+            // W4 at full size against cuBLAS on the same dequantized weight.
+            b.gemm(&x, &dense, kind, m, n, k, &mut reference).unwrap();
+            b.gemm_gptq(&x, &w4, m, &mut out).unwrap();
+            let (f, d) = (b.download(&out).unwrap(), b.download(&reference).unwrap());
+            let scale = d.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let err = f
+                .iter()
+                .zip(&d)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                err <= 1e-4 * scale,
+                "{name} m={m}: W4A16 vs cuBLAS max err {err} (scale {scale})"
+            );
+            times[mi][si] = (t16, t8, t4);
+        }
+    }
+    let roof = |bytes: f64, us: f64| 100.0 * bytes / copy_bw / (us * 1e-6);
+    let gbs = |bytes: f64, us: f64| bytes / (us * 1e-6) / 1e9;
+    for (mi, &m) in ms.iter().enumerate() {
+        println!("\nHY-MT 7B decode, m = {m} (bf16 activations; device times, cold L2, median of {samples})\n");
+        println!("| linear (N x K) | bf16 cuBLAS us (GB/s) | W8A16 us (GB/s, % roofline, x bf16) | W4A16 us (GB/s, % roofline, x bf16) |");
+        println!("|---|---|---|---|");
+        let mut total = (0f64, 0f64, 0f64);
+        let mut total_bytes = (0f64, 0f64, 0f64);
+        let row = |label: String,
+                   (t16, t8, t4): (f64, f64, f64),
+                   (b16, b8, b4): (f64, f64, f64)| {
+            println!(
+                "| {label} | {t16:.1} ({:.0}) | {t8:.1} ({:.0}, {:.0}%, {:.2}x) | {t4:.1} ({:.0}, {:.0}%, {:.2}x) |",
+                gbs(b16, t16),
+                gbs(b8, t8),
+                roof(b8, t8),
+                t16 / t8,
+                gbs(b4, t4),
+                roof(b4, t4),
+                t16 / t4,
+            );
+        };
+        for (si, &(name, n, k, calls)) in LAYER_7B.iter().enumerate() {
+            let t = times[mi][si];
+            let by = bytes[si];
+            row(format!("{name} ({n} x {k})"), t, by);
+            let c = calls as f64;
+            total = (total.0 + c * t.0, total.1 + c * t.1, total.2 + c * t.2);
+            total_bytes = (
+                total_bytes.0 + c * by.0,
+                total_bytes.1 + c * by.1,
+                total_bytes.2 + c * by.2,
+            );
+        }
+        row(
+            "**layer** (q, k, v, o, gate, up, down)".to_string(),
+            total,
+            total_bytes,
+        );
+    }
+    println!("\nroofline = bytes of the weight (packed tensors for W8/W4: qweight, qzeros, scales) / copy bandwidth");
+}
+
+/// Tuning data for `gemv_quads_per_split`: the decode kernel's time at each K slice size
+/// (quads of packed rows per block) for the 7B shapes, next to the automatic choice.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn decode_step_split_sweep() {
+    let b = cuda();
+    let kind = HalfKind::BF16;
+    for &(name, n, k, _) in LAYER_7B.iter() {
+        for bits in [4u8, 8] {
+            let w = random_gptq(&b, bits, n, k, 5);
+            for m in [1usize, 16] {
+                let x = b.upload(&halves(kind, &randn(7, m * k, 1.0))).unwrap();
+                let mut out = b.zeros::<f32>(m * n).unwrap();
+                b.set_gemv_quads_per_split(None);
+                let auto = cold_call_us(&b, 20, &mut || b.gemm_gptq(&x, &w, m, &mut out).unwrap());
+                let mut line = format!("sweep {name} {n}x{k} w{bits} m={m}: auto {auto:.1} us |");
+                for qps in [4usize, 8, 16, 32, 64, 128] {
+                    b.set_gemv_quads_per_split(Some(qps));
+                    let t = cold_call_us(&b, 20, &mut || b.gemm_gptq(&x, &w, m, &mut out).unwrap());
+                    line += &format!(" {qps}: {t:.1}");
+                }
+                b.set_gemv_quads_per_split(None);
+                println!("{line}");
+            }
+        }
+    }
 }
 
 /// Per-op times of the GPTQ path at HY-MT 7B shapes (one 4096-token chunk; a layer at

@@ -316,6 +316,6 @@ mod tests {
         let s = GPTQ.full_source();
         assert!(s.starts_with("#line 1 \"common.cuh\""));
         assert!(s.contains("#line 1 \"gptq.cu\""));
-        assert!(s.contains("gptq_gemm(") && s.contains("extern \"C\" __global__"));
+        assert!(s.contains("gptq_gemv(") && s.contains("extern \"C\" __global__"));
     }
 }

@@ -4,16 +4,17 @@
 //! high-water mark; cuMemGetInfo deltas are sampled at each allocation too.
 
 pub mod compile;
+mod gptq_linear;
 mod gptq_solve;
 pub mod probe;
 mod staging;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::cublas::{sys as blas_sys, CudaBlas};
+use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
     LaunchConfig, PushKernelArg,
@@ -107,6 +108,12 @@ pub struct CudaBackend {
     solver: Mutex<Option<Arc<cudarc::cusolver::DnHandle>>>,
     /// Pinned buffers for large copies, allocated at the first one.
     staging: Mutex<Option<staging::Staging>>,
+    /// Tickets of the GPTQ decode kernel's split-K sums (see gptq_linear.rs).
+    gemv_counters: Mutex<Option<CudaBuf<u32>>>,
+    /// Blocks per multiprocessor of each GPTQ decode kernel.
+    gemv_occupancy: Mutex<HashMap<String, usize>>,
+    /// Quads of packed rows per K split forced for tuning (0: automatic).
+    gemv_quads_override: AtomicUsize,
 }
 
 fn drv<T>(what: &str, r: std::result::Result<T, cudarc::driver::DriverError>) -> Result<T> {
@@ -189,6 +196,9 @@ impl CudaBackend {
                 }),
                 solver: Mutex::new(None),
                 staging: Mutex::new(None),
+                gemv_counters: Mutex::new(None),
+                gemv_occupancy: Mutex::new(HashMap::new()),
+                gemv_quads_override: AtomicUsize::new(0),
             })
         })
     }
@@ -330,6 +340,16 @@ impl CudaBackend {
             )?);
         }
         f(slot.as_mut().expect("just set"))
+    }
+
+    /// Device-to-device copy of `src` into `dst` (same length), queued on the stream: the
+    /// bandwidth ceiling the decode benchmark compares against.
+    pub fn copy_device<T: Elem>(&self, src: &CudaBuf<T>, dst: &mut CudaBuf<T>) -> Result<()> {
+        check_len("copy_device", "dst", dst.len, src.len)?;
+        drv(
+            "cuMemcpyDtoDAsync",
+            self.stream.memcpy_dtod(&src.slice, &mut dst.slice),
+        )
     }
 
     /// Device time of the work `f` queues, in milliseconds (CUDA events around it).
@@ -646,47 +666,11 @@ impl Backend for CudaBackend {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let int = |what: &str, v: usize| {
-            i32::try_from(v).map_err(|_| runner_err(format!("gemm: {what} = {v} is too large")))
-        };
-        let (mi, ni, ki) = (int("m", m)?, int("n", n)?, int("k", k)?);
-        let dt = match half {
-            HalfKind::F16 => blas_sys::cudaDataType::CUDA_R_16F,
-            HalfKind::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
-        };
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // Row-major out[m, n] = x[m, k] . w[n, k]^T is column-major out^T[n, m] =
-        // (w as column-major [k, n])^T . (x as column-major [k, m]).
         let (xp, _gx) = x.slice.device_ptr(&self.stream);
         let (wp, _gw) = w.slice.device_ptr(&self.stream);
         let (op, _go) = out.slice.device_ptr_mut(&self.stream);
-        // SAFETY: pointers are live device buffers of the checked sizes; types match `dt` and
-        // CUDA_R_32F; the handle is bound to our stream.
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *self.blas.handle(),
-                blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                ni,
-                mi,
-                ki,
-                &alpha as *const f32 as *const _,
-                wp as *const _,
-                dt,
-                ki,
-                xp as *const _,
-                dt,
-                ki,
-                &beta as *const f32 as *const _,
-                op as *mut _,
-                blas_sys::cudaDataType::CUDA_R_32F,
-                ni,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| Error::cuda(format!("cublasGemmEx ({m}x{n}x{k}): {e:?}")))?;
-        Ok(())
+        // SAFETY: live device buffers of the checked sizes on our stream; out rows are n apart.
+        unsafe { self.gemm_ptrs(xp, wp, op, half, (m, n, k), n) }
     }
 
     fn gemm_gptq(
@@ -702,145 +686,17 @@ impl Backend for CudaBackend {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let (m_u, n_u, k_u, gl, bits, kind) = (
-            as_u32("m", m)?,
-            as_u32("out_features", n)?,
-            as_u32("in_features", k)?,
-            as_u32("group_len", w.group_len)?,
-            w.bits,
-            w.half.code(),
-        );
-        let null: u64 = 0;
-        if m <= 16 {
-            // Split K so that about two blocks per multiprocessor are busy, and so that each
-            // slice's activations fit in 32 KiB of shared memory.
-            let mb = m.next_power_of_two();
-            let pf = 32 / bits as usize;
-            let words = k / pf;
-            let col_tiles = n.div_ceil(128);
-            let by_parallelism = (2 * self.sm_count as usize).div_ceil(col_tiles);
-            let by_memory = k.div_ceil(8192 / mb);
-            let splits = by_parallelism.max(by_memory).clamp(1, words.max(1));
-            let rows_per_split = words.div_ceil(splits).max(1);
-            let splits = words.div_ceil(rows_per_split).max(1);
-            let smem = (mb * rows_per_split * pf * 4).max(4 * mb * 128 * 4);
-            let mut part = if splits > 1 {
-                Some(self.scratch::<f32>(splits * m * n)?)
-            } else {
-                None
-            };
-            let name = format!("gptq_gemv_w{bits}_m{mb}");
-            let f = self.func(&compile::GPTQ, &name)?;
-            let cfg = LaunchConfig {
-                grid_dim: (
-                    as_u32("column tiles", col_tiles)?,
-                    as_u32("splits", splits)?,
-                    1,
-                ),
-                block_dim: (4 * 32, 1, 1),
-                shared_mem_bytes: as_u32("shared memory", smem)?,
-            };
-            let rps = as_u32("rows per split", rows_per_split)?;
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&x.slice)
-                .arg(&w.qweight.slice)
-                .arg(&w.qzeros.slice)
-                .arg(&w.scales.slice);
-            match &w.g_idx {
-                Some(g) => b.arg(&g.slice),
-                None => b.arg(&null),
-            };
-            match &mut part {
-                Some(p) => b.arg(&mut p.slice),
-                None => b.arg(&mut out.slice),
-            };
-            b.arg(&m_u)
-                .arg(&n_u)
-                .arg(&k_u)
-                .arg(&gl)
-                .arg(&kind)
-                .arg(&rps);
-            // SAFETY: matches gptq_gemv_w{bits}_m{mb}; shapes checked at upload and above;
-            // the partial buffer holds splits x m x n floats.
-            unsafe { b.launch(cfg) }.map_err(Self::launch_err(&name))?;
-            if let Some(p) = &part {
-                let f = self.func(&compile::GPTQ, "gptq_splitk_reduce")?;
-                let (sp, len) = (as_u32("splits", splits)?, (m * n) as u64);
-                let mut b = self.stream.launch_builder(&f);
-                b.arg(&p.slice).arg(&mut out.slice).arg(&sp).arg(&len);
-                // SAFETY: matches gptq_splitk_reduce.
-                unsafe { b.launch(grid_1d(len, 256)?) }
-                    .map_err(Self::launch_err("gptq_splitk_reduce"))?;
-            }
-        } else {
-            // Tensor cores when K is a multiple of 32, else the CUDA-core kernel.
-            let mma = k % 32 == 0;
-            let (name, tile, threads) = if mma {
-                ("gptq_gemm_mma", 64, 128)
-            } else {
-                ("gptq_gemm", 64, 256)
-            };
-            let f = self.func(&compile::GPTQ, name)?;
-            let cfg = LaunchConfig {
-                grid_dim: (n_u.div_ceil(tile), m_u.div_ceil(tile), 1),
-                block_dim: (threads, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&x.slice)
-                .arg(&w.qweight.slice)
-                .arg(&w.qzeros.slice)
-                .arg(&w.scales.slice);
-            match &w.g_idx {
-                Some(g) => b.arg(&g.slice),
-                None => b.arg(&null),
-            };
-            b.arg(&mut out.slice)
-                .arg(&m_u)
-                .arg(&n_u)
-                .arg(&k_u)
-                .arg(&gl)
-                .arg(&bits)
-                .arg(&kind);
-            // SAFETY: both kernels take these arguments; shapes checked above.
-            unsafe { b.launch(cfg) }.map_err(Self::launch_err(name))?;
-        }
-        Ok(())
+        self.gptq_matmul(x, w, m, out)
     }
 
     fn dequantize_gptq(&self, w: &GptqWeight<Self>, out: &mut CudaBuf<u16>) -> Result<()> {
-        let (n, k) = (w.out_features, w.in_features);
-        check_len("dequantize_gptq", "out", out.len, n * k)?;
-        if n * k == 0 {
-            return Ok(());
-        }
-        let f = self.func(&compile::GPTQ, "gptq_dequantize")?;
-        let (n_u, k_u, gl, bits, kind) = (
-            as_u32("out_features", n)?,
-            as_u32("in_features", k)?,
-            as_u32("group_len", w.group_len)?,
-            w.bits,
-            w.half.code(),
-        );
-        let null: u64 = 0;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&w.qweight.slice)
-            .arg(&w.qzeros.slice)
-            .arg(&w.scales.slice);
-        match &w.g_idx {
-            Some(g) => b.arg(&g.slice),
-            None => b.arg(&null),
-        };
-        b.arg(&mut out.slice)
-            .arg(&n_u)
-            .arg(&k_u)
-            .arg(&gl)
-            .arg(&bits)
-            .arg(&kind);
-        // SAFETY: matches gptq_dequantize.
-        unsafe { b.launch(grid_1d((n * k) as u64, 256)?) }
-            .map_err(Self::launch_err("gptq_dequantize"))?;
-        Ok(())
+        check_len(
+            "dequantize_gptq",
+            "out",
+            out.len,
+            w.out_features * w.in_features,
+        )?;
+        self.gptq_dequantize_all(w, out)
     }
 
     fn kv_append(

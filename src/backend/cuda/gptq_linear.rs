@@ -1,0 +1,389 @@
+//! Host side of the W4A16 / W8A16 linears (kernels/gptq.cu): which kernel runs for which
+//! shape, how the K dimension is split, and the dequantize-then-cuBLAS path.
+//!
+//! - Decode (m <= `GEMV_MAX_ROWS`, sequential groups, shapes the kernel tiles exactly):
+//!   `gptq_gemv_w{4,8}_m{8,16}_{f16,bf16}`, 16 rows of x per launch. It streams the packed
+//!   weight once; the K split is chosen so that the grid covers every multiprocessor (see
+//!   `gemv_quads_per_split`), and split sums are added in a fixed order inside the same launch.
+//! - Everything else (prefill, act-order `g_idx`, odd shapes): `gptq_dequantize_w{4,8}` writes
+//!   the 16-bit weight for a chunk of output columns into a scratch buffer and cuBLAS
+//!   multiplies it. The dequantization reads the packed weight once and writes 4x (int4) its
+//!   size; at prefill sizes that is small next to the GEMM, which then runs at cuBLAS speed
+//!   (the fused tensor-core prefill kernel it replaces reached 53 TFLOP/s against cuBLAS's 485
+//!   on 4096x4096x512, docs/cuda.md).
+
+use std::sync::atomic::Ordering;
+use std::sync::MutexGuard;
+
+use cudarc::cublas::sys as blas_sys;
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+
+use super::{as_u32, compile, drv, grid_1d, CudaBackend, CudaBuf};
+use crate::backend::{runner_err, GptqWeight, HalfKind};
+use crate::error::{Error, Result};
+
+/// Rows of x up to which the decode kernel runs (in launches of 16 rows); above, the weight is
+/// dequantized for cuBLAS. One decode launch reads the packed weight once (0.5 / 1 byte per
+/// weight for int4 / int8); dequantize + cuBLAS moves ~4.5 / 5 bytes per weight (read, write
+/// 2, read 2 again). By bytes alone the crossing would be near 144 / 80 rows; 64 allows for
+/// the 16-row launches being slower per byte than the 8-row ones. Not measured yet.
+pub(crate) const GEMV_MAX_ROWS: usize = 64;
+
+/// Threads per decode block (GV_WARPS warps in kernels/gptq.cu), quads of packed rows a warp
+/// loads per step (GV_UNROLL) and output columns per block (GV_COLS).
+const GV_THREADS: u32 = 256;
+const GV_WARPS: usize = 8;
+const GV_UNROLL: usize = 4;
+const GV_COLS: usize = 32;
+
+/// Dynamic shared memory a decode block may use (x slice, then the per-warp sums): under the
+/// 48 KiB that needs no opt-in, with room for the kernel's static bytes.
+const GV_SMEM_LIMIT: usize = 45 * 1024;
+
+/// The largest 16-bit weight chunk the prefill path dequantizes at once.
+const DEQUANT_SCRATCH_BYTES: usize = 64 << 20;
+
+fn kind_name(half: HalfKind) -> &'static str {
+    match half {
+        HalfKind::F16 => "f16",
+        HalfKind::BF16 => "bf16",
+    }
+}
+
+/// The decode kernel's shared memory for `rows` rows of x and `qps` quads per split: the x
+/// slice with its padded row pitch (as the kernel computes it), or the per-warp sums.
+fn gemv_smem_bytes(rows: usize, mb: usize, qps: usize, kq: usize) -> usize {
+    let pitch = (qps * kq).next_multiple_of(64) + kq;
+    (rows * pitch * 2).max(GV_WARPS * mb * GV_COLS * 4)
+}
+
+impl CudaBackend {
+    /// Whether `gptq_gemv_*` handles this weight: sequential groups, K a multiple of one quad
+    /// of packed rows (32 k for int4, 16 for int8), groups of whole quads, N a multiple of the
+    /// block's 32 columns, every tensor indexable with 32 bits, and the K splits within a
+    /// grid's y dimension.
+    fn gemv_fits(&self, w: &GptqWeight<Self>) -> bool {
+        let kq = 4 * (32 / w.bits as usize);
+        let (n, k) = (w.out_features, w.in_features);
+        w.g_idx.is_none()
+            && k > 0
+            && k % kq == 0
+            && w.group_len % kq == 0
+            && n % GV_COLS == 0
+            && (k / kq).div_ceil(GV_UNROLL) <= 65_535
+            && (k / (32 / w.bits as usize)) * n <= u32::MAX as usize
+            && w.groups * n <= u32::MAX as usize
+    }
+
+    /// Forces the decode kernel's K slice (quads of packed rows per block) for tuning runs;
+    /// `None` restores the automatic choice.
+    pub fn set_gemv_quads_per_split(&self, quads: Option<usize>) {
+        self.gemv_quads_override
+            .store(quads.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Blocks of `name` that fit on one multiprocessor with `smem` bytes of dynamic shared
+    /// memory (asked once per kernel).
+    fn gemv_blocks_per_sm(
+        &self,
+        f: &cudarc::driver::CudaFunction,
+        name: &str,
+        smem: usize,
+    ) -> Result<usize> {
+        let mut cache = self
+            .gemv_occupancy
+            .lock()
+            .map_err(|_| Error::cuda("occupancy cache poisoned by an earlier panic"))?;
+        if let Some(&b) = cache.get(name) {
+            return Ok(b);
+        }
+        // The driver answers for the current context; a failed query only costs the guess of
+        // two blocks (what the register count of the m16 kernels allows).
+        let b = self
+            .ctx
+            .bind_to_thread()
+            .and_then(|()| f.occupancy_max_active_blocks_per_multiprocessor(GV_THREADS, smem, None))
+            .map_or(2, |b| b.max(1) as usize);
+        cache.insert(name.to_string(), b);
+        Ok(b)
+    }
+
+    /// Quads of packed rows per K slice (one block's share of K). One step of 4 quads per warp
+    /// (32 per block) is the unit. Larger slices (2 or 4 steps per warp) amortize the block's
+    /// fixed work (staging x, summing warps and slices) when the grid still has two waves of
+    /// blocks; smaller ones (fewer busy warps per block) when one step per warp would leave
+    /// multiprocessors idle. Capped so the x slice fits in shared memory.
+    fn gemv_quads_per_split(
+        &self,
+        f: &cudarc::driver::CudaFunction,
+        name: &str,
+        col_tiles: usize,
+        quads: usize,
+        (rows, mb, kq): (usize, usize, usize),
+    ) -> Result<usize> {
+        let mut max_qps = GV_UNROLL;
+        while gemv_smem_bytes(rows, mb, 2 * max_qps, kq) <= GV_SMEM_LIMIT {
+            max_qps *= 2;
+        }
+        let forced = self.gemv_quads_override.load(Ordering::Relaxed);
+        if forced > 0 {
+            return Ok(forced.next_multiple_of(GV_UNROLL).min(max_qps));
+        }
+        let step = GV_WARPS * GV_UNROLL;
+        let per_sm = self.gemv_blocks_per_sm(f, name, gemv_smem_bytes(mb, mb, step, kq))?;
+        let resident = per_sm * self.sm_count as usize;
+        let blocks = |qps: usize| col_tiles * quads.div_ceil(qps);
+        let mut qps = step;
+        for steps_per_warp in [4, 2] {
+            if blocks(step * steps_per_warp) >= 2 * resident {
+                qps = step * steps_per_warp;
+                break;
+            }
+        }
+        while qps > GV_UNROLL && blocks(qps) < resident {
+            qps /= 2;
+        }
+        Ok(qps.min(max_qps))
+    }
+
+    /// The decode launch for `rows` <= 16 rows of x (views into the caller's buffers).
+    fn gptq_gemv(
+        &self,
+        x: &CudaView<'_, u16>,
+        w: &GptqWeight<Self>,
+        rows: usize,
+        out: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        let (n, k) = (w.out_features, w.in_features);
+        let pf = 32 / w.bits as usize;
+        let kq = 4 * pf;
+        let quads = k / kq;
+        let mb = if rows <= 8 { 8 } else { 16 };
+        let name = format!("gptq_gemv_w{}_m{mb}_{}", w.bits, kind_name(w.half));
+        let f = self.func(&compile::GPTQ, &name)?;
+        let col_tiles = n / GV_COLS;
+        let qps = self.gemv_quads_per_split(&f, &name, col_tiles, quads, (rows, mb, kq))?;
+        let splits = quads.div_ceil(qps);
+        let smem = gemv_smem_bytes(rows, mb, qps.min(quads), kq);
+        let mut part = if splits > 1 {
+            Some(self.scratch::<f32>(splits * rows * n)?)
+        } else {
+            None
+        };
+        let mut guard = self.gemv_counters(col_tiles)?;
+        let counters = guard
+            .as_mut()
+            .ok_or_else(|| Error::cuda("decode tile counters missing"))?;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                as_u32("column tiles", col_tiles)?,
+                as_u32("K splits", splits)?,
+                1,
+            ),
+            block_dim: (GV_THREADS, 1, 1),
+            shared_mem_bytes: as_u32("shared memory", smem)?,
+        };
+        let (m_u, n_u, k_u, gl, qps_u) = (
+            as_u32("m", rows)?,
+            as_u32("out_features", n)?,
+            as_u32("in_features", k)?,
+            as_u32("group_len", w.group_len)?,
+            as_u32("quads per split", qps)?,
+        );
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(x)
+            .arg(&w.qweight.slice)
+            .arg(&w.qzeros.slice)
+            .arg(&w.scales.slice)
+            .arg(out);
+        match &mut part {
+            Some(p) => b.arg(&mut p.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&mut counters.slice)
+            .arg(&m_u)
+            .arg(&n_u)
+            .arg(&k_u)
+            .arg(&gl)
+            .arg(&qps_u);
+        // SAFETY: matches gptq_gemv_w*_m*_* (256 threads, `smem` bytes of dynamic shared
+        // memory, at most 45 KiB); `gemv_fits` checked the shapes the kernel relies on; `part`
+        // holds splits x rows x n floats; `counters` holds at least `col_tiles` zeroed words
+        // (each launch leaves them zero again).
+        unsafe { b.launch(cfg) }.map_err(Self::launch_err(&name))?;
+        Ok(())
+    }
+
+    /// The per-column-tile tickets of the decode kernel's split-K sums: zeroed once, grown when
+    /// a wider weight comes, left zero by every launch.
+    fn gemv_counters(&self, len: usize) -> Result<MutexGuard<'_, Option<CudaBuf<u32>>>> {
+        let mut guard = self
+            .gemv_counters
+            .lock()
+            .map_err(|_| Error::cuda("decode counters poisoned by an earlier panic"))?;
+        if guard.as_ref().is_none_or(|c| c.len < len) {
+            *guard = Some(self.alloc::<u32>(len.max(1024))?);
+        }
+        Ok(guard)
+    }
+
+    /// `gptq_dequantize_w*`: W[n0..n0 + n_cols] of `w` as 16-bit rows into `out`.
+    fn gptq_dequantize_cols(
+        &self,
+        w: &GptqWeight<Self>,
+        out: &mut CudaBuf<u16>,
+        n0: usize,
+        n_cols: usize,
+    ) -> Result<()> {
+        let k = w.in_features;
+        if n_cols == 0 || k == 0 {
+            return Ok(());
+        }
+        let name = format!("gptq_dequantize_w{}", w.bits);
+        let f = self.func(&compile::GPTQ, &name)?;
+        let (n_u, k_u, gl, kind, n0_u, nc_u) = (
+            as_u32("out_features", w.out_features)?,
+            as_u32("in_features", k)?,
+            as_u32("group_len", w.group_len)?,
+            w.half.code(),
+            as_u32("first column", n0)?,
+            as_u32("columns", n_cols)?,
+        );
+        let null: u64 = 0;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&w.qweight.slice)
+            .arg(&w.qzeros.slice)
+            .arg(&w.scales.slice);
+        match &w.g_idx {
+            Some(g) => b.arg(&g.slice),
+            None => b.arg(&null),
+        };
+        b.arg(&mut out.slice)
+            .arg(&n_u)
+            .arg(&k_u)
+            .arg(&gl)
+            .arg(&kind)
+            .arg(&n0_u)
+            .arg(&nc_u);
+        // SAFETY: matches gptq_dequantize_w*; `out` holds n_cols x k halves (checked by the
+        // callers); one thread per (column, 32 k).
+        unsafe { b.launch(grid_1d((n_cols * k.div_ceil(32)) as u64, 256)?) }
+            .map_err(Self::launch_err(&name))?;
+        Ok(())
+    }
+
+    /// The weight a GPTQ loader reconstructs, all columns.
+    pub(crate) fn gptq_dequantize_all(
+        &self,
+        w: &GptqWeight<Self>,
+        out: &mut CudaBuf<u16>,
+    ) -> Result<()> {
+        self.gptq_dequantize_cols(w, out, 0, w.out_features)
+    }
+
+    /// `out[m, n] = x[m, k] . W^T`: the decode kernel for small m, else dequantize + cuBLAS.
+    pub(crate) fn gptq_matmul(
+        &self,
+        x: &CudaBuf<u16>,
+        w: &GptqWeight<Self>,
+        m: usize,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        let (n, k) = (w.out_features, w.in_features);
+        if k == 0 {
+            let mut view = out.slice.slice_mut(0..m * n);
+            return drv("zeroing out", self.stream.memset_zeros(&mut view));
+        }
+        if m <= GEMV_MAX_ROWS && self.gemv_fits(w) {
+            for r0 in (0..m).step_by(16) {
+                let rows = (m - r0).min(16);
+                let xv = x.slice.slice(r0 * k..(r0 + rows) * k);
+                let mut ov = out.slice.slice_mut(r0 * n..(r0 + rows) * n);
+                self.gptq_gemv(&xv, w, rows, &mut ov)?;
+            }
+            return Ok(());
+        }
+        // Column chunks of the 16-bit weight (multiples of 128 columns when there are that
+        // many), each dequantized into the same scratch and multiplied into its columns of out.
+        let mut chunk = (DEQUANT_SCRATCH_BYTES / (2 * k)).clamp(1, n);
+        if chunk >= 128 && chunk < n {
+            chunk -= chunk % 128;
+        }
+        let mut scratch = self.scratch::<u16>(chunk * k)?;
+        for n0 in (0..n).step_by(chunk) {
+            let nc = chunk.min(n - n0);
+            self.gptq_dequantize_cols(w, &mut scratch, n0, nc)?;
+            let (xp, _gx) = x.slice.device_ptr(&self.stream);
+            let (wp, _gw) = scratch.slice.device_ptr(&self.stream);
+            let (op, _go) = out.slice.device_ptr_mut(&self.stream);
+            // SAFETY: x holds m x k halves, the scratch nc x k, out m x n floats; the columns
+            // n0..n0 + nc of out's rows start n0 floats in, rows n apart.
+            unsafe {
+                self.gemm_ptrs(
+                    xp,
+                    wp,
+                    op + (n0 * std::mem::size_of::<f32>()) as u64,
+                    w.half,
+                    (m, nc, k),
+                    n,
+                )?
+            };
+        }
+        Ok(())
+    }
+
+    /// Row-major `out[m, ..n]` (row pitch `ldc` floats) = `x[m, k] . w[n, k]^T` with cuBLAS
+    /// (16-bit inputs, f32 accumulation and output).
+    ///
+    /// # Safety
+    /// The pointers must be live device buffers on this backend's stream holding m x k and
+    /// n x k values of `half` and m rows of `ldc` >= n floats.
+    pub(crate) unsafe fn gemm_ptrs(
+        &self,
+        xp: u64,
+        wp: u64,
+        op: u64,
+        half: HalfKind,
+        (m, n, k): (usize, usize, usize),
+        ldc: usize,
+    ) -> Result<()> {
+        let int = |what: &str, v: usize| {
+            i32::try_from(v).map_err(|_| runner_err(format!("gemm: {what} = {v} is too large")))
+        };
+        let (mi, ni, ki, ldci) = (int("m", m)?, int("n", n)?, int("k", k)?, int("ldc", ldc)?);
+        let dt = match half {
+            HalfKind::F16 => blas_sys::cudaDataType::CUDA_R_16F,
+            HalfKind::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
+        };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Row-major out[m, n] = x[m, k] . w[n, k]^T is column-major out^T[n, m] =
+        // (w as column-major [k, n])^T . (x as column-major [k, m]).
+        // SAFETY: the caller's pointers (see above); types match `dt` and CUDA_R_32F; the
+        // handle is bound to our stream.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                ni,
+                mi,
+                ki,
+                &alpha as *const f32 as *const _,
+                wp as *const _,
+                dt,
+                ki,
+                xp as *const _,
+                dt,
+                ki,
+                &beta as *const f32 as *const _,
+                op as *mut _,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                ldci,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| Error::cuda(format!("cublasGemmEx ({m}x{n}x{k}): {e:?}")))
+    }
+}
