@@ -306,27 +306,7 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
         }
         .into());
     }
-    let mut choice = a.device.parse::<DeviceChoice>()?;
-    if opts.method == Method::Gptq {
-        // The GPU GPTQ path (docs/gpu-gptq.md) has not run on a GPU yet: auto means the CPU,
-        // and an explicit request must say it accepts an unverified path.
-        match choice {
-            DeviceChoice::Auto => choice = DeviceChoice::Cpu,
-            DeviceChoice::Cuda
-                if std::env::var_os("HYQ_UNVERIFIED_GPU_GPTQ").is_none_or(|v| v != "1") =>
-            {
-                return Err(hy_quant::Error::Flag {
-                    flag: "--device".into(),
-                    msg:
-                        "GPTQ on CUDA is written but not yet verified on a GPU (docs/gpu-gptq.md); \
-                          use --device cpu, or set HYQ_UNVERIFIED_GPU_GPTQ=1 to try it"
-                            .into(),
-                }
-                .into())
-            }
-            _ => {}
-        }
-    }
+    let choice = a.device.parse::<DeviceChoice>()?;
     let selection = Device::select(choice)?;
     if let Some(note) = &selection.note {
         eprintln!("{note}");

@@ -123,6 +123,7 @@ impl<B: Backend> DeviceLayer<B> {
 /// The forward context of one run.
 struct Fwd<'a, B: Backend> {
     b: &'a B,
+    ckpt: &'a Checkpoint,
     dims: &'a ForwardDims,
     half: HalfKind,
     seqlen: usize,
@@ -241,7 +242,6 @@ fn solve_group<B: Backend>(
     dev: &mut DeviceLayer<B>,
     clock: &mut Timer,
 ) -> Result<()> {
-    use rayon::prelude::*;
     for &kind in kinds {
         let prefix = s
             .prefixes
@@ -259,8 +259,13 @@ fn solve_group<B: Backend>(
             in_features: k_in,
             scale_dtype: s.scale_dtype,
         };
-        // The device copy is the checkpoint's weight exactly when every value is a 16-bit one.
-        let exact16 = lin.weight.par_iter().all(|&v| f.half.round(v) == v);
+        // The device copy is the checkpoint's weight exactly when the checkpoint stores it in
+        // the same 16-bit type.
+        let half_dtype = match f.half {
+            HalfKind::BF16 => DType::BF16,
+            HalfKind::F16 => DType::F16,
+        };
+        let exact16 = f.ckpt.info(&name).and_then(|i| i.dtype) == Some(half_dtype);
         let job = LinearJob {
             weight: &weight,
             w16: &dev.linear(kind).weight,
@@ -462,6 +467,7 @@ pub(crate) fn run_layers_on<B: Backend>(
     let seqlen = set.seqlen;
     let f = Fwd {
         b,
+        ckpt,
         dims: &dims,
         half,
         seqlen,

@@ -548,6 +548,7 @@ impl CudaBackend {
         nsamples: usize,
         cfg: &GptqConfig,
     ) -> Result<Sweep> {
+        let t_checks = std::time::Instant::now();
         let (n_out, k) = (w.out_features, w.in_features);
         let name = w.name;
         check_solver_inputs(w, k, h.len, nsamples, cfg)?;
@@ -569,7 +570,8 @@ impl CudaBackend {
         let s = cfg.scheme;
         let n_u = as_u32("in_features", k)?;
         // Device parts are timed up to a synchronize (manifest phases).
-        let mut phases: Vec<(&'static str, f64)> = Vec::new();
+        let mut phases: Vec<(&'static str, f64)> =
+            vec![("solve: host checks", t_checks.elapsed().as_secs_f64())];
         let mut mark = std::time::Instant::now();
         let mut lap = |phase: &'static str, this: &Self| -> Result<()> {
             drv("synchronize", this.stream.synchronize())?;
