@@ -4,7 +4,7 @@
 #   2. GPTQ quality on the real 0.5B model with the full 128 x 2048 calibration budget on the GPU:
 #      RTN int4, GPTQ int4, GPTQ int4 --act-order, GPTQ int8, then `eval --device cuda` on
 #      ddtp and debref (issue 5),
-#   3. the 7B-shape GPTQ benchmark (scripts/bench_gptq_gpu.sh).
+#   3. the 7B-shape GPTQ benchmark (scripts/bench_gptq_gpu.sh); BENCH=0 skips it.
 #   usage: scripts/gpu_session.sh BINDIR DATADIR GGUF_NAME
 # BINDIR: stripped backend_ops, gptq_backend, hy-quant; DATADIR: the test-set TSVs. Logs in $OUT.
 set -uo pipefail
@@ -44,8 +44,8 @@ step eval timeout 260 "$hq" eval --original "$w/bf16" --quantized "$w/rtn4" "$w/
   --out "$out/eval" > "$out/eval.log" 2>&1
 tail -25 "$out/eval.log"
 
-step bench7b env HYQ_BIN="$hq" timeout 240 scripts/bench_gptq_gpu.sh /tmp/bench hy-mt1.5-7b 128 2048 > "$out/bench-7b.log" 2>&1
+[ "${BENCH:-1}" = 1 ] && step bench7b env HYQ_BIN="$hq" timeout 240 scripts/bench_gptq_gpu.sh /tmp/bench hy-mt1.5-7b 128 2048 > "$out/bench-7b.log" 2>&1
 cp /tmp/bench/gptq4-hy-mt1.5-7b/manifest.json "$out/manifest-7b.json" 2>/dev/null
-grep -vE "^\[hy-quant\] (synth|write)" "$out/bench-7b.log" | tail -30
+[ "${BENCH:-1}" = 1 ] && grep -vE "^\[hy-quant\] (synth|write)" "$out/bench-7b.log" | tail -30
 echo "== summary"
 printf '%s\n' "${summary[@]}"

@@ -1163,6 +1163,7 @@ fn gptq_linear_body<B: Backend>(b: &B) {
                     half,
                     exact16: exact,
                     h: &h.h,
+                    h_version: None,
                     nsamples: h.nsamples,
                     cfg: &cfg,
                 };
@@ -1194,6 +1195,48 @@ fn gptq_linear_body<B: Backend>(b: &B) {
         }
     }
     report("gptq_linear vs host composition (stats)", b, worst, 1e-9);
+
+    // Linears sharing one Hessian version may share its factorization: the same results as
+    // factoring for each, in either order and after another Hessian was used in between.
+    let (w2, _) = gptq_problem(29, n, k, rows, 0.5, &[]);
+    let other = backend_hessian(b, &x[..(rows / 2) * k], k);
+    let cfg = gptq_cfg(4, 128, true, ActOrder::None, 128);
+    let solve = |data: &[f32], hs: &BackendHessian<B>, version: Option<u64>| {
+        let wt = weight_of(data, n, k, DType::BF16);
+        let w16 = b.upload(&halves(HalfKind::BF16, data)).unwrap();
+        let job = LinearJob {
+            weight: &wt,
+            w16: &w16,
+            half: HalfKind::BF16,
+            exact16: false,
+            h: &hs.h,
+            h_version: version,
+            nsamples: hs.nsamples,
+            cfg: &cfg,
+        };
+        b.gptq_linear(&job).unwrap().packed
+    };
+    let v = Some(h.version);
+    let shared = [
+        solve(&w, &h, v),
+        solve(&w2, &h, v),
+        solve(&w, &other, Some(other.version)),
+        solve(&w2, &h, v),
+    ];
+    let fresh = [
+        solve(&w, &h, None),
+        solve(&w2, &h, None),
+        solve(&w, &other, None),
+        solve(&w2, &h, None),
+    ];
+    for (i, (a, c)) in shared.iter().zip(&fresh).enumerate() {
+        assert_eq!(a.qweight, c.qweight, "shared factor, job {i}");
+        assert_eq!(a.scales, c.scales, "shared factor, job {i}");
+    }
+    assert_ne!(
+        shared[0].qweight, shared[2].qweight,
+        "another Hessian, another result"
+    );
 }
 
 /// `gptq_output_errors` against gptq.rs `output_errors` on the same (widened) Hessian: the

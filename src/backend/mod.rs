@@ -250,6 +250,10 @@ pub struct LinearJob<'a, B: Backend + ?Sized> {
     pub exact16: bool,
     /// Hessian of the linear's inputs, [in, in].
     pub h: &'a B::Buf<f32>,
+    /// `BackendHessian::version` of `h`, when it comes from one that nothing else modifies:
+    /// jobs with the same version (q/k/v, gate/up) may share one inverse factor. `None`: no
+    /// reuse.
+    pub h_version: Option<u64>,
     pub nsamples: usize,
     pub cfg: &'a GptqConfig,
 }
@@ -338,6 +342,17 @@ pub struct BackendHessian<B: Backend> {
     pub h: B::Buf<f32>,
     /// Rows accumulated so far.
     pub nsamples: usize,
+    /// Content version: unique over the process, renewed by every `add`/`add_half` (the
+    /// only changes the layer loop makes). Jobs passing it as `LinearJob::h_version` let the
+    /// backend reuse one factorization for the linears that share this Hessian.
+    pub version: u64,
+}
+
+/// Source of `BackendHessian::version`.
+static HESSIAN_VERSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_hessian_version() -> u64 {
+    HESSIAN_VERSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl<B: Backend> BackendHessian<B> {
@@ -346,6 +361,7 @@ impl<B: Backend> BackendHessian<B> {
             dim,
             h: backend.zeros(dim * dim)?,
             nsamples: 0,
+            version: next_hessian_version(),
         })
     }
 
@@ -353,6 +369,7 @@ impl<B: Backend> BackendHessian<B> {
     pub fn add(&mut self, backend: &B, x: &B::Buf<f32>, rows: usize) -> Result<()> {
         backend.hessian_add(x, rows, &mut self.h, self.dim, self.nsamples)?;
         self.nsamples += rows;
+        self.version = next_hessian_version();
         Ok(())
     }
 
@@ -366,6 +383,7 @@ impl<B: Backend> BackendHessian<B> {
     ) -> Result<()> {
         backend.hessian_add_half(x, half, rows, &mut self.h, self.dim, self.nsamples)?;
         self.nsamples += rows;
+        self.version = next_hessian_version();
         Ok(())
     }
 

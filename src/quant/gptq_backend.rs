@@ -272,6 +272,7 @@ fn solve_group<B: Backend>(
             half: f.half,
             exact16,
             h: &hs.h,
+            h_version: Some(hs.version),
             nsamples: hs.nsamples,
             cfg: &s.cfg,
         };

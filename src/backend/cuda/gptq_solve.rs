@@ -40,6 +40,15 @@ fn int(what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| runner_err(format!("{what} = {v} is too large for cuBLAS")))
 }
 
+/// What a cached inverse factor was computed from (`CudaBackend::shared_factor`).
+#[derive(PartialEq, Eq)]
+pub(super) struct FactorKey {
+    version: u64,
+    perm: Vec<usize>,
+    dead: Vec<bool>,
+    damp: u64,
+}
+
 /// The device sweep's result (`CudaBackend::sweep`): levels in sweep order [n_out, k] and
 /// group parameters [groups, n_out], still on the device.
 struct Sweep {
@@ -537,6 +546,41 @@ impl CudaBackend {
         })
     }
 
+    /// The inverse factor of a Hessian, reused across the linears that share it (q/k/v,
+    /// gate/up): kept while the same `BackendHessian` version, plan and damping come back;
+    /// only for Hessians up to 8192 wide (a 14336-wide factor is 0.8 GB and has no sharer).
+    fn shared_factor(
+        &self,
+        version: Option<u64>,
+        plan: &SweepPlan,
+        damp: f64,
+        compute: impl FnOnce() -> Result<InverseFactor<Self>>,
+    ) -> Result<Arc<InverseFactor<Self>>> {
+        let dim = plan.perm.len();
+        let Some(version) = version.filter(|_| dim <= 8192) else {
+            return Ok(Arc::new(compute()?));
+        };
+        let key = FactorKey {
+            version,
+            perm: plan.perm.clone(),
+            dead: plan.dead.clone(),
+            damp: damp.to_bits(),
+        };
+        let mut slot = self
+            .factor_cache
+            .lock()
+            .map_err(|_| Error::cuda("factor cache poisoned by an earlier panic"))?;
+        if let Some((k, f)) = slot.as_ref() {
+            if *k == key {
+                return Ok(f.clone());
+            }
+        }
+        *slot = None; // free the old factor before computing the new one
+        let f = Arc::new(compute()?);
+        *slot = Some((key, f.clone()));
+        Ok(f)
+    }
+
     /// The GPTQ sweep on the device up to the levels (sweep order) and group parameters:
     /// shared by `gptq_solve` (host result) and `solve_linear` (device-resident). The weight
     /// comes from `w16` (widened and permuted on the device) when given, else from the host.
@@ -544,7 +588,7 @@ impl CudaBackend {
         &self,
         w: &Weight<'_>,
         w16: Option<(&CudaBuf<u16>, HalfKind)>,
-        h: &CudaBuf<f32>,
+        (h, h_version): (&CudaBuf<f32>, Option<u64>),
         nsamples: usize,
         cfg: &GptqConfig,
     ) -> Result<Sweep> {
@@ -609,7 +653,9 @@ impl CudaBackend {
         }
         let diag: Vec<f64> = self.download(&diag)?.iter().map(|&v| v as f64).collect();
         let plan = SweepPlan::new(&diag, cfg);
-        let factor = self.inverse_factor(h, k, &plan, cfg.damp, name)?;
+        let factor = self.shared_factor(h_version, &plan, cfg.damp, || {
+            self.inverse_factor(h, k, &plan, cfg.damp, name)
+        })?;
         lap("solve: factor (gpu)", self)?;
 
         let dynamic = plan.dynamic_groups(cfg);
@@ -762,7 +808,7 @@ impl CudaBackend {
         nsamples: usize,
         cfg: &GptqConfig,
     ) -> Result<GptqOutcome> {
-        let sw = self.sweep(w, None, h, nsamples, cfg)?;
+        let sw = self.sweep(w, None, (h, None), nsamples, cfg)?;
         if sw.overflow {
             // A group scale overflows the store dtype: the CPU solver names it.
             let hess = Hessian::from_f32(w.in_features, &self.download(h)?, nsamples);
@@ -797,7 +843,7 @@ impl CudaBackend {
         let s = job.cfg.scheme;
         check_len("gptq_linear", "w16", job.w16.len, n_out * k)?;
         let src16 = job.exact16.then_some((job.w16, job.half));
-        let sw = self.sweep(w, src16, job.h, job.nsamples, job.cfg)?;
+        let sw = self.sweep(w, src16, (job.h, job.h_version), job.nsamples, job.cfg)?;
         if sw.overflow {
             // The CPU solver names the overflowing scale.
             return crate::backend::gptq_linear_on_host(self, job);

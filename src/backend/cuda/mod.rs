@@ -108,6 +108,9 @@ pub struct CudaBackend {
     solver: Mutex<Option<Arc<cudarc::cusolver::DnHandle>>>,
     /// Pinned buffers for large copies, allocated at the first one.
     staging: Mutex<Option<staging::Staging>>,
+    /// The last GPTQ inverse factor, for the linears sharing its Hessian.
+    #[allow(clippy::type_complexity)]
+    factor_cache: Mutex<Option<(gptq_solve::FactorKey, Arc<InverseFactor<CudaBackend>>)>>,
     /// Tickets of the GPTQ decode kernel's split-K sums (see gptq_linear.rs).
     gemv_counters: Mutex<Option<CudaBuf<u32>>>,
     /// Blocks per multiprocessor of each GPTQ decode kernel.
@@ -169,6 +172,22 @@ impl CudaBackend {
                 ),
             )?
             .max(1) as u32;
+            // Memory an earlier backend on this device freed (the previous model of an eval)
+            // stays reserved in the stream-ordered allocator's pool, invisible to
+            // cuMemGetInfo: hand it back first, so this backend's baseline and peaks are its
+            // own.
+            drv("synchronize", ctx.synchronize())?;
+            // SAFETY: plain driver calls on the current context's device; a failure only
+            // leaves the pool as it was.
+            unsafe {
+                use cudarc::driver::sys;
+                let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+                if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+                    == sys::CUresult::CUDA_SUCCESS
+                {
+                    let _ = sys::cuMemPoolTrimTo(pool, 0);
+                }
+            }
             let (free, total) = drv("cuMemGetInfo", ctx.mem_get_info())?;
             let stream = ctx.default_stream();
             let blas = CudaBlas::new(stream.clone())
@@ -196,6 +215,7 @@ impl CudaBackend {
                 }),
                 solver: Mutex::new(None),
                 staging: Mutex::new(None),
+                factor_cache: Mutex::new(None),
                 gemv_counters: Mutex::new(None),
                 gemv_occupancy: Mutex::new(HashMap::new()),
                 gemv_quads_override: AtomicUsize::new(0),
