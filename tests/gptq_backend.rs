@@ -236,6 +236,21 @@ fn backend_loop_resumes_to_the_same_bytes() {
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(m["calibration"]["resumed_layers"], 1);
 
+    // The output files are written alongside the loop: a run killed while the writer is at
+    // layer 1 (and the loop further on, or done) resumes to the same bytes too.
+    let during = tmp.path().join("during-assembly");
+    let (code, _, err) = run(
+        &during,
+        &[
+            ("HYQ_BACKEND_LOOP", "1"),
+            ("HYQ_FAULT", "assembled-layer-1"),
+        ],
+    );
+    assert_ne!(code, 0, "the fault did not fire: {err}");
+    let (code, _, err) = run(&during, &[("HYQ_BACKEND_LOOP", "1")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(files(&during) == files(&base), "resumed output differs");
+
     // Attention outputs recomputed instead of stored (the 7B memory path): the same bytes.
     let recomputed = tmp.path().join("recomputed");
     let (code, _, err) = run(

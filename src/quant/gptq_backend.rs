@@ -430,6 +430,24 @@ fn run_layer_on<B: Backend>(
     Ok(())
 }
 
+/// The loop's error when the output writer is gone (its own error is the one to report).
+pub(crate) const WRITER_STOPPED: &str = "the output writer stopped";
+
+/// Where finished layers go as soon as they are in the resume store, in layer order (the
+/// output writer running alongside the loop, `pipeline::quantize_on`).
+pub(crate) type LayerSink = std::sync::mpsc::SyncSender<(usize, Vec<LinearResult>)>;
+
+fn send_layer(sink: Option<&LayerSink>, layer: usize, results: Vec<LinearResult>) -> Result<()> {
+    match sink {
+        None => Ok(()),
+        Some(tx) => tx
+            .send((layer, results))
+            .map_err(|_| crate::error::Error::Runner {
+                msg: WRITER_STOPPED.into(),
+            }),
+    }
+}
+
 /// Waits for a layer save started on a thread.
 fn wait_save(pending: Option<std::thread::ScopedJoinHandle<'_, Result<()>>>) -> Result<()> {
     match pending {
@@ -453,6 +471,7 @@ pub(crate) fn run_layers_on<B: Backend>(
     partial: &Path,
     progress: &dyn Progress,
     clock: &mut Timer,
+    sink: Option<&LayerSink>,
 ) -> Result<CalibratedRun> {
     settings.check()?;
     let (corpus, set) = clock.time("calibration data", || calibration_batch(ckpt, settings))?;
@@ -514,6 +533,11 @@ pub(crate) fn run_layers_on<B: Backend>(
         });
         let mut pending: Option<std::thread::ScopedJoinHandle<'_, Result<()>>> = None;
         for layer in 0..n {
+            if layer < done {
+                // A finished layer: to the writer straight from the store.
+                let stored = clock.time("read", || store.load_layer(layer))?;
+                send_layer(sink, layer, stored)?;
+            }
             if skipped(layer) {
                 progress.step(0, &format!("layer {layer} (resumed)"));
                 continue;
@@ -580,7 +604,11 @@ pub(crate) fn run_layers_on<B: Backend>(
             clock.time("write (resume store, wait)", || wait_save(pending.take()))?;
             let results = std::mem::take(&mut solver.results);
             let store = &store;
-            pending = Some(scope.spawn(move || store.save_layer(layer, &results)));
+            let sink = sink.cloned();
+            pending = Some(scope.spawn(move || {
+                store.save_layer(layer, &results)?;
+                send_layer(sink.as_ref(), layer, results)
+            }));
             if std::env::var_os("HYQ_FAULT").is_some() {
                 wait_save(pending.take())?;
             }

@@ -22,6 +22,7 @@ use crate::model::checkpoint::INDEX_FILE;
 use crate::model::Checkpoint;
 use crate::progress::Progress;
 use crate::quant::gptq::ActOrder;
+use crate::quant::gptq_backend::WRITER_STOPPED;
 use crate::quant::gptq_pipeline::{run_layers, GptqSettings};
 use crate::quant::resume::{LinearResult, RESUME_DIR};
 use crate::quant::rtn::{Rtn, RtnOn};
@@ -181,17 +182,126 @@ pub fn quantize_on(
     let shards = plan_shards(planned, opts.max_shard_bytes, !ckpt.sharded);
     timer.lap("plan");
 
-    // GPTQ: every layer is solved into the resume store first; the files are assembled
-    // from it below. Progress survives an error (or kill) from here on.
-    let calibrated = match gptq {
-        None => None,
-        Some(g) => {
-            // The CPU keeps its own f64 pipeline (the reference); CUDA runs the layer loop
-            // on the backend (gptq_backend.rs).
+    // Input hashes are computed on a side thread while the main work streams.
+    let input_files = input_file_names(&ckpt)?;
+    let hash_inputs = || {
+        input_files
+            .iter()
+            .map(|rel| FileDigest::of(&ckpt.dir, rel))
+            .collect::<Result<Vec<_>>>()
+    };
+    let hasher_panicked = || Error::Io {
+        path: ckpt.dir.clone(),
+        source: std::io::Error::other("input hashing thread panicked"),
+    };
+
+    // GPTQ with the layer loop on a backend (CUDA; the CPU backend through the test hook):
+    // the output files are written by a thread while the loop runs, each layer as soon as it
+    // is in the resume store. The CPU pipeline solves every layer first and assembles after.
+    let overlapped = gptq.filter(|g| matches!(device, Device::Cuda(_)) || g.backend_loop);
+    let mut stream_clock = Timer::new();
+    let (calibrated, inputs, streamed) = if let Some(g) = overlapped {
+        // Shards of an interrupted earlier assembly are rewritten from scratch.
+        staged.clear_except(&[RESUME_DIR])?;
+        let staged_path = staged.path().to_path_buf();
+        let (run, inputs, streamed, tail) = std::thread::scope(|scope| {
+            let hasher = scope.spawn(hash_inputs);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<LinearResult>)>(2);
+            let (ckpt, units, shards) = (&ckpt, &units, shards.clone());
+            let staged_path = &staged_path;
+            let writer = scope.spawn(move || {
+                let mut clock = Timer::new();
+                let mut produce = |layer: usize, _: &mut Timer| -> Result<Vec<LinearResult>> {
+                    match rx.recv() {
+                        Ok((l, stored)) if l == layer => {
+                            in_layer_order(ckpt, layer, stored, staged_path)
+                        }
+                        Ok((l, _)) => Err(Error::Runner {
+                            msg: format!("output writer expected layer {layer}, got {l}"),
+                        }),
+                        Err(_) => Err(Error::Runner {
+                            msg: format!("the layer loop stopped before layer {layer}"),
+                        }),
+                    }
+                };
+                let r = stream_units(
+                    ckpt,
+                    units,
+                    shards,
+                    &mut produce,
+                    staged_path,
+                    &crate::progress::Silent,
+                    &mut clock,
+                );
+                (r, clock)
+            });
+            let args = (ckpt, &opts.scheme, g, scale_dtype, staged_path.as_path());
             let run = match device {
-                Device::Cpu(backend) if g.backend_loop => {
-                    crate::quant::gptq_backend::run_layers_on(
-                        backend,
+                Device::Cpu(backend) => crate::quant::gptq_backend::run_layers_on(
+                    backend,
+                    args.0,
+                    args.1,
+                    args.2,
+                    args.3,
+                    args.4,
+                    progress,
+                    &mut timer,
+                    Some(&tx),
+                ),
+                Device::Cuda(backend) => crate::quant::gptq_backend::run_layers_on(
+                    backend.as_ref(),
+                    args.0,
+                    args.1,
+                    args.2,
+                    args.3,
+                    args.4,
+                    progress,
+                    &mut timer,
+                    Some(&tx),
+                ),
+            };
+            drop(tx);
+            let t = Instant::now();
+            let (streamed, clock) = writer.join().unwrap_or_else(|_| {
+                (
+                    Err(Error::Runner {
+                        msg: "the output writer panicked".into(),
+                    }),
+                    Timer::new(),
+                )
+            });
+            let tail = t.elapsed().as_secs_f64();
+            let inputs = hasher.join().map_err(|_| hasher_panicked());
+            stream_clock = clock;
+            (run, inputs, streamed, tail)
+        });
+        let run = match (run, streamed) {
+            (Ok(run), Ok(streamed)) => {
+                staged.keep_on_error();
+                timer.add("write (after the layer loop)", tail);
+                (run, Ok(streamed))
+            }
+            (Ok(_), Err(e)) => return Err(keep_progress(&mut staged, &ckpt, e)),
+            // A loop stopped because the writer did: the writer's error says why.
+            (Err(Error::Runner { msg }), Err(e)) if msg == WRITER_STOPPED => {
+                return Err(keep_progress(&mut staged, &ckpt, e))
+            }
+            (Err(e), _) => return Err(keep_progress(&mut staged, &ckpt, e)),
+        };
+        // The writer's phases ran on their own thread, alongside the loop.
+        for p in std::mem::take(&mut stream_clock.phases) {
+            timer.add(&format!("{} (overlapped)", p.phase), p.seconds);
+        }
+        timer.mark = Instant::now();
+        (Some(run.0), inputs, run.1)
+    } else {
+        // GPTQ: every layer is solved into the resume store first; the files are assembled
+        // from it below. Progress survives an error (or kill) from here on.
+        let calibrated = match gptq {
+            None => None,
+            Some(g) => {
+                let run = match device {
+                    Device::Cpu(_) => run_layers(
                         &ckpt,
                         &opts.scheme,
                         g,
@@ -199,87 +309,45 @@ pub fn quantize_on(
                         staged.path(),
                         progress,
                         &mut timer,
-                    )
+                    ),
+                    Device::Cuda(_) => unreachable!("CUDA GPTQ takes the overlapped path"),
+                };
+                match run {
+                    Ok(run) => {
+                        staged.keep_on_error();
+                        staged.clear_except(&[RESUME_DIR])?;
+                        Some(run)
+                    }
+                    Err(e) => return Err(keep_progress(&mut staged, &ckpt, e)),
                 }
-                Device::Cpu(_) => run_layers(
-                    &ckpt,
-                    &opts.scheme,
-                    g,
-                    scale_dtype,
-                    staged.path(),
-                    progress,
-                    &mut timer,
-                ),
-                Device::Cuda(backend) => crate::quant::gptq_backend::run_layers_on(
-                    backend.as_ref(),
-                    &ckpt,
-                    &opts.scheme,
-                    g,
-                    scale_dtype,
-                    staged.path(),
-                    progress,
-                    &mut timer,
-                ),
-            };
-            match run {
-                Ok(run) => {
-                    staged.keep_on_error();
-                    staged.clear_except(&[RESUME_DIR])?;
-                    Some(run)
-                }
-                Err(e) => return Err(keep_progress(&mut staged, &ckpt, e)),
             }
-        }
-    };
-    timer.mark = Instant::now();
-
-    // Input hashes are computed on a side thread while the main work streams.
-    let input_files = input_file_names(&ckpt)?;
-    let mut stream_clock = Timer::new();
-    let mut produce = |layer: usize, clock: &mut Timer| -> Result<Vec<LinearResult>> {
-        match &calibrated {
-            Some(run) => {
-                let mut stored = clock.time("read", || run.store.load_layer(layer))?;
-                let order: Vec<String> = ckpt
-                    .arch
-                    .layer_linears(layer)
-                    .into_iter()
-                    .map(|s| s.prefix)
-                    .collect();
-                stored.sort_by_key(|r| order.iter().position(|p| *p == r.prefix));
-                if stored.iter().map(|r| &r.prefix).ne(order.iter()) {
-                    return Err(Error::Resume {
-                        path: run.store.dir().to_path_buf(),
-                        msg: format!("progress of layer {layer} does not hold its seven linears"),
-                    });
+        };
+        timer.mark = Instant::now();
+        let mut produce = |layer: usize, clock: &mut Timer| -> Result<Vec<LinearResult>> {
+            match &calibrated {
+                Some(run) => {
+                    let stored = clock.time("read", || run.store.load_layer(layer))?;
+                    in_layer_order(&ckpt, layer, stored, run.store.dir())
                 }
-                Ok(stored)
+                None => rtn_layer(&ckpt, layer, method.as_ref(), scale_dtype, clock),
             }
-            None => rtn_layer(&ckpt, layer, method.as_ref(), scale_dtype, clock),
-        }
+        };
+        let (inputs, streamed) = std::thread::scope(|scope| {
+            let hasher = scope.spawn(hash_inputs);
+            let streamed = stream_units(
+                &ckpt,
+                &units,
+                shards.clone(),
+                &mut produce,
+                staged.path(),
+                progress,
+                &mut stream_clock,
+            );
+            let inputs = hasher.join().map_err(|_| hasher_panicked());
+            (inputs, streamed)
+        });
+        (calibrated, inputs, streamed)
     };
-    let (inputs, streamed) = std::thread::scope(|scope| {
-        let hasher = scope.spawn(|| {
-            input_files
-                .iter()
-                .map(|rel| FileDigest::of(&ckpt.dir, rel))
-                .collect::<Result<Vec<_>>>()
-        });
-        let streamed = stream_units(
-            &ckpt,
-            &units,
-            shards.clone(),
-            &mut produce,
-            staged.path(),
-            progress,
-            &mut stream_clock,
-        );
-        let inputs = hasher.join().map_err(|_| Error::Io {
-            path: ckpt.dir.clone(),
-            source: std::io::Error::other("input hashing thread panicked"),
-        });
-        (inputs, streamed)
-    });
     let (mut outputs, tensors) = streamed?;
     let inputs = inputs??;
     // The streaming phases, then whatever was left waiting for the input-hashing thread.
@@ -555,6 +623,29 @@ fn rtn_layer(
 
 /// Wraps an error of the GPTQ layer loop: when layers were finished, the partial directory
 /// is kept and the message says how to continue.
+/// A layer's stored results in the order its files list them, all seven present.
+fn in_layer_order(
+    ckpt: &Checkpoint,
+    layer: usize,
+    mut stored: Vec<LinearResult>,
+    dir: &Path,
+) -> Result<Vec<LinearResult>> {
+    let order: Vec<String> = ckpt
+        .arch
+        .layer_linears(layer)
+        .into_iter()
+        .map(|s| s.prefix)
+        .collect();
+    stored.sort_by_key(|r| order.iter().position(|p| *p == r.prefix));
+    if stored.iter().map(|r| &r.prefix).ne(order.iter()) {
+        return Err(Error::Resume {
+            path: dir.to_path_buf(),
+            msg: format!("progress of layer {layer} does not hold its seven linears"),
+        });
+    }
+    Ok(stored)
+}
+
 fn keep_progress(staged: &mut StagedDir, ckpt: &Checkpoint, e: Error) -> Error {
     let dir = staged.path().join(RESUME_DIR);
     let done = (0..ckpt.arch.num_layers())
