@@ -246,7 +246,8 @@ pub struct LinearJob<'a, B: Backend + ?Sized> {
     pub w16: &'a B::Buf<u16>,
     pub half: HalfKind,
     /// `w16` holds `weight` exactly (a 16-bit checkpoint): the backend may work from it and
-    /// skip uploading the f32 copy.
+    /// skip uploading the f32 copy, and does not scan it for NaN/Inf again (the caller has:
+    /// the layer loop reads weights `load_layer` checked).
     pub exact16: bool,
     /// Hessian of the linear's inputs, [in, in].
     pub h: &'a B::Buf<f32>,

@@ -445,6 +445,17 @@ pub fn check_solver_inputs(
     nsamples: usize,
     cfg: &GptqConfig,
 ) -> Result<()> {
+    check_solver_inputs_impl(w, h_dim, h_len, nsamples, cfg)?;
+    check_weight_finite(w)
+}
+
+fn check_solver_inputs_impl(
+    w: &Weight<'_>,
+    h_dim: usize,
+    h_len: usize,
+    nsamples: usize,
+    cfg: &GptqConfig,
+) -> Result<()> {
     let (n_out, k_in, name) = (w.out_features, w.in_features, w.name);
     cfg.scheme.check_shape(name, n_out, k_in)?;
     if n_out == 0 || k_in == 0 {
@@ -482,9 +493,17 @@ pub fn check_solver_inputs(
             ),
         ));
     }
+    Ok(())
+}
+
+/// Refuses a weight holding NaN/Inf, naming the first one. Part of `check_solver_inputs`;
+/// exported for solvers that skip it where the caller has already checked (the GPU layer loop
+/// reads weights that `load_layer` checked: scanning them again cost it 13.5 s at 7B).
+pub fn check_weight_finite(w: &Weight<'_>) -> Result<()> {
+    let k_in = w.in_features.max(1);
     if let Some(i) = w.data.par_iter().position_first(|v| !v.is_finite()) {
         return Err(Error::tensor(
-            name,
+            w.name,
             format!(
                 "weight has a non-finite value {} at [{}, {}]",
                 w.data[i],
@@ -494,6 +513,17 @@ pub fn check_solver_inputs(
         ));
     }
     Ok(())
+}
+
+/// `check_solver_inputs` without the weight scan (shapes, Hessian size, settings).
+pub fn check_solver_shapes(
+    w: &Weight<'_>,
+    h_dim: usize,
+    h_len: usize,
+    nsamples: usize,
+    cfg: &GptqConfig,
+) -> Result<()> {
+    check_solver_inputs_impl(w, h_dim, h_len, nsamples, cfg)
 }
 
 /// The error for a non-finite Hessian entry at flat index `i` of a `dim` x `dim` matrix.

@@ -17,7 +17,7 @@ use crate::backend::{
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::quant::gptq::{
-    assemble, check_solver_inputs, gptq_quantize, non_finite_hessian, up_front_params,
+    assemble, check_solver_inputs, check_solver_shapes, gptq_quantize, non_finite_hessian, up_front_params,
     with_damping_retries, GptqConfig, GptqOutcome, Hessian, SweepPlan,
 };
 use crate::quant::stats::ErrorStats;
@@ -595,7 +595,13 @@ impl CudaBackend {
         let t_checks = std::time::Instant::now();
         let (n_out, k) = (w.out_features, w.in_features);
         let name = w.name;
-        check_solver_inputs(w, k, h.len, nsamples, cfg)?;
+        // A device-resident weight (`w16`) was read from the checkpoint, which the layer loop
+        // checked for NaN/Inf already; a host weight is scanned here.
+        if w16.is_some() {
+            check_solver_shapes(w, k, h.len, nsamples, cfg)?;
+        } else {
+            check_solver_inputs(w, k, h.len, nsamples, cfg)?;
+        }
         if cfg.block_size > MAX_BLOCK {
             return Err(Error::tensor(
                 name,
