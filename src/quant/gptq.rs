@@ -437,6 +437,18 @@ impl SweepPlan {
     }
 }
 
+/// num / den for the output-error ratio tr(ΔHΔᵀ) / tr(WHWᵀ), with a zero denominator
+/// (a zero weight, or no signal) giving 0 for a zero numerator and infinity otherwise.
+pub fn relative_output_error(num: f64, den: f64) -> f64 {
+    if den > 0.0 {
+        num / den
+    } else if num == 0.0 {
+        0.0
+    } else {
+        f64::INFINITY
+    }
+}
+
 /// Shape, settings and weight checks every backend's solver makes before any work.
 pub fn check_solver_inputs(
     w: &Weight<'_>,
@@ -732,15 +744,7 @@ pub fn output_errors(w: &[f32], candidates: &[&[f32]], h: &Hessian) -> Vec<f64> 
     let den = totals[nc];
     totals[..nc]
         .iter()
-        .map(|&num| {
-            if den > 0.0 {
-                num / den
-            } else if num == 0.0 {
-                0.0
-            } else {
-                f64::INFINITY
-            }
-        })
+        .map(|&num| relative_output_error(num, den))
         .collect()
 }
 

@@ -574,20 +574,7 @@ pub(crate) fn run_layers_on<B: Backend>(
                 continue;
             }
             let mut dev = clock.time("upload", || DeviceLayer::upload(b, &lw, half))?;
-            let mut solver = GroupSolver {
-                layer,
-                scheme: *scheme,
-                cfg: settings.config(*scheme),
-                scale_dtype,
-                prefixes: ckpt
-                    .arch
-                    .layer_linears(layer)
-                    .into_iter()
-                    .map(|s| (s.kind, s.prefix))
-                    .collect(),
-                results: Vec::new(),
-                dump: None,
-            };
+            let mut solver = GroupSolver::new(ckpt, layer, scheme, settings, scale_dtype, None);
             run_layer_on(
                 &f,
                 &lw,

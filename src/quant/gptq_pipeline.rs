@@ -236,6 +236,31 @@ pub(crate) fn dequantize_packed(
 }
 
 impl GroupSolver {
+    /// The solver of `layer`, results empty.
+    pub(crate) fn new(
+        ckpt: &Checkpoint,
+        layer: usize,
+        scheme: &QuantScheme,
+        settings: &GptqSettings,
+        scale_dtype: DType,
+        dump: Option<PathBuf>,
+    ) -> Self {
+        GroupSolver {
+            layer,
+            scheme: *scheme,
+            cfg: settings.config(*scheme),
+            scale_dtype,
+            prefixes: ckpt
+                .arch
+                .layer_linears(layer)
+                .into_iter()
+                .map(|s| (s.kind, s.prefix))
+                .collect(),
+            results: Vec::new(),
+            dump,
+        }
+    }
+
     fn dumping(&self) -> bool {
         self.dump.is_some()
     }
@@ -568,20 +593,14 @@ pub(crate) fn run_layers(
             progress.step(layer_bytes, &format!("layer {layer} (resumed)"));
             continue;
         }
-        let mut solver = GroupSolver {
+        let mut solver = GroupSolver::new(
+            ckpt,
             layer,
-            scheme: *scheme,
-            cfg: settings.config(*scheme),
+            scheme,
+            settings,
             scale_dtype,
-            prefixes: ckpt
-                .arch
-                .layer_linears(layer)
-                .into_iter()
-                .map(|s| (s.kind, s.prefix))
-                .collect(),
-            results: Vec::new(),
-            dump: dump_target(layer),
-        };
+            dump_target(layer),
+        );
         run_layer(
             &dims,
             &mut lw,

@@ -17,8 +17,8 @@ use crate::backend::{
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::quant::gptq::{
-    assemble, check_solver_inputs, check_solver_shapes, gptq_quantize, non_finite_hessian, up_front_params,
-    with_damping_retries, GptqConfig, GptqOutcome, Hessian, SweepPlan,
+    assemble, check_solver_inputs, check_solver_shapes, gptq_quantize, non_finite_hessian,
+    up_front_params, with_damping_retries, GptqConfig, GptqOutcome, Hessian, SweepPlan,
 };
 use crate::quant::stats::ErrorStats;
 use crate::quant::Weight;
@@ -968,15 +968,7 @@ impl CudaBackend {
             }
         };
         phases.push(("stats: rtn", t.elapsed().as_secs_f64()));
-        let rel = |num: f64| {
-            if den > 0.0 {
-                num / den
-            } else if num == 0.0 {
-                0.0
-            } else {
-                f64::INFINITY
-            }
-        };
+        let rel = |num: f64| crate::quant::gptq::relative_output_error(num, den);
         Ok(SolvedLinear {
             packed,
             deq16,
@@ -1117,13 +1109,7 @@ impl CudaBackend {
         for c in candidates {
             let diff: Vec<f32> = w.par_iter().zip(c.par_iter()).map(|(a, b)| a - b).collect();
             let num = self.quad(&self.upload(&diff)?, n, h, dim)?;
-            out.push(if den > 0.0 {
-                num / den
-            } else if num == 0.0 {
-                0.0
-            } else {
-                f64::INFINITY
-            });
+            out.push(crate::quant::gptq::relative_output_error(num, den));
         }
         Ok(out)
     }
