@@ -3,7 +3,7 @@
 #   1. GPU tests (backend_ops, gptq_backend) and the decode-step benchmark (issue 4),
 #   2. GPTQ quality on the real 0.5B model with the full 128 x 2048 calibration budget on the GPU:
 #      RTN int4, GPTQ int4, GPTQ int4 --act-order, GPTQ int8, then `eval --device cuda` on
-#      ddtp and debref (issue 5),
+#      all of ddtp and debref and the first 1000 of hsk (issue 5),
 #   3. the 7B-shape GPTQ benchmark (scripts/bench_gptq_gpu.sh); BENCH=0 skips it.
 #   usage: scripts/gpu_session.sh BINDIR DATADIR GGUF_NAME
 # BINDIR: stripped backend_ops, gptq_backend, hy-quant; DATADIR: the test-set TSVs. Logs in $OUT.
@@ -40,7 +40,7 @@ for v in "gptq4:--bits 4" "gptq4act:--bits 4 --act-order" "gptq8:--bits 8"; do
   cp "$w/$name/manifest.json" "$out/$name.manifest.json" 2>/dev/null
 done
 step eval timeout 260 "$hq" eval --original "$w/bf16" --quantized "$w/rtn4" "$w/gptq4" "$w/gptq4act" "$w/gptq8" \
-  --testset "$data/ddtp.en-zh.tsv" "$data/debref.en-zh.tsv" --limit 200 --batch-size 16 --device cuda \
+  --testset "$data/ddtp.en-zh.tsv" "$data/debref.en-zh.tsv" "$data/hsk.zh-en.tsv" --limit 1000 --batch-size 32 --device cuda \
   --out "$out/eval" > "$out/eval.log" 2>&1
 tail -25 "$out/eval.log"
 
