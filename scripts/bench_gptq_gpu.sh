@@ -9,8 +9,6 @@
 # Prints the wall time, the manifest's phases, the peak VRAM (nvidia-smi, polled every
 # 100 ms, minus the reading before the run) and the peak host RSS. HYQ_BIN overrides the binary.
 set -euo pipefail
-
-
 bin=${HYQ_BIN:-target/release/hy-quant}
 device=${HYQ_DEVICE:-cuda}   # HYQ_DEVICE=cpu checks the script without a GPU
 work=$1 preset=${2:-hy-mt1.5-7b} samples=${3:-128} seqlen=${4:-2048} tokdir=${5:-}
