@@ -19,15 +19,14 @@ use std::path::Path;
 use crate::backend::{AttnShape, Backend, BackendHessian, HalfKind, LinearJob, PrefillMath};
 use crate::dtype::DType;
 use crate::error::Result;
-use crate::manifest::CalibrationRecord;
 use crate::manifest::{CalibratedError, TensorRecord};
 use crate::model::arch::LinearKind;
 use crate::model::Checkpoint;
 use crate::progress::Progress;
 use crate::quant::calib_forward::{kind_index, load_layer, DenseLinear, ForwardDims, LayerWeights};
 use crate::quant::gptq_pipeline::{
-    act_order_name, calibration_batch, embed, fingerprint, restore_quantized_layer, CalibratedRun,
-    GptqSettings, GroupSolver,
+    calibration_batch, calibration_record, embed, fingerprint, restore_quantized_layer,
+    CalibratedRun, GptqSettings, GroupSolver,
 };
 use crate::quant::pipeline::Timer;
 use crate::quant::resume::LinearResult;
@@ -607,16 +606,6 @@ pub(crate) fn run_layers_on<B: Backend>(
     progress.end();
     Ok(CalibratedRun {
         store,
-        record: CalibrationRecord {
-            corpus: corpus.files.clone(),
-            samples: set.samples,
-            seqlen: set.seqlen,
-            seed: settings.calib_opts.seed,
-            documents: set.documents,
-            pairs: set.pairs,
-            damp: settings.damp,
-            act_order: act_order_name(settings.act_order).into(),
-            resumed_layers: done,
-        },
+        record: calibration_record(&corpus, &set, settings, done),
     })
 }

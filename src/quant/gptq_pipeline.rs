@@ -618,18 +618,28 @@ pub(crate) fn run_layers(
     progress.end();
     Ok(CalibratedRun {
         store,
-        record: CalibrationRecord {
-            corpus: corpus.files.clone(),
-            samples: set.samples,
-            seqlen: set.seqlen,
-            seed: settings.calib_opts.seed,
-            documents: set.documents,
-            pairs: set.pairs,
-            damp: settings.damp,
-            act_order: act_order_name(settings.act_order).into(),
-            resumed_layers: done,
-        },
+        record: calibration_record(&corpus, &set, settings, done),
     })
+}
+
+/// The manifest's record of a calibrated run (both layer loops).
+pub(crate) fn calibration_record(
+    corpus: &Corpus,
+    set: &CalibSet,
+    settings: &GptqSettings,
+    resumed_layers: usize,
+) -> CalibrationRecord {
+    CalibrationRecord {
+        corpus: corpus.files.clone(),
+        samples: set.samples,
+        seqlen: set.seqlen,
+        seed: settings.calib_opts.seed,
+        documents: set.documents,
+        pairs: set.pairs,
+        damp: settings.damp,
+        act_order: act_order_name(settings.act_order).into(),
+        resumed_layers,
+    }
 }
 
 #[cfg(test)]
