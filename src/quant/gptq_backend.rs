@@ -2,8 +2,10 @@
 //! cuda`): the same true-sequential order, resume store and manifest records as
 //! `gptq_pipeline` (the CPU path, which stays the reference and is untouched by this one), with
 //! the calibration hidden states resident on the backend, the forward made of backend ops
-//! (16-bit GEMM inputs with f32 accumulation, causal prefill attention, RMSNorm, RoPE, SiLU), the Hessians accumulated there
-//! (`Backend::hessian_add_half`: the 16-bit inputs the GEMMs see, f32 sums) and each linear solved there (`Backend::gptq_quantize`).
+//! (16-bit GEMM inputs with f32 accumulation, causal prefill attention, RMSNorm, RoPE, SiLU),
+//! the Hessians accumulated there (`Backend::hessian_add_half`: the 16-bit inputs the GEMMs
+//! see, f32 sums) and each linear solved, packed, dequantized and measured there
+//! (`Backend::gptq_linear`: on the GPU only the packed tensors come back).
 //!
 //! It is generic over the backend so the CPU backend runs it too: that is how it is tested on
 //! machines without a GPU (tests compare it with the CPU pipeline's results; they are close,
@@ -13,6 +15,10 @@
 //! Memory: the hidden states stay resident in the model's 16-bit type (what a bf16/f16 model's
 //! residual stream holds; each residual sum is made in f32 and rounded once), the attention
 //! outputs of one layer in 16 bits up to `MAX_STORED_ATTN_BYTES` (recomputed above it).
+//!
+//! Host threads around the loop: the next layer's weights are read while this one runs, each
+//! finished layer is saved to the resume store on a thread and then handed to the output
+//! writer (`LayerSink`, `pipeline::quantize_on`), which writes the shards alongside.
 
 use std::path::Path;
 
