@@ -2,11 +2,12 @@
 # One device call: the changed GPU tests, the 7B-shape GPTQ benchmark, and the VRAM table on
 # synth HY-MT shapes (issue 4): `eval --device cuda` of bf16 vs int8 vs int4 at batch 16 and
 # 64 new tokens on a toy word-level test set (random weights: the outputs are noise, the memory
-# is what is measured). Steps past DEADLINE seconds are skipped.
+# is what is measured). Steps past DEADLINE seconds (default 560) are skipped. Logs and reports
+# in $OUT/final.tgz.
 #   usage: scripts/gpu_final.sh BINDIR DATADIR
 set -uo pipefail
-bindir=$1 data=$2 deadline=${DEADLINE:-250}
-out=${OUT:-/tmp/out}; mkdir -p "$out"
+bindir=$1 data=$2 deadline=${DEADLINE:-560}
+out=/tmp/logs/final; mkdir -p "$out"
 export XDG_CACHE_HOME=/tmp/xdg
 hq=$bindir/hy-quant
 summary=()
@@ -37,5 +38,6 @@ step synth-1.8b "$hq" synth --arch hunyuan-dense --preset hy-mt1.5-1.8b --dtype 
 step rtn-1.8b bash -c "'$hq' quantize --model $b/s18 --method rtn --bits 4 --group-size 128 --device cuda --out $b/s18-rtn4 --force && '$hq' quantize --model $b/s18 --method rtn --bits 8 --group-size 128 --device cuda --out $b/s18-rtn8 --force" > "$out/rtn-1.8b.log" 2>&1
 step vram-1.8b vram $b/s18 $b/s18-rtn4 $b/s18-rtn8 1.8b
 grep -A8 "^VRAM" "$out/vram-1.8b.log"
+tar czf "${OUT:-/tmp}/final.tgz" -C /tmp/logs final
 echo "== summary"
 printf '%s\n' "${summary[@]}"

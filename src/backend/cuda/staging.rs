@@ -13,6 +13,19 @@ use cudarc::driver::{
     result, sys, CudaContext, CudaEvent, CudaStream, DriverError, PinnedHostSlice,
 };
 
+/// Bytes per thread in a staging copy.
+const COPY_PART: usize = 4 << 20;
+
+/// `dst.copy_from_slice(src)` on several threads: one thread's memcpy into (or out of) pinned
+/// memory runs well below PCIe speed, so the host side of a staged copy would be the
+/// bottleneck.
+fn par_copy(dst: &mut [u8], src: &[u8]) {
+    use rayon::prelude::*;
+    dst.par_chunks_mut(COPY_PART)
+        .zip(src.par_chunks(COPY_PART))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+}
+
 /// Bytes per staging buffer.
 const CHUNK: usize = 32 << 20;
 /// Smaller copies go directly (the staging's extra host copy would not pay off).
@@ -65,7 +78,7 @@ impl Staging {
             // The previous DMA out of this buffer has finished.
             self.up_done[b].synchronize()?;
             let buf = &mut self.up[b].as_mut_slice()?[..chunk.len()];
-            buf.copy_from_slice(chunk);
+            par_copy(buf, chunk);
             // SAFETY: `buf` is pinned and stays untouched until `up_done[b]` has passed; the
             // destination range lies inside the caller's allocation.
             unsafe {
@@ -107,7 +120,7 @@ impl Staging {
             let b = i % 2;
             self.down_done[b].synchronize()?;
             let l = len(i);
-            dst[i * CHUNK..i * CHUNK + l].copy_from_slice(&self.down[b].as_slice()?[..l]);
+            par_copy(&mut dst[i * CHUNK..i * CHUNK + l], &self.down[b].as_slice()?[..l]);
         }
         Ok(())
     }
