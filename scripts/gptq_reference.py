@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Straightforward PyTorch GPTQ (CPU), the reference for hy-quant's `src/quant/gptq.rs`.
+"""Straightforward PyTorch GPTQ, the reference for hy-quant's `src/quant/gptq.rs` (one linear, on
+the CPU) and the baseline for its speed (`loop`: the whole layer loop, on a GPU).
 
 Written from the pseudocode of Frantar et al. 2022 ("GPTQ", Algorithm 1), with the conventions
 of the reference implementation IST-DASLab/gptq `gptq.py` (`add_batch`, `fasterquant`) and
@@ -27,13 +28,31 @@ Usage:
       wq (f32 dequantized [N,K]), metadata output_error / loss / damp_used.
   gptq_reference.py make-test-data --out tests/data/gptq_ref
       writes the inputs and the reference results `tests/gptq_reference.rs` compares against.
+  gptq_reference.py loop --model DIR [--nsamples 128 --seqlen 2048 --bits 4 --group-size 128
+                    --damp 0.01 --device cuda --layers N --batch 1 --seed 0 --json OUT]
+      the standard sequential GPTQ loop (IST-DASLab/gptq `llama.py` llama_sequential with
+      true_sequential, `gptq.py` add_batch) over a HunYuan dense / Llama / Qwen2 safetensors
+      checkpoint such as `hy-quant synth` writes, read lazily one layer at a time: seeded random
+      token ids embedded with model.embed_tokens; per layer, per group [q,k,v] [o] [gate,up]
+      [down]: forward every sample with float32 Hessians per linear, gptq() above on the device
+      (symmetric, no act order), weight <- dequantization; then a last forward gives the next
+      layer's inputs. Nothing is written but --json: phases (embed, read, forward_hessian,
+      solve, error, propagate) per layer, each linear's output_rel_error (as hy-quant's
+      manifest), and with --layers < all an extrapolation to the whole model, labelled as such.
+      The speed baseline of issue 5 (scripts/bench_gptq_vs_reference.sh).
+  gptq_reference.py logits --model DIR --tokens 1,17,912 [--expect tests/data/runner_reference_tiny.json]
+      last-position logits of loop's layer forward in float64, to check that forward against
+      the fixture the Rust runner is tested on.
 """
 import argparse
 import json
+import math
 import os
+import time
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 BF16_MIN_POSITIVE = torch.tensor([1], dtype=torch.int16).view(torch.bfloat16).float().item()
@@ -74,8 +93,10 @@ def hessian(x):
 
 
 def gptq(w, H, bits, group_size, sym, act_order="none", damp=0.01, block_size=128):
-    """w: [N,K] float32, H: [K,K] float64. Returns dict of results in original column order."""
+    """w: [N,K] float32, H: [K,K] float64, both on one device (CPU or GPU; the work stays
+    there). Returns dict of results in original column order, on that device."""
     N, K = w.shape
+    dev = w.device
     maxq = float(2**bits - 1)
     W = w.clone().float()
     H = H.clone()
@@ -90,7 +111,7 @@ def gptq(w, H, bits, group_size, sym, act_order="none", damp=0.01, block_size=12
     if up_front:
         static_params = [fit_grid(W[:, g * glen:(g + 1) * glen], bits, sym) for g in range(G)]
 
-    perm = torch.arange(K)
+    perm = torch.arange(K, device=dev)
     if act_order != "none":
         perm = torch.argsort(torch.diag(H), descending=True, stable=True)
         W = W[:, perm]
@@ -100,7 +121,7 @@ def gptq(w, H, bits, group_size, sym, act_order="none", damp=0.01, block_size=12
     d = damp
     retries = 0
     while True:
-        Hd = H + d * mean_diag * torch.eye(K, dtype=H.dtype)
+        Hd = H + d * mean_diag * torch.eye(K, dtype=H.dtype, device=dev)
         L, info = torch.linalg.cholesky_ex(Hd)
         if info.item() == 0:
             Hinv = torch.cholesky_inverse(L)
@@ -113,20 +134,21 @@ def gptq(w, H, bits, group_size, sym, act_order="none", damp=0.01, block_size=12
         d = d * 10.0 if d > 0 else 1e-6
     U = U.float()
 
-    Q = torch.zeros(N, K)  # levels, sweep order
-    Wq = torch.zeros(N, K)  # dequantized, sweep order
-    col_group = [(i // glen) if not up_front else (perm[i].item() // glen) for i in range(K)]
-    scales = torch.zeros(G, N)
-    zeros = torch.zeros(G, N)
+    Q = torch.zeros(N, K, device=dev)  # levels, sweep order
+    Wq = torch.zeros(N, K, device=dev)  # dequantized, sweep order
+    perm_list = perm.tolist()  # one transfer, not K
+    col_group = [(i // glen) if not up_front else (perm_list[i] // glen) for i in range(K)]
+    scales = torch.zeros(G, N, device=dev)
+    zeros = torch.zeros(G, N, device=dev)
     if up_front:
         for g, (sc, z) in enumerate(static_params):
             scales[g], zeros[g] = sc, z
-    losses = torch.zeros(N, K, dtype=torch.float64)
+    losses = torch.zeros(N, K, dtype=torch.float64, device=dev)
 
     for i1 in range(0, K, block_size):
         i2 = min(i1 + block_size, K)
         W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros(N, i2 - i1)
+        Err1 = torch.zeros(N, i2 - i1, device=dev)
         for i in range(i2 - i1):
             j = i1 + i
             if not up_front and j % glen == 0:
@@ -145,7 +167,7 @@ def gptq(w, H, bits, group_size, sym, act_order="none", damp=0.01, block_size=12
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
 
     invperm = torch.argsort(perm)
-    g_idx = torch.tensor(col_group, dtype=torch.int32)
+    g_idx = torch.tensor(col_group, dtype=torch.int32, device=dev)
     return {
         "q": Q[:, invperm].to(torch.uint8),
         "wq": Wq[:, invperm].contiguous(),
@@ -225,6 +247,356 @@ def make_test_data(out):
                    "configs": meta}, f, indent=1)
 
 
+# ---------------------------------------------------------------------------------------------
+# `loop`: the standard sequential GPTQ layer loop, as IST-DASLab/gptq structures it in
+# `llama.py` (`llama_sequential`: capture the first layer's inputs, then per layer: hooks on the
+# linears, forward every sample, `fasterquant` each linear, forward again for the next layer's
+# inputs; `true_sequential` groups) and `gptq.py` (`add_batch`: one float32 Hessian per linear,
+# H *= n/(n+b); n += b; H += (2/n) X^T X with n counted in samples). Written from those
+# descriptions, not copied; the per-linear solver is `gptq()` above, run on the device.
+# The decoder layer follows transformers' hunyuan_v1_dense / qwen2 / llama modeling files (the
+# same facts as scripts/runner_reference.py and src/model/arch.rs).
+# ---------------------------------------------------------------------------------------------
+
+# llama.py's true-sequential order: each group sees the earlier groups' quantized weights.
+SEQUENTIAL_GROUPS = [
+    ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+    ["self_attn.o_proj"],
+    ["mlp.gate_proj", "mlp.up_proj"],
+    ["mlp.down_proj"],
+]
+LINEARS = [name for group in SEQUENTIAL_GROUPS for name in group]
+
+
+class Checkpoint:
+    """Lazy tensor access to an HF safetensors directory (model.safetensors, or shards listed
+    in model.safetensors.index.json): each get() reads one tensor, nothing else is loaded."""
+
+    def __init__(self, model_dir):
+        self.dir = model_dir
+        with open(os.path.join(model_dir, "config.json")) as f:
+            self.config = json.load(f)
+        index = os.path.join(model_dir, "model.safetensors.index.json")
+        if os.path.exists(index):
+            with open(index) as f:
+                self.file_of = json.load(f)["weight_map"]
+        else:
+            single = "model.safetensors"
+            with safe_open(os.path.join(model_dir, single), framework="pt") as f:
+                self.file_of = {name: single for name in f.keys()}
+
+    def has(self, name):
+        return name in self.file_of
+
+    def get(self, name, device):
+        with safe_open(os.path.join(self.dir, self.file_of[name]), framework="pt") as f:
+            return f.get_tensor(name).to(device)
+
+
+class DecoderShape:
+    """What the layer forward needs from config.json (keys as `hy-quant synth` writes them,
+    defaults as src/model/config.rs reads them)."""
+
+    def __init__(self, cfg):
+        self.model_type = cfg["model_type"]
+        hunyuan = self.model_type == "hunyuan_v1_dense"
+        self.hidden = cfg["hidden_size"]
+        self.heads = cfg["num_attention_heads"]
+        self.kv_heads = cfg.get("num_key_value_heads") or self.heads
+        self.head_dim = cfg.get("head_dim") or cfg.get("attention_head_dim") or self.hidden // self.heads
+        self.eps = cfg.get("rms_norm_eps", 1e-6)
+        self.layers = cfg["num_hidden_layers"]
+        self.vocab = cfg["vocab_size"]
+        self.qk_norm = hunyuan and cfg.get("use_qk_norm", True)
+        self.rope_base = rope_base(cfg, self.head_dim)
+
+
+def rope_base(cfg, head_dim):
+    """HunYuan's dynamic-alpha scaling: base = theta * alpha^(d/(d-2)) at every position
+    (transformers `HunYuanDenseV1RotaryEmbedding`, src/model/arch.rs `rope_base`)."""
+    theta = cfg.get("rope_theta", 10000.0)
+    rs = cfg.get("rope_scaling") or {}
+    if (cfg["model_type"] == "hunyuan_v1_dense" and (rs.get("type") or rs.get("rope_type")) == "dynamic"
+            and rs.get("alpha")):
+        return theta * rs["alpha"] ** (head_dim / (head_dim - 2))
+    return theta
+
+
+def rope_tables(shape, seqlen, device, dtype):
+    """cos, sin [seqlen, head_dim] for the NeoX rotate-half layout, computed in float32."""
+    hd = shape.head_dim
+    inv_freq = 1.0 / shape.rope_base ** (torch.arange(0, hd, 2, dtype=torch.float64, device=device) / hd)
+    inv_freq = inv_freq.float()
+    ang = torch.arange(seqlen, dtype=torch.float32, device=device)[:, None] * inv_freq[None, :]
+    emb = torch.cat([ang, ang], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rms_norm(x, w, eps):
+    """RMSNorm in float32, result back in x's dtype, then scaled (transformers' order)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * xf.to(x.dtype)
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+
+
+def layer_forward(x, p, shape, cos, sin, on_input=None):
+    """One decoder layer on x [B, T, hidden]. p: short tensor name -> tensor (`self_attn.q_proj`
+    weight under "self_attn.q_proj", biases under "...bias", norms under their own names).
+    on_input(linear_name, X) sees every linear's input, as gptq.py's forward hooks do."""
+    def linear(inp, name):
+        if on_input is not None:
+            on_input(name, inp)
+        return torch.nn.functional.linear(inp, p[name], p.get(name + ".bias"))
+
+    B, T, _ = x.shape
+    nh, nkv, hd = shape.heads, shape.kv_heads, shape.head_dim
+    h = rms_norm(x, p["input_layernorm.weight"], shape.eps)
+    q = linear(h, "self_attn.q_proj").view(B, T, nh, hd).transpose(1, 2)
+    k = linear(h, "self_attn.k_proj").view(B, T, nkv, hd).transpose(1, 2)
+    v = linear(h, "self_attn.v_proj").view(B, T, nkv, hd).transpose(1, 2)
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
+    if shape.qk_norm:  # HunYuan: after RoPE
+        q = rms_norm(q, p["self_attn.query_layernorm.weight"], shape.eps)
+        k = rms_norm(k, p["self_attn.key_layernorm.weight"], shape.eps)
+    if nkv != nh:  # repeat_kv: query head i reads kv head i // (nh / nkv)
+        k = k.repeat_interleave(nh // nkv, dim=1)
+        v = v.repeat_interleave(nh // nkv, dim=1)
+    o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    x = x + linear(o.transpose(1, 2).reshape(B, T, nh * hd), "self_attn.o_proj")
+    h = rms_norm(x, p["post_attention_layernorm.weight"], shape.eps)
+    m = torch.nn.functional.silu(linear(h, "mlp.gate_proj")) * linear(h, "mlp.up_proj")
+    return x + linear(m, "mlp.down_proj")
+
+
+def load_layer(ckpt, layer, device, dtype=None):
+    """Layer `layer`'s tensors on `device` (checkpoint dtype unless `dtype`), by the short names
+    layer_forward() reads: a linear's weight under its module name, its bias under
+    "<module>.bias", norms under "<norm>.weight". Absent biases / QK-norms are left out."""
+    prefix = f"model.layers.{layer}."
+    wanted = {n: n + ".weight" for n in LINEARS}
+    wanted.update({n + ".bias": n + ".bias" for n in LINEARS})
+    for norm in ["input_layernorm", "post_attention_layernorm",
+                 "self_attn.query_layernorm", "self_attn.key_layernorm"]:
+        wanted[norm + ".weight"] = norm + ".weight"
+    p = {}
+    for short, stored in wanted.items():
+        if ckpt.has(prefix + stored):
+            t = ckpt.get(prefix + stored, device)
+            p[short] = t if dtype is None else t.to(dtype)
+    return p
+
+
+class Hessian:
+    """gptq.py `add_batch`: float32 H = (2/n) sum X^T X, n counted in samples (batch rows)."""
+
+    def __init__(self, k, device):
+        self.H = torch.zeros(k, k, dtype=torch.float32, device=device)
+        self.n = 0
+
+    def add_batch(self, x):
+        b = x.shape[0]
+        x = x.reshape(-1, x.shape[-1])
+        self.H *= self.n / (self.n + b)
+        self.n += b
+        x = math.sqrt(2.0 / self.n) * x.float()
+        self.H += x.t() @ x
+
+
+def relative_output_error(w, wq, H):
+    """sqrt(tr(D H D^T) / tr(W H W^T)) = ||XW^T - XQ^T|| / ||XW^T|| over the calibration rows,
+    as hy-quant's manifest `output_rel_error` (float32, without forming N x N products)."""
+    d = w - wq
+    num = ((d @ H) * d).sum().double()
+    den = ((w @ H) * w).sum().double()
+    return math.sqrt(num.item() / den.item()) if den.item() > 0 else float("nan")
+
+
+class PhaseClock:
+    """Wall time per phase, with a device synchronize at every boundary so GPU work is
+    charged to the phase that queued it."""
+
+    def __init__(self, device):
+        self.device = device
+        self.seconds = {}
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self):
+        self.sync()
+        self.t = time.perf_counter()
+
+    def stop(self, phase):
+        self.sync()
+        dt = time.perf_counter() - self.t
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + dt
+        return dt
+
+
+def forward_all(inps, outs, p, shape, cos, sin, batch, on_input=None):
+    """Every calibration sample through one layer, `batch` samples at a time (llama.py: 1)."""
+    for i in range(0, inps.shape[0], batch):
+        y = layer_forward(inps[i:i + batch], p, shape, cos, sin, on_input)
+        if outs is not None:
+            outs[i:i + batch] = y
+
+
+def quantize_layer(p, inps, shape, cos, sin, args, clock):
+    """llama.py's per-layer body with true_sequential: per group, Hessians from a forward of
+    all samples (earlier groups already quantized), then GPTQ on each linear of the group and
+    its weight replaced by the dequantization. Returns per-linear stats."""
+    stats = {}
+    for group in SEQUENTIAL_GROUPS:
+        clock.start()
+        hs = {name: Hessian(p[name].shape[1], inps.device) for name in group}
+
+        def hook(name, x):
+            if name in hs:
+                hs[name].add_batch(x)
+
+        with torch.no_grad():
+            forward_all(inps, None, p, shape, cos, sin, args.batch, hook)
+        clock.stop("forward_hessian")
+        for name in group:
+            clock.start()
+            w = p[name].float()
+            r = gptq(w, hs[name].H.double(), args.bits, args.group_size, True, "none",
+                     args.damp, args.block_size)
+            clock.stop("solve")
+            clock.start()
+            err = relative_output_error(w, r["wq"], hs[name].H)
+            clock.stop("error")
+            stats[name] = {"output_rel_error": err, "damp_used": r["damp_used"]}
+            p[name] = r["wq"].to(p[name].dtype)
+            del r, w
+        hs.clear()  # free the Hessians before the next group allocates its own
+    return stats
+
+
+def embed_calibration(ckpt, shape, args, device, dtype):
+    """Seeded random token ids [nsamples, seqlen] looked up in model.embed_tokens.weight (the
+    text does not matter for timing); the embedding is freed afterwards."""
+    g = torch.Generator().manual_seed(args.seed)
+    ids = torch.randint(0, shape.vocab, (args.nsamples, args.seqlen), generator=g)
+    emb = ckpt.get("model.embed_tokens.weight", device)
+    if dtype is not None:
+        emb = emb.to(dtype)
+    x = emb[ids.to(device)]
+    del emb
+    return x
+
+
+def run_loop(args):
+    t_start = time.perf_counter()
+    device = torch.device(args.device)
+    # gptq.py turns TF32 off: the Hessians and the sweep are true float32.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    ckpt = Checkpoint(args.model)
+    shape = DecoderShape(ckpt.config)
+    dtype = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    n_layers = shape.layers if args.layers is None else min(args.layers, shape.layers)
+    clock = PhaseClock(device)
+
+    clock.start()
+    inps = embed_calibration(ckpt, shape, args, device, dtype)
+    embed_s = clock.stop("embed")
+    outs = torch.empty_like(inps)
+    cos, sin = rope_tables(shape, args.seqlen, device, inps.dtype)
+    print(f"loop: {args.model} ({shape.model_type}, {shape.layers} layers, hidden {shape.hidden}), "
+          f"{args.nsamples} x {args.seqlen} tokens, {inps.dtype}, {device}; embed {embed_s:.2f} s", flush=True)
+
+    per_layer = []
+    for layer in range(n_layers):
+        before = dict(clock.seconds)
+        clock.start()
+        p = load_layer(ckpt, layer, device, dtype)
+        clock.stop("read")
+        stats = quantize_layer(p, inps, shape, cos, sin, args, clock)
+        clock.start()
+        with torch.no_grad():
+            forward_all(inps, outs, p, shape, cos, sin, args.batch)
+        clock.stop("propagate")
+        finite = bool(torch.isfinite(outs).all().item())
+        if not finite:
+            raise RuntimeError(f"layer {layer}: non-finite output")
+        inps, outs = outs, inps
+        del p
+        phases = {k: v - before.get(k, 0.0) for k, v in clock.seconds.items() if v - before.get(k, 0.0) > 0}
+        total = sum(phases.values())
+        per_layer.append({"layer": layer, "seconds": total, "phases": phases, "linears": stats})
+        errs = " ".join(f"{n.split('.')[-1]}={s['output_rel_error']:.4f}" for n, s in stats.items())
+        print(f"layer {layer}: {total:.2f} s (" + ", ".join(f"{k} {v:.2f}" for k, v in phases.items())
+              + f"); rel err {errs}", flush=True)
+
+    layer_s = [l["seconds"] for l in per_layer]
+    measured = embed_s + sum(layer_s)
+    mean = sum(layer_s) / len(layer_s)
+    result = {
+        "tool": "scripts/gptq_reference.py loop (PyTorch, IST-DASLab/gptq llama.py structure)",
+        "model": args.model, "model_type": shape.model_type, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "dtype": str(inps.dtype),
+        "nsamples": args.nsamples, "seqlen": args.seqlen, "bits": args.bits,
+        "group_size": args.group_size, "damp": args.damp, "batch": args.batch,
+        "num_layers": shape.layers, "layers_done": n_layers,
+        "embed_seconds": embed_s, "seconds_per_layer": mean, "per_layer_seconds": layer_s,
+        "measured_seconds": measured, "process_seconds": time.perf_counter() - t_start,
+        "phase_seconds": clock.seconds, "per_layer": per_layer,
+        "mean_output_rel_error": sum(s["output_rel_error"] for l in per_layer for s in l["linears"].values())
+        / (len(LINEARS) * n_layers),
+    }
+    if n_layers < shape.layers:
+        # The first layer pays the CUDA/cuBLAS/cuSOLVER start-up once; the rest are steady.
+        steady = sum(layer_s[1:]) / (n_layers - 1) if n_layers > 1 else mean
+        result["extrapolated"] = {
+            "whole_model_seconds": embed_s + layer_s[0] + (shape.layers - 1) * steady,
+            "formula": "embed + first layer + (num_layers - 1) * mean(later layers)",
+            "simple_seconds": embed_s + shape.layers * mean,
+            "simple_formula": "embed + num_layers * mean(all measured layers)",
+        }
+        whole = f"EXTRAPOLATED whole model ({shape.layers} layers): {result['extrapolated']['whole_model_seconds']:.1f} s"
+    else:
+        whole = f"whole model measured: {measured:.1f} s"
+    print(f"reference loop: {n_layers}/{shape.layers} layers in {measured:.1f} s "
+          f"({mean:.2f} s/layer, embed {embed_s:.2f} s); {whole}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def run_logits(args):
+    """Last-position logits of the float64 layer forward above (unquantized), for checking it
+    against tests/data/runner_reference_tiny.json (the fixture the Rust runner is tested on)."""
+    ckpt = Checkpoint(args.model)
+    shape = DecoderShape(ckpt.config)
+    dev, dt = torch.device("cpu"), torch.float64
+    tokens = [int(t) for t in args.tokens.split(",")]
+    x = ckpt.get("model.embed_tokens.weight", dev).to(dt)[torch.tensor(tokens)][None]
+    cos, sin = rope_tables(shape, len(tokens), dev, dt)
+    for layer in range(shape.layers):
+        x = layer_forward(x, load_layer(ckpt, layer, dev, dt), shape, cos, sin)
+    x = rms_norm(x, ckpt.get("model.norm.weight", dev).to(dt), shape.eps)
+    head = "lm_head.weight" if ckpt.has("lm_head.weight") else "model.embed_tokens.weight"
+    logits = x[0, -1] @ ckpt.get(head, dev).to(dt).t()
+    print(f"argmax {int(logits.argmax())}, first logits {logits[:5].tolist()}")
+    if args.expect:
+        with open(args.expect) as f:
+            ref = torch.tensor(json.load(f)["cases"][0]["logits"], dtype=dt)
+        diff = (logits - ref).abs().max().item()
+        print(f"max |logits - {args.expect}| = {diff:.3g} (max |logit| {ref.abs().max().item():.3g})")
+        if diff > 1e-3 * max(1.0, ref.abs().max().item()):
+            raise SystemExit("logits differ")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -241,14 +613,37 @@ def main():
     q.add_argument("--out", required=True)
     m = sub.add_parser("make-test-data")
     m.add_argument("--out", default="tests/data/gptq_ref")
+    lp = sub.add_parser("loop", help="sequential GPTQ over a checkpoint's layers, timed")
+    lp.add_argument("--model", required=True)
+    lp.add_argument("--nsamples", type=int, default=128)
+    lp.add_argument("--seqlen", type=int, default=2048)
+    lp.add_argument("--bits", type=int, default=4)
+    lp.add_argument("--group-size", type=int, default=128)
+    lp.add_argument("--damp", type=float, default=0.01)
+    lp.add_argument("--block-size", type=int, default=128)
+    lp.add_argument("--device", default="cuda")
+    lp.add_argument("--layers", type=int, help="only the first N layers (default: all)")
+    lp.add_argument("--batch", type=int, default=1, help="samples per forward (llama.py: 1)")
+    lp.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                    help="compute dtype; auto = the checkpoint's")
+    lp.add_argument("--seed", type=int, default=0)
+    lp.add_argument("--json")
+    lg = sub.add_parser("logits", help="last-position logits of loop's layer forward (float64)")
+    lg.add_argument("--model", required=True)
+    lg.add_argument("--tokens", required=True)
+    lg.add_argument("--expect")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.cmd == "quantize":
         if not args.inputs and not (args.weight and args.x):
             p.error("quantize needs --inputs, or --weight and --x")
         run_quantize(args)
-    else:
+    elif args.cmd == "make-test-data":
         make_test_data(args.out)
+    elif args.cmd == "loop":
+        run_loop(args)
+    else:
+        run_logits(args)
 
 
 if __name__ == "__main__":
