@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One device call: the changed GPU tests, the 7B-shape GPTQ benchmark, and the VRAM table on
+# One device call: the changed GPU tests, the 7B-shape GPTQ benchmark against the PyTorch
+# reference loop (REF_LAYERS layers, default 3), and the VRAM table on
 # synth HY-MT shapes (issue 4): `eval --device cuda` of bf16 vs int8 vs int4 at batch 16 and
 # 64 new tokens on a toy word-level test set (random weights: the outputs are noise, the memory
 # is what is measured). Steps past DEADLINE seconds (default 560) are skipped. Logs and reports
@@ -22,9 +23,10 @@ step tests timeout 60 "$bindir/backend_ops" --ignored --test-threads=1 --nocaptu
   gptq_linear_cuda copies_cuda hessian_half_cuda to_half_cuda gptq_solve_cuda > "$out/tests.log" 2>&1
 grep -E "^test |test result|panicked" "$out/tests.log"
 step gptq_backend timeout 30 "$bindir/gptq_backend" --ignored --test-threads=1 > "$out/gptq_backend.log" 2>&1
-step bench7b env HYQ_BIN="$hq" timeout 170 scripts/bench_gptq_gpu.sh /tmp/bench hy-mt1.5-7b 128 2048 > "$out/bench-7b.log" 2>&1
+step bench7b env HYQ_BIN="$hq" timeout 330 scripts/bench_gptq_vs_reference.sh /tmp/bench hy-mt1.5-7b 128 2048 ${REF_LAYERS:-3} > "$out/bench-7b.log" 2>&1
 cp /tmp/bench/gptq4-hy-mt1.5-7b/manifest.json "$out/manifest-7b.json" 2>/dev/null
-grep -vE "^\[hy-quant\] (synth|write)" "$out/bench-7b.log" | tail -32
+grep -vE "^\[hy-quant\] (synth|write)|^layer " "$out/bench-7b.log" | tail -40
+cp /tmp/bench/reference.json "$out/" 2>/dev/null
 vram() {  # MODEL_DIR_BF16 INT4_DIR INT8_DIR LABEL
   "$hq" eval --original "$1" --quantized "$3" "$2" --testset "$data/synth.en-zh.tsv" --batch-size 16 \
     --max-new-tokens 64 --bootstrap 10 --device cuda --out "$out/vram-$4" > "$out/vram-$4.log" 2>&1

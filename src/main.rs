@@ -209,8 +209,8 @@ struct QuantizeArgs {
     #[arg(long)]
     resume: bool,
     /// Where the linears are quantized: cpu, cuda, or auto (CUDA when a driver and GPU are
-    /// usable, else the CPU). RTN's output is byte-identical either way. GPTQ: auto picks the
-    /// CPU; its CUDA path is not verified on a GPU yet (docs/gpu-gptq.md).
+    /// usable, else the CPU). RTN's output is byte-identical either way; GPTQ's agrees to
+    /// rounding (its GPU forward rounds GEMM inputs to 16 bits; docs/gpu-gptq.md).
     #[arg(long, default_value = "cpu")]
     device: String,
 }

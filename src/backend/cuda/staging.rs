@@ -120,7 +120,10 @@ impl Staging {
             let b = i % 2;
             self.down_done[b].synchronize()?;
             let l = len(i);
-            par_copy(&mut dst[i * CHUNK..i * CHUNK + l], &self.down[b].as_slice()?[..l]);
+            par_copy(
+                &mut dst[i * CHUNK..i * CHUNK + l],
+                &self.down[b].as_slice()?[..l],
+            );
         }
         Ok(())
     }
