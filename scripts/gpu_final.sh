@@ -11,13 +11,8 @@ bindir=$1 data=$2 deadline=${DEADLINE:-560}
 out=/tmp/logs/final; mkdir -p "$out"
 export XDG_CACHE_HOME=/tmp/xdg
 hq=$bindir/hy-quant
-summary=()
-step() {
-  local name=$1; shift
-  if [ $SECONDS -gt "$deadline" ]; then summary+=("$name skipped (deadline)"); return 1; fi
-  local t0=$SECONDS; "$@"; local rc=$?
-  summary+=("$name rc=$rc $((SECONDS - t0))s"); return $rc
-}
+# shellcheck source=scripts/gpu_steps.sh
+. "$(dirname "$0")/gpu_steps.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 step tests timeout 60 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact \
   gptq_linear_cuda copies_cuda hessian_half_cuda to_half_cuda gptq_solve_cuda > "$out/tests.log" 2>&1

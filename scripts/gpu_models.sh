@@ -17,13 +17,8 @@ export XDG_CACHE_HOME=/tmp/xdg
 hq=$bindir/hy-quant
 st=/root/stage
 deadline=${DEADLINE:-560}
-summary=()
-step() {
-  local name=$1; shift
-  if [ $SECONDS -gt "$deadline" ]; then summary+=("$name skipped (deadline)"); return 1; fi
-  local t0=$SECONDS; "$@"; local rc=$?
-  summary+=("$name rc=$rc $((SECONDS - t0))s"); return $rc
-}
+# shellcheck source=scripts/gpu_steps.sh
+. "$(dirname "$0")/gpu_steps.sh"
 [ -f "$st/$gguf_name" ] || cat "$st/$gguf_name".part* > "$st/$gguf_name"
 sha256sum "$st/$gguf_name" | tee "$out/$label-gguf.sha256"
 
