@@ -130,16 +130,23 @@ __device__ __forceinline__ void mma_16816(float* d, u32 a0, u32 a1, u32 a2, u32 
 // int8 (f32 path) ca = s, cb = -(2^23 + z) as f32 bits.
 template <u32 BITS, u32 KIND>
 __device__ __forceinline__ void gemv_group_consts(U32x2 sraw, u32 zword, u32 zshift, u32* ca, u32* cb) {
-    const u32 s01 = sraw.x, s23 = sraw.y;
-    const u32 sbits[4] = {s01 & 0xffffu, s01 >> 16, s23 & 0xffffu, s23 >> 16};
+    if constexpr (BITS == 4) {
+        // Few instructions (a group starts every 4 quads at g128): byte permutes duplicate each
+        // scale and the lane's 4 zero nibbles into both halves; -(bias + q + 1) with bias =
+        // 128 (bf16) / 1024 (f16) is the bit pattern 0xC300 / 0xE400 plus q + 1.
+        const u32 neg_bias = KIND == 1u ? 0xC301C301u : 0xE401E401u;
+        const u32 z2 = __byte_perm(zword >> zshift, 0u, 0x1010u);  // {zeros 0..3} x 2
+        ca[0] = __byte_perm(sraw.x, 0u, 0x1010u);
+        ca[1] = __byte_perm(sraw.x, 0u, 0x3232u);
+        ca[2] = __byte_perm(sraw.y, 0u, 0x1010u);
+        ca[3] = __byte_perm(sraw.y, 0u, 0x3232u);
 #pragma unroll
-    for (u32 c = 0; c < 4; ++c) {
-        const u32 z = ((zword >> (zshift + BITS * c)) & ((1u << BITS) - 1u)) + 1u;
-        if constexpr (BITS == 4) {
-            const u32 bias = KIND == 1u ? 0x4300u : 0x6400u;  // 128.0 bf16 / 1024.0 f16
-            ca[c] = sbits[c] * 0x10001u;
-            cb[c] = ((bias + z) | 0x8000u) * 0x10001u;
-        } else {
+        for (u32 c = 0; c < 4; ++c) cb[c] = ((z2 >> (4u * c)) & 0x000f000fu) + neg_bias;
+    } else {
+        const u32 sbits[4] = {sraw.x & 0xffffu, sraw.x >> 16, sraw.y & 0xffffu, sraw.y >> 16};
+#pragma unroll
+        for (u32 c = 0; c < 4; ++c) {
+            const u32 z = ((zword >> (zshift + BITS * c)) & ((1u << BITS) - 1u)) + 1u;
             ca[c] = __float_as_uint(half_to_f32((u16)sbits[c], KIND));
             cb[c] = __float_as_uint(-__uint_as_float(0x4b000000u + z));
         }
@@ -393,7 +400,7 @@ GEMV_KERNEL(8, 16, 1, bf16)
 // KiB. Little's law wants ~4.3 TB/s x ~0.7 us / 132 SMs ~ 23 KB in flight per SM, all the time.
 //
 // Here:
-// - Ring of GS slots per lane (U = 4 or 8 quads, 16 bytes each): the slot of quad q is
+// - A ring of U slots per lane (U = 4 or 8 quads, 16 bytes each): the slot of quad q is
 //   refilled with quad q + U as soon as its words are dequantized, before the mma, so a lane
 //   has U loads (64 / 128 bytes) in flight through the whole K range, across group boundaries
 //   (the scales and zeros of a group travel in the slot of its first quad).
@@ -402,16 +409,26 @@ GEMV_KERNEL(8, 16, 1, bf16)
 //   block's K slice; no per-step barrier, only one at the start (x) and one at the end (sums).
 // - The host sizes the K slices so that the grid is about one wave of resident blocks: long
 //   lived warps, one ramp-up per warp, few split partial sums.
+// - Few instructions per weight, because at m = 1 the H200 is close to issue-bound: it must
+//   dequantize ~8.6 G weights per us at roofline (4.3 TB/s of int4) against ~33 G thread
+//   instructions per us (132 SMs x 128 lanes x ~1.98 GHz), so ~3.9 instructions per weight
+//   at most, ~2.5 to leave slack. The bit-exact int4 dequantization alone is ~1.9 (a shift
+//   and a lop3 per nibble pair, then add and multiply, as in gemv_dequant_word); one mma per
+//   256 weights is nearly free, while f32 FMAs would add ~2 more (widen + FMA, see the
+//   CUDA-core variant below). So: the ring's bookkeeping is a countdown and pointer steps,
+//   whole turns skip the range tests, the group constants are byte permutes, and x comes by
+//   ld.shared from a shared-space address (ptxas SASS: ~95 instructions per quad of 32
+//   weights at int4 m <= 8, group constants included at g128).
 // Sums: per lane in k order (mma), over the KW warps in order (shared memory), over the K
 // slices in slice order by the last block of the column tile (ticket), as in `gptq_gemv`.
 // N only needs to be a multiple of 32: warps past the last column tile load nothing.
 #define GS_TILES 4
 #define GS_COLS (GS_TILES * GV_COLS)
 
-// CUDA-core math for 1..4 rows (FFMA = true, MB = 1, 2 with a ring of 4 or 8, MB = 4 with 4): each lane multiplies its 4
-// columns x PF k of a quad with x in f32 FMAs (weights widened from the same exact half pairs),
-// and the 4 lanes of a column group (tig, 4 packed rows each quad) are added by two xor
-// shuffles at the end (fixed butterfly order). About 2 more instructions per weight than the
+// CUDA-core math for 1..4 rows (FFMA = true; MB = 1, 2 with a ring of 4 or 8, MB = 4 with 4):
+// each lane multiplies its 4 columns x PF k of a quad with x in f32 FMAs (weights widened
+// from the same exact half pairs), and the 4 lanes of a column group (tig, 4 packed rows each
+// quad) are added by two xor shuffles at the end (fixed butterfly order). About 2 more instructions per weight than the
 // mma path at m = 1 (widening + FMA instead of a quarter-used mma), so it only wins if the
 // mma path is limited by something other than issue; the sweep decides.
 template <u32 BITS, u32 KIND>
@@ -425,40 +442,36 @@ __device__ __forceinline__ void half2_to_f32(u32 h, float* lo, float* hi) {
     }
 }
 
-// One quad on CUDA cores: h[c][i] = {k_i, k_{i+HP}} of column c (gemv_dequant_word), x row b
-// at xs + x_off[b] (the PF k of the lane's packed row), accf[b][c] += in k order i, i + HP.
-template <u32 BITS, u32 MB, u32 KIND>
-__device__ __forceinline__ void gemv_ffma_quad(const u32 (*h)[16u / BITS], const u16* xs, u32* x_off,
-                                               float (*accf)[4]) {
-    constexpr u32 PF = 32u / BITS, HP = PF / 2u;
-#pragma unroll
-    for (u32 b = 0; b < MB; ++b) {
-        u32 xv[HP];
-        if constexpr (BITS == 4) {
-            const U32x4 v = *reinterpret_cast<const U32x4*>(xs + x_off[b]);
-            xv[0] = v.x;
-            xv[1] = v.y;
-            xv[2] = v.z;
-            xv[3] = v.w;
-        } else {
-            const U32x2 v = *reinterpret_cast<const U32x2*>(xs + x_off[b]);
-            xv[0] = v.x;
-            xv[1] = v.y;
-        }
-        x_off[b] += 4u * PF;
-        float xf[PF];
-#pragma unroll
-        for (u32 j = 0; j < HP; ++j) half2_to_f32<BITS, KIND>(xv[j], &xf[2 * j], &xf[2 * j + 1]);
-#pragma unroll
-        for (u32 c = 0; c < 4; ++c)
-#pragma unroll
-            for (u32 i = 0; i < HP; ++i) {
-                float lo, hi;
-                half2_to_f32<BITS, KIND>(h[c][i], &lo, &hi);
-                accf[b][c] = fmaf(lo, xf[i], accf[b][c]);
-                accf[b][c] = fmaf(hi, xf[i + HP], accf[b][c]);
-            }
+// x of one quad for one row: the PF halves of the lane's packed row, as HP half pairs.
+template <u32 HP>
+__device__ __forceinline__ void lds_x(u32 addr, u32* xv) {
+    if constexpr (HP == 4) {
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(xv[0]), "=r"(xv[1]), "=r"(xv[2]), "=r"(xv[3])
+                     : "r"(addr));
+    } else {
+        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(xv[0]), "=r"(xv[1]) : "r"(addr));
     }
+}
+
+// One quad of one x row on CUDA cores: h[c][i] = {k_i, k_{i+HP}} of column c
+// (gemv_dequant_word), xv the row's PF halves of the lane's packed row; acc[c] += in k order
+// i, i + HP.
+template <u32 BITS, u32 KIND>
+__device__ __forceinline__ void gemv_ffma_quad(const u32 (*h)[16u / BITS], const u32* xv, float* acc) {
+    constexpr u32 PF = 32u / BITS, HP = PF / 2u;
+    float xf[PF];
+#pragma unroll
+    for (u32 j = 0; j < HP; ++j) half2_to_f32<BITS, KIND>(xv[j], &xf[2 * j], &xf[2 * j + 1]);
+#pragma unroll
+    for (u32 c = 0; c < 4; ++c)
+#pragma unroll
+        for (u32 i = 0; i < HP; ++i) {
+            float lo, hi;
+            half2_to_f32<BITS, KIND>(h[c][i], &lo, &hi);
+            acc[c] = fmaf(lo, xf[i], acc[c]);
+            acc[c] = fmaf(hi, xf[i + HP], acc[c]);
+        }
 }
 
 template <u32 BITS, u32 MB, u32 KIND, u32 U, bool FFMA>
@@ -503,40 +516,43 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
 #pragma unroll
         for (u32 c = 0; c < 4; ++c) accf[b][c] = 0.0f;
 
-    // Load side of the ring: the next quad to load and its offsets (32-bit, as in gptq_gemv).
-    u32 q_load = qb;
-    u32 w_off = active ? (4u * qb + tig) * n_out + n : 0u;
-    u32 g_next = (qb / quads_per_group + 1u) * quads_per_group;
-    u32 s_off = qb / quads_per_group * n_out + n;
-    u32 z_off = qb / quads_per_group * (n_out / PF) + n / PF;
+    // Load side of the ring, kept to a few instructions per quad (the kernel is close to
+    // issue-bound at m = 1): 64-bit pointers stepped by a constant, a countdown of the loads
+    // left in the warp's range and in the current group, a flag per slot.
+    const u64 w_step = 4ull * n_out;
+    const int* wp = qweight + (active ? (u64)(4u * qb + tig) * n_out + n : 0ull);
+    const u16* sp = scales + (u64)(qb / quads_per_group) * n_out + n;
+    const int* zp = qzeros + (u64)(qb / quads_per_group) * (n_out / PF) + n / PF;
+    u32 loads_left = qe - qb;
+    u32 group_left = quads_per_group - qb % quads_per_group;  // loads before the next group
     U32x4 wq[U];
     U32x2 sr[U];
     u32 zr[U];
-    u32 fresh = 0;  // bit u: the quad in slot u starts a group (or the warp's range)
+    bool fresh[U];  // the quad in slot u starts a group (or the warp's range): new constants
     u32 ca[4], cb[4];
     const u32 bias2 = (KIND == 1u ? 0x43004300u : 0x64006400u) | (group_len >> 31);
 
-    // Slot u (a constant after unrolling) takes quad q_load, if the warp has one left.
-    auto load_slot = [&](u32 u) {
-        if (q_load >= qe) return;
-        bool first = q_load == qb;
-        if (q_load >= g_next) {
-            g_next += quads_per_group;
-            s_off += n_out;
-            z_off += n_out / PF;
+    // Slot u (a constant after unrolling) takes the next quad; CHECKED: the warp may have none.
+    auto load_slot = [&](u32 u, bool first, bool checked) {
+        if (checked && loads_left == 0u) return;
+        --loads_left;
+        if (group_left == 0u) {
+            group_left = quads_per_group;
+            sp += n_out;
+            zp += n_out / PF;
             first = true;
         }
-        wq[u] = ld_stream_v4(qweight + w_off);
-        w_off += 4u * n_out;
+        --group_left;
+        wq[u] = ld_stream_v4(wp);
+        wp += w_step;
         if (first) {
-            sr[u] = *reinterpret_cast<const U32x2*>(scales + s_off);
-            zr[u] = (u32)qzeros[z_off];
+            sr[u] = *reinterpret_cast<const U32x2*>(sp);
+            zr[u] = (u32)*zp;
         }
-        fresh = first ? (fresh | (1u << u)) : (fresh & ~(1u << u));
-        ++q_load;
+        fresh[u] = first;
     };
 #pragma unroll
-    for (u32 u = 0; u < U; ++u) load_slot(u);
+    for (u32 u = 0; u < U; ++u) load_slot(u, u == 0u, true);
 
     // x rows 0..m-1 of the block's K slice into shared memory while the ring fills.
     {
@@ -549,40 +565,32 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
     }
     __syncthreads();
 
-    // mma: x row bg*8 + gid (B column gid); FFMA: x row bg. Rows past m-1 read row m-1: they
-    // only feed output rows that are never written.
-    u32 x_off[XR];
+    // Shared-space byte addresses of the lane's x: mma: x row bg*8 + gid (B column gid);
+    // FFMA: x row bg. Rows past m-1 read row m-1: they only feed output rows never written.
+    u32 x_addr[XR];
 #pragma unroll
     for (u32 bg = 0; bg < XR; ++bg)
-        x_off[bg] = min(FFMA ? bg : bg * 8u + gid, m - 1u) * xstride + (4u * qb + tig) * PF - k_base;
+        x_addr[bg] = (u32)__cvta_generic_to_shared(xs) +
+                     2u * (min(FFMA ? bg : bg * 8u + gid, m - 1u) * xstride + (4u * qb + tig) * PF - k_base);
 
-    for (u32 q0 = qb; q0 < qe; q0 += U) {
+    // One quad from slot u; the slot is refilled (with the quad U further) as soon as its
+    // words are dequantized.
+    auto consume = [&](u32 u, bool refill_checked) {
+        if (fresh[u]) gemv_group_consts<BITS, KIND>(sr[u], zr[u], zshift, ca, cb);
+        u32 h[4][HP];
+        gemv_dequant_word<BITS, KIND>(wq[u].x, ca[0], cb[0], bias2, h[0]);
+        gemv_dequant_word<BITS, KIND>(wq[u].y, ca[1], cb[1], bias2, h[1]);
+        gemv_dequant_word<BITS, KIND>(wq[u].z, ca[2], cb[2], bias2, h[2]);
+        gemv_dequant_word<BITS, KIND>(wq[u].w, ca[3], cb[3], bias2, h[3]);
+        load_slot(u, false, refill_checked);
 #pragma unroll
-        for (u32 u = 0; u < U; ++u) {
-            if (q0 + u >= qe) break;
-            if (fresh & (1u << u)) gemv_group_consts<BITS, KIND>(sr[u], zr[u], zshift, ca, cb);
-            u32 h[4][HP];
-            gemv_dequant_word<BITS, KIND>(wq[u].x, ca[0], cb[0], bias2, h[0]);
-            gemv_dequant_word<BITS, KIND>(wq[u].y, ca[1], cb[1], bias2, h[1]);
-            gemv_dequant_word<BITS, KIND>(wq[u].z, ca[2], cb[2], bias2, h[2]);
-            gemv_dequant_word<BITS, KIND>(wq[u].w, ca[3], cb[3], bias2, h[3]);
-            load_slot(u);  // quad q0 + u + U: the slot's registers are free again
-            if constexpr (FFMA) gemv_ffma_quad<BITS, MB, KIND>(h, xs, x_off, accf);
-#pragma unroll
-            for (u32 bg = 0; bg < (FFMA ? 0u : NB); ++bg) {
-                u32 xv[HP];
-                if constexpr (BITS == 4) {
-                    const U32x4 v = *reinterpret_cast<const U32x4*>(xs + x_off[bg]);
-                    xv[0] = v.x;
-                    xv[1] = v.y;
-                    xv[2] = v.z;
-                    xv[3] = v.w;
-                } else {
-                    const U32x2 v = *reinterpret_cast<const U32x2*>(xs + x_off[bg]);
-                    xv[0] = v.x;
-                    xv[1] = v.y;
-                }
-                x_off[bg] += 4u * PF;
+        for (u32 bg = 0; bg < XR; ++bg) {
+            u32 xv[HP];
+            lds_x<HP>(x_addr[bg], xv);
+            x_addr[bg] += 2u * 4u * PF;
+            if constexpr (FFMA) {
+                gemv_ffma_quad<BITS, KIND>(h, xv, accf[bg]);
+            } else {
 #pragma unroll
                 for (u32 s = 0; s < KSTEPS; ++s) {
                     const u32 b0 = __byte_perm(xv[s], xv[s + KSTEPS], 0x5410u);
@@ -593,6 +601,20 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
                                         h[2 * t + 1][2 * s + 1], b0, b1);
                 }
             }
+        }
+    };
+
+    // Whole turns whose refills are all in range need no per-quad range tests.
+    u32 q0 = qb;
+    for (; q0 + 2u * U <= qe; q0 += U) {
+#pragma unroll
+        for (u32 u = 0; u < U; ++u) consume(u, false);
+    }
+    for (; q0 < qe; q0 += U) {
+#pragma unroll
+        for (u32 u = 0; u < U; ++u) {
+            if (q0 + u >= qe) break;
+            consume(u, true);
         }
     }
     __syncthreads();  // xs is free: the same memory takes the per-warp sums
@@ -648,9 +670,11 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
     if (tid == 0) counters[blockIdx.x] = 0u;
 }
 
-// 512 threads at most (GS_TILES warps x KW <= 4): ptxas keeps to 128 registers.
+// 256 threads at most (GS_TILES warps x KW <= 2), so ptxas may use more than 128 registers
+// (the ring, the accumulators of 16 rows) without spilling; 3 blocks of 128 threads per SM at
+// up to 168 registers still keep 48 KiB of weights in flight per SM.
 #define GEMV_STREAM_KERNEL(BITS, MB, KIND, U, FFMA, PREFIX, NAME)                                       \
-    extern "C" __global__ void __launch_bounds__(512) PREFIX##_w##BITS##_m##MB##_u##U##_##NAME(         \
+    extern "C" __global__ void __launch_bounds__(256) PREFIX##_w##BITS##_m##MB##_u##U##_##NAME(         \
         const u16* x, const int* qweight, const int* qzeros, const u16* scales, float* out,            \
         float* part, u32* counters, u32 m, u32 n_out, u32 k_in, u32 group_len, u32 quads_per_split) {   \
         gptq_gemv_stream<BITS, MB, KIND, U, FFMA>(x, qweight, qzeros, scales, out, part, counters, m,   \

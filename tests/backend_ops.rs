@@ -1461,8 +1461,8 @@ fn gemv_kernels() -> Vec<GemvKernel> {
         stream(4, 1, 1, false),
         stream(8, 1, 1, false),
         stream(8, 2, 1, false),
-        stream(4, 4, 2, false),
-        stream(8, 4, 1, false),
+        stream(4, 2, 2, false),
+        stream(8, 1, 3, false),
         stream(4, 1, 1, true),
         stream(8, 2, 1, true),
     ]
@@ -2037,7 +2037,6 @@ fn decode_gemv_variant_sweep() {
         stream(8, 1, 4, false),
         stream(4, 1, 2, false),
         stream(8, 2, 1, false),
-        stream(8, 4, 1, false),
         stream(4, 2, 1, false),
         stream(4, 1, 1, true),
         stream(8, 1, 1, true),

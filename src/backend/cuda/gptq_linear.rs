@@ -48,7 +48,7 @@ const STREAM_MAX_ROWS: usize = 16;
 /// sweep. 4 or 8 for up to 8 rows; 9..16 rows always use 8.
 const STREAM_UNROLL: usize = 8;
 /// Warps along K per streaming block (each block is 4 warps across 128 columns times this):
-/// the `k<k_warps>` of the sweep; 1, 2 or 4.
+/// the `k<k_warps>` of the sweep; 1 or 2.
 const STREAM_K_WARPS: usize = 1;
 /// Streaming blocks per resident block slot (occupancy x multiprocessors), which sets the K
 /// split: the `w<waves>` of the sweep. 1 = one wave of long-lived warps.
@@ -64,7 +64,7 @@ pub enum GemvKernel {
     /// `gptq_gemv_*`: 8 warps on 32 columns, loads issued one step at a time.
     Step,
     /// `gptq_gemv_stream_*`: `unroll` loads per lane always in flight (4 or 8), 4 warps across
-    /// 128 columns times `k_warps` (1, 2, 4) along K, `waves` blocks per resident slot;
+    /// 128 columns times `k_warps` (1 or 2) along K, `waves` blocks per resident slot;
     /// `cuda_cores`: its CUDA-core twin `gptq_gemv_ffma_*` instead, for up to 4 rows (4 rows
     /// run with unroll 4).
     Stream {
@@ -188,7 +188,7 @@ impl CudaBackend {
             ..
         }) = kernel
         {
-            if !matches!(unroll, 4 | 8) || !matches!(k_warps, 1 | 2 | 4) || waves == 0 {
+            if !matches!(unroll, 4 | 8) || !matches!(k_warps, 1 | 2) || waves == 0 {
                 return Err(Error::cuda(format!(
                     "no streaming decode kernel with unroll {unroll}, {k_warps} K warps, {waves} waves"
                 )));
@@ -278,11 +278,12 @@ impl CudaBackend {
         Ok(qps.min(max_qps))
     }
 
-    /// Quads of packed rows per K slice of the streaming kernel. The grid is about `waves`
-    /// times the blocks that can be resident at once, so that every multiprocessor holds its
-    /// full share of warps, each with `unroll` loads in flight, for the whole launch (one
-    /// ramp-up per warp, few split sums). A slice longer than one ring turn per warp is made
-    /// of whole turns; the x slice must fit in shared memory and the splits in grid.y.
+    /// Quads of packed rows per K slice of the streaming kernel. The grid is `waves` times the
+    /// blocks that can be resident at once (rounded down to whole column blocks' worth of
+    /// splits), so that with one wave every multiprocessor holds its full share of warps, each
+    /// with its ring of loads in flight, for the whole launch: one ramp-up per warp and few
+    /// split sums. The splits are as even as whole quads allow (the kernel's last ring turn
+    /// may be partial); the x slice must fit in shared memory and the splits in grid.y.
     fn stream_quads_per_split(
         &self,
         f: &cudarc::driver::CudaFunction,
@@ -290,7 +291,7 @@ impl CudaBackend {
         col_blocks: usize,
         quads: usize,
         (rows, mb, kq): (usize, usize, usize),
-        (unroll, k_warps, waves): (usize, usize, usize),
+        (k_warps, waves): (usize, usize),
     ) -> Result<usize> {
         let fits = |qps: usize| stream_smem_bytes(rows, mb, qps, kq, k_warps) <= GV_SMEM_LIMIT;
         let mut max_qps = 1;
@@ -298,21 +299,18 @@ impl CudaBackend {
             max_qps *= 2;
         }
         let min_qps = quads.div_ceil(65_535).max(1);
+        let clamp = |qps: usize| qps.min(quads).clamp(min_qps, max_qps.max(min_qps));
         let forced = self.gemv_quads_override.load(Ordering::Relaxed);
         if forced > 0 {
-            return Ok(forced.clamp(min_qps, max_qps.max(min_qps)));
+            return Ok(clamp(forced));
         }
-        let turn = unroll * k_warps;
-        // Registers bound the residency (128 per thread); the shared memory of a slice of
-        // four ring turns stands in for the final one.
-        let warps = (GS_COLS / 32 * k_warps) as u32;
-        let smem = stream_smem_bytes(rows, mb, (4 * turn).min(max_qps), kq, k_warps);
-        let resident = self.gemv_blocks_per_sm(f, name, warps * 32, smem)? * self.sm_count as usize;
-        let mut qps = (quads * col_blocks).div_ceil(waves * resident).max(1);
-        if qps > turn {
-            qps = qps.next_multiple_of(turn);
-        }
-        Ok(qps.min(quads).clamp(min_qps, max_qps.max(min_qps)))
+        // Registers bound the residency; the shared memory of a 64-quad slice stands in for
+        // the final one.
+        let threads = (GS_COLS * k_warps) as u32;
+        let smem = stream_smem_bytes(rows, mb, 64.min(max_qps), kq, k_warps);
+        let resident = self.gemv_blocks_per_sm(f, name, threads, smem)? * self.sm_count as usize;
+        let splits = (waves * resident / col_blocks).clamp(1, quads.max(1));
+        Ok(clamp(quads.div_ceil(splits)))
     }
 
     /// The launch of `kernel` for `rows` <= 16 rows of `w`.
@@ -343,21 +341,16 @@ impl CudaBackend {
                 waves,
                 cuda_cores,
             } => {
-                let (mb, unroll, name) = if cuda_cores && rows <= 4 {
+                // Instantiated: tensor cores m8 u4/u8 and m16 u8; CUDA cores m1/m2 u4/u8, m4 u4.
+                let (mb, name) = if cuda_cores && rows <= 4 {
                     let mb = rows.next_power_of_two();
                     let unroll = if mb == 4 { 4 } else { unroll };
-                    (
-                        mb,
-                        unroll,
-                        format!("gptq_gemv_ffma_w{}_m{mb}_u{unroll}_{kind}", w.bits),
-                    )
+                    let name = format!("gptq_gemv_ffma_w{}_m{mb}_u{unroll}_{kind}", w.bits);
+                    (mb, name)
                 } else {
                     let unroll = if mb == 16 { 8 } else { unroll };
-                    (
-                        mb,
-                        unroll,
-                        format!("gptq_gemv_stream_w{}_m{mb}_u{unroll}_{kind}", w.bits),
-                    )
+                    let name = format!("gptq_gemv_stream_w{}_m{mb}_u{unroll}_{kind}", w.bits);
+                    (mb, name)
                 };
                 let f = self.func(&compile::GPTQ, &name)?;
                 let col_blocks = n.div_ceil(GS_COLS);
@@ -367,7 +360,7 @@ impl CudaBackend {
                     col_blocks,
                     quads,
                     (rows, mb, kq),
-                    (unroll, k_warps, waves),
+                    (k_warps, waves),
                 )?;
                 Ok(GemvPlan {
                     grid: (col_blocks, quads.div_ceil(qps)),
@@ -449,7 +442,7 @@ impl CudaBackend {
             .arg(&gl)
             .arg(&qps_u);
         // SAFETY: matches gptq_gemv_w*_m*_* / gptq_gemv_stream_w*_m*_u*_* (the block shape and
-        // dynamic shared memory of `plan`, at most 45 KiB, 512 threads); `gemv_fits` checked
+        // dynamic shared memory of `plan`, at most 45 KiB, 256 threads); `gemv_fits` checked
         // the shapes the kernels rely on; `part` holds splits x rows x n floats; `counters`
         // holds at least `plan.counters` zeroed words (each launch leaves them zero again).
         unsafe { b.launch(cfg) }.map_err(Self::launch_err(&plan.name))?;
