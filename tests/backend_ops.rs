@@ -2070,23 +2070,30 @@ fn decode_gemv_variant_sweep() {
                     gbs(auto),
                     t16 / auto
                 );
+                let mut add = |label: &str, t: f64| {
+                    let key = format!("w{bits} m={m} {label}");
+                    match totals.iter_mut().find(|(kk, _)| *kk == key) {
+                        Some(e) => e.1 += calls as f64 * t,
+                        None => totals.push((key, calls as f64 * t)),
+                    }
+                };
+                add("bf16", t16);
+                add("auto", auto);
                 let mut line = String::from("   ");
                 for v in variants {
                     b.set_gemv_kernel(Some(v)).unwrap();
                     let t = cold_call_us(&b, 20, &mut || b.gemm_gptq(&x, w, m, &mut out).unwrap());
                     line += &format!(" {}: {t:.1} ({:.0})", v.label(), gbs(t));
-                    let key = format!("w{bits} m={m} {}", v.label());
-                    match totals.iter_mut().find(|(kk, _)| *kk == key) {
-                        Some(e) => e.1 += calls as f64 * t,
-                        None => totals.push((key, calls as f64 * t)),
-                    }
+                    add(&v.label(), t);
                 }
                 b.set_gemv_kernel(None).unwrap();
                 println!("{line}");
             }
         }
     }
-    println!("\nper layer (q, k, v, o, gate, up, down), us:");
+    println!(
+        "\nper layer (q, k, v, o, gate, up, down), us (bf16 = cuBLAS on the dequantized weight):"
+    );
     for (key, t) in totals {
         println!("layer {key}: {t:.1}");
     }
