@@ -9,9 +9,10 @@
 // `hy-quant dequantize` writes, and multiplied with f32 accumulation. Every sum runs in a
 // fixed order (no float atomics), so results are deterministic on a given GPU.
 //
-// Two paths (chosen in src/backend/cuda/mod.rs, `gemm_gptq`):
-// - decode, m <= 16 rows per launch, sequential groups: `gptq_gemv_*` below, which streams the
-//   packed weight once at close to memory bandwidth;
+// Two paths (chosen in src/backend/cuda/gptq_linear.rs, `gptq_matmul`):
+// - decode, m <= 16 rows per launch, sequential groups: `gptq_gemv_stream_*` /
+//   `gptq_gemv_ffma_*` (a ring of loads in flight per lane) or `gptq_gemv_*` (one step of
+//   loads at a time), each streaming the packed weight once;
 // - everything else (prefill, act-order): `gptq_dequantize_w*` writes the 16-bit weight (in
 //   column chunks) and cuBLAS multiplies it.
 
@@ -129,16 +130,23 @@ __device__ __forceinline__ void mma_16816(float* d, u32 a0, u32 a1, u32 a2, u32 
 // int8 (f32 path) ca = s, cb = -(2^23 + z) as f32 bits.
 template <u32 BITS, u32 KIND>
 __device__ __forceinline__ void gemv_group_consts(U32x2 sraw, u32 zword, u32 zshift, u32* ca, u32* cb) {
-    const u32 s01 = sraw.x, s23 = sraw.y;
-    const u32 sbits[4] = {s01 & 0xffffu, s01 >> 16, s23 & 0xffffu, s23 >> 16};
+    if constexpr (BITS == 4) {
+        // Few instructions (a group starts every 4 quads at g128): byte permutes duplicate each
+        // scale and the lane's 4 zero nibbles into both halves; -(bias + q + 1) with bias =
+        // 128 (bf16) / 1024 (f16) is the bit pattern 0xC300 / 0xE400 plus q + 1.
+        const u32 neg_bias = KIND == 1u ? 0xC301C301u : 0xE401E401u;
+        const u32 z2 = __byte_perm(zword >> zshift, 0u, 0x1010u);  // {zeros 0..3} x 2
+        ca[0] = __byte_perm(sraw.x, 0u, 0x1010u);
+        ca[1] = __byte_perm(sraw.x, 0u, 0x3232u);
+        ca[2] = __byte_perm(sraw.y, 0u, 0x1010u);
+        ca[3] = __byte_perm(sraw.y, 0u, 0x3232u);
 #pragma unroll
-    for (u32 c = 0; c < 4; ++c) {
-        const u32 z = ((zword >> (zshift + BITS * c)) & ((1u << BITS) - 1u)) + 1u;
-        if constexpr (BITS == 4) {
-            const u32 bias = KIND == 1u ? 0x4300u : 0x6400u;  // 128.0 bf16 / 1024.0 f16
-            ca[c] = sbits[c] * 0x10001u;
-            cb[c] = ((bias + z) | 0x8000u) * 0x10001u;
-        } else {
+        for (u32 c = 0; c < 4; ++c) cb[c] = ((z2 >> (4u * c)) & 0x000f000fu) + neg_bias;
+    } else {
+        const u32 sbits[4] = {sraw.x & 0xffffu, sraw.x >> 16, sraw.y & 0xffffu, sraw.y >> 16};
+#pragma unroll
+        for (u32 c = 0; c < 4; ++c) {
+            const u32 z = ((zword >> (zshift + BITS * c)) & ((1u << BITS) - 1u)) + 1u;
             ca[c] = __float_as_uint(half_to_f32((u16)sbits[c], KIND));
             cb[c] = __float_as_uint(-__uint_as_float(0x4b000000u + z));
         }
@@ -381,6 +389,316 @@ GEMV_KERNEL(8, 8, 0, f16)
 GEMV_KERNEL(8, 8, 1, bf16)
 GEMV_KERNEL(8, 16, 0, f16)
 GEMV_KERNEL(8, 16, 1, bf16)
+
+// ------------------------------------------------------------------------------------------
+// Decode, streaming variant (`gptq_gemv_stream_*`): the same lane mapping, dequantization and
+// mma math as `gptq_gemv`, reorganized so that every warp keeps weight loads in flight all the
+// time. Why `gptq_gemv` stays near 1.3 TB/s at m = 1 on an H200: a warp issues one step of
+// GV_UNROLL loads, waits for all of them, computes, and only then issues the next step, so a
+// warp has 2 KiB in flight at best and nothing while it computes; its blocks live for 1-2
+// steps, so the first-load latency, the x staging and the block reduction are paid every few
+// KiB. Little's law wants ~4.3 TB/s x ~0.7 us / 132 SMs ~ 23 KB in flight per SM, all the time.
+//
+// Here:
+// - A ring of U slots per lane (U = 4 or 8 quads, 16 bytes each): the slot of quad q is
+//   refilled with quad q + U as soon as its words are dequantized, before the mma, so a lane
+//   has U loads (64 / 128 bytes) in flight through the whole K range, across group boundaries
+//   (the scales and zeros of a group travel in the slot of its first quad).
+// - A block is GS_TILES = 4 warps side by side (128 output columns, so every packed row the
+//   block reads is 512 contiguous bytes), times blockDim.y warps along K (KW) that split the
+//   block's K slice; no per-step barrier, only one at the start (x) and one at the end (sums).
+// - The host sizes the K slices so that the grid is about one wave of resident blocks: long
+//   lived warps, one ramp-up per warp, few split partial sums.
+// - Few instructions per weight, because at m = 1 the H200 is close to issue-bound: it must
+//   dequantize ~8.6 G weights per us at roofline (4.3 TB/s of int4) against ~33 G thread
+//   instructions per us (132 SMs x 128 lanes x ~1.98 GHz), so ~3.9 instructions per weight
+//   at most, ~2.5 to leave slack. The bit-exact int4 dequantization alone is ~1.9 (a shift
+//   and a lop3 per nibble pair, then add and multiply, as in gemv_dequant_word); one mma per
+//   256 weights is nearly free, while f32 FMAs would add ~2 more (widen + FMA, see the
+//   CUDA-core variant below). So: the ring's bookkeeping is a countdown and pointer steps,
+//   whole turns skip the range tests, the group constants are byte permutes, and x comes by
+//   ld.shared from a shared-space address (ptxas SASS: ~95 instructions per quad of 32
+//   weights at int4 m <= 8, group constants included at g128).
+// Sums: per lane in k order (mma), over the KW warps in order (shared memory), over the K
+// slices in slice order by the last block of the column tile (ticket), as in `gptq_gemv`.
+// N only needs to be a multiple of 32: warps past the last column tile load nothing.
+#define GS_TILES 4
+#define GS_COLS (GS_TILES * GV_COLS)
+
+// CUDA-core math for 1..4 rows (FFMA = true; MB = 1, 2 with a ring of 4 or 8, MB = 4 with 4):
+// each lane multiplies its 4 columns x PF k of a quad with x in f32 FMAs (weights widened
+// from the same exact half pairs), and the 4 lanes of a column group (tig, 4 packed rows each
+// quad) are added by two xor shuffles at the end (fixed butterfly order). About 2 more instructions per weight than the
+// mma path at m = 1 (widening + FMA instead of a quarter-used mma), so it only wins if the
+// mma path is limited by something other than issue; the sweep decides.
+template <u32 BITS, u32 KIND>
+__device__ __forceinline__ void half2_to_f32(u32 h, float* lo, float* hi) {
+    if constexpr (KIND == 1u) {
+        *lo = __uint_as_float(h << 16);
+        *hi = __uint_as_float(h & 0xffff0000u);
+    } else {
+        *lo = f16_to_f32((u16)(h & 0xffffu));
+        *hi = f16_to_f32((u16)(h >> 16));
+    }
+}
+
+// x of one quad for one row: the PF halves of the lane's packed row, as HP half pairs.
+template <u32 HP>
+__device__ __forceinline__ void lds_x(u32 addr, u32* xv) {
+    if constexpr (HP == 4) {
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                     : "=r"(xv[0]), "=r"(xv[1]), "=r"(xv[2]), "=r"(xv[3])
+                     : "r"(addr));
+    } else {
+        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(xv[0]), "=r"(xv[1]) : "r"(addr));
+    }
+}
+
+// One quad of one x row on CUDA cores: h[c][i] = {k_i, k_{i+HP}} of column c
+// (gemv_dequant_word), xv the row's PF halves of the lane's packed row; acc[c] += in k order
+// i, i + HP.
+template <u32 BITS, u32 KIND>
+__device__ __forceinline__ void gemv_ffma_quad(const u32 (*h)[16u / BITS], const u32* xv, float* acc) {
+    constexpr u32 PF = 32u / BITS, HP = PF / 2u;
+    float xf[PF];
+#pragma unroll
+    for (u32 j = 0; j < HP; ++j) half2_to_f32<BITS, KIND>(xv[j], &xf[2 * j], &xf[2 * j + 1]);
+#pragma unroll
+    for (u32 c = 0; c < 4; ++c)
+#pragma unroll
+        for (u32 i = 0; i < HP; ++i) {
+            float lo, hi;
+            half2_to_f32<BITS, KIND>(h[c][i], &lo, &hi);
+            acc[c] = fmaf(lo, xf[i], acc[c]);
+            acc[c] = fmaf(hi, xf[i + HP], acc[c]);
+        }
+}
+
+template <u32 BITS, u32 MB, u32 KIND, u32 U, bool FFMA>
+__device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, const int* __restrict__ qweight,
+                                                 const int* __restrict__ qzeros, const u16* __restrict__ scales,
+                                                 float* __restrict__ out, float* __restrict__ part,
+                                                 u32* __restrict__ counters, u32 m, u32 n_out, u32 k_in,
+                                                 u32 group_len, u32 quads_per_split) {
+    constexpr u32 PF = 32u / BITS, KQ = 4u * PF, HP = PF / 2u, KSTEPS = PF / 4u;
+    constexpr u32 NB = FFMA ? 1u : MB / 8u;  // mma per A tile and k step
+    constexpr u32 XR = FFMA ? MB : NB;       // x offsets a lane walks
+    extern __shared__ __align__(16) unsigned char gs_smem[];
+    u16* xs = reinterpret_cast<u16*>(gs_smem);
+    float* red = reinterpret_cast<float*>(gs_smem);  // [KW][MB][GS_COLS]
+    __shared__ u32 is_last;
+
+    const u32 lane = threadIdx.x & 31u, tile = threadIdx.x >> 5, kw = threadIdx.y, n_kw = blockDim.y;
+    const u32 gid = lane >> 2, tig = lane & 3u;
+    const u32 threads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
+    const u32 quads = k_in / KQ;
+    const u32 q_lo = min(quads, blockIdx.y * quads_per_split);
+    const u32 q_hi = min(quads, q_lo + quads_per_split);
+    const u32 per_warp = (q_hi - q_lo + n_kw - 1u) / n_kw;
+    const u32 n0 = (blockIdx.x * GS_TILES + tile) * GV_COLS, n = n0 + 4u * gid;
+    const bool active = n0 < n_out;  // warp-uniform
+    const u32 qb = min(q_hi, q_lo + kw * per_warp), qe = active ? min(q_hi, qb + per_warp) : qb;
+    const u32 quads_per_group = group_len / KQ;
+    const u32 zshift = BITS == 4 ? (n % 8u) * 4u : 0u;
+    const u32 k_base = q_lo * KQ, k_len = (q_hi - q_lo) * KQ;
+    const u32 xstride = ((k_len + 63u) & ~63u) + KQ;  // bank spread as in gptq_gemv
+
+    float acc[2][NB][4];
+#pragma unroll
+    for (u32 t = 0; t < 2; ++t)
+#pragma unroll
+        for (u32 bg = 0; bg < NB; ++bg)
+#pragma unroll
+            for (u32 e = 0; e < 4; ++e) acc[t][bg][e] = 0.0f;
+    float accf[MB][4];  // FFMA: x row b, column 4*gid + c
+#pragma unroll
+    for (u32 b = 0; b < MB; ++b)
+#pragma unroll
+        for (u32 c = 0; c < 4; ++c) accf[b][c] = 0.0f;
+
+    // Load side of the ring, kept to a few instructions per quad (the kernel is close to
+    // issue-bound at m = 1): 64-bit pointers stepped by a constant, a countdown of the loads
+    // left in the warp's range and in the current group, a flag per slot.
+    const u64 w_step = 4ull * n_out;
+    const int* wp = qweight + (active ? (u64)(4u * qb + tig) * n_out + n : 0ull);
+    const u16* sp = scales + (u64)(qb / quads_per_group) * n_out + n;
+    const int* zp = qzeros + (u64)(qb / quads_per_group) * (n_out / PF) + n / PF;
+    u32 loads_left = qe - qb;
+    u32 group_left = quads_per_group - qb % quads_per_group;  // loads before the next group
+    U32x4 wq[U];
+    U32x2 sr[U];
+    u32 zr[U];
+    bool fresh[U];  // the quad in slot u starts a group (or the warp's range): new constants
+    u32 ca[4], cb[4];
+    const u32 bias2 = (KIND == 1u ? 0x43004300u : 0x64006400u) | (group_len >> 31);
+
+    // Slot u (a constant after unrolling) takes the next quad; CHECKED: the warp may have none.
+    auto load_slot = [&](u32 u, bool first, bool checked) {
+        if (checked && loads_left == 0u) return;
+        --loads_left;
+        if (group_left == 0u) {
+            group_left = quads_per_group;
+            sp += n_out;
+            zp += n_out / PF;
+            first = true;
+        }
+        --group_left;
+        wq[u] = ld_stream_v4(wp);
+        wp += w_step;
+        if (first) {
+            sr[u] = *reinterpret_cast<const U32x2*>(sp);
+            zr[u] = (u32)*zp;
+        }
+        fresh[u] = first;
+    };
+#pragma unroll
+    for (u32 u = 0; u < U; ++u) load_slot(u, u == 0u, true);
+
+    // x rows 0..m-1 of the block's K slice into shared memory while the ring fills.
+    {
+        const u32 per_row = k_len / 8u;
+        for (u32 i = tid; i < m * per_row; i += threads) {
+            const u32 b = i / per_row, c = i % per_row;
+            *reinterpret_cast<U32x4*>(xs + b * xstride + c * 8u) =
+                *reinterpret_cast<const U32x4*>(x + (u64)b * k_in + k_base + c * 8u);
+        }
+    }
+    __syncthreads();
+
+    // Shared-space byte addresses of the lane's x: mma: x row bg*8 + gid (B column gid);
+    // FFMA: x row bg. Rows past m-1 read row m-1: they only feed output rows never written.
+    u32 x_addr[XR];
+#pragma unroll
+    for (u32 bg = 0; bg < XR; ++bg)
+        x_addr[bg] = (u32)__cvta_generic_to_shared(xs) +
+                     2u * (min(FFMA ? bg : bg * 8u + gid, m - 1u) * xstride + (4u * qb + tig) * PF - k_base);
+
+    // One quad from slot u; the slot is refilled (with the quad U further) as soon as its
+    // words are dequantized.
+    auto consume = [&](u32 u, bool refill_checked) {
+        if (fresh[u]) gemv_group_consts<BITS, KIND>(sr[u], zr[u], zshift, ca, cb);
+        u32 h[4][HP];
+        gemv_dequant_word<BITS, KIND>(wq[u].x, ca[0], cb[0], bias2, h[0]);
+        gemv_dequant_word<BITS, KIND>(wq[u].y, ca[1], cb[1], bias2, h[1]);
+        gemv_dequant_word<BITS, KIND>(wq[u].z, ca[2], cb[2], bias2, h[2]);
+        gemv_dequant_word<BITS, KIND>(wq[u].w, ca[3], cb[3], bias2, h[3]);
+        load_slot(u, false, refill_checked);
+#pragma unroll
+        for (u32 bg = 0; bg < XR; ++bg) {
+            u32 xv[HP];
+            lds_x<HP>(x_addr[bg], xv);
+            x_addr[bg] += 2u * 4u * PF;
+            if constexpr (FFMA) {
+                gemv_ffma_quad<BITS, KIND>(h, xv, accf[bg]);
+            } else {
+#pragma unroll
+                for (u32 s = 0; s < KSTEPS; ++s) {
+                    const u32 b0 = __byte_perm(xv[s], xv[s + KSTEPS], 0x5410u);
+                    const u32 b1 = __byte_perm(xv[s], xv[s + KSTEPS], 0x7632u);
+#pragma unroll
+                    for (u32 t = 0; t < 2; ++t)
+                        mma_16816<KIND>(acc[t][bg], h[2 * t][2 * s], h[2 * t + 1][2 * s], h[2 * t][2 * s + 1],
+                                        h[2 * t + 1][2 * s + 1], b0, b1);
+                }
+            }
+        }
+    };
+
+    // Whole turns whose refills are all in range need no per-quad range tests.
+    u32 q0 = qb;
+    for (; q0 + 2u * U <= qe; q0 += U) {
+#pragma unroll
+        for (u32 u = 0; u < U; ++u) consume(u, false);
+    }
+    for (; q0 < qe; q0 += U) {
+#pragma unroll
+        for (u32 u = 0; u < U; ++u) {
+            if (q0 + u >= qe) break;
+            consume(u, true);
+        }
+    }
+    __syncthreads();  // xs is free: the same memory takes the per-warp sums
+
+    if constexpr (FFMA) {
+        // The 4 lanes of a column group hold different packed rows of the same columns.
+#pragma unroll
+        for (u32 b = 0; b < MB; ++b)
+#pragma unroll
+            for (u32 c = 0; c < 4; ++c) {
+                float v = accf[b][c];
+                v += __shfl_xor_sync(0xffffffffu, v, 1);
+                v += __shfl_xor_sync(0xffffffffu, v, 2);
+                if (tig == 0u) red[(kw * MB + b) * GS_COLS + tile * GV_COLS + 4u * gid + c] = v;
+            }
+    } else {
+        // C fragment: acc[t][bg][e] is x row bg*8 + 2*tig + (e & 1), column 4*gid + 2*t + (e >> 1).
+#pragma unroll
+        for (u32 t = 0; t < 2; ++t)
+#pragma unroll
+            for (u32 bg = 0; bg < NB; ++bg)
+#pragma unroll
+                for (u32 e = 0; e < 4; ++e)
+                    red[(kw * MB + bg * 8u + 2u * tig + (e & 1u)) * GS_COLS + tile * GV_COLS + 4u * gid + 2u * t +
+                        (e >> 1)] = acc[t][bg][e];
+    }
+    __syncthreads();
+    const u32 splits = gridDim.y, nb0 = blockIdx.x * GS_COLS;
+    const u32 cols = min(GS_COLS, n_out - nb0);
+    for (u32 i = tid; i < m * cols; i += threads) {
+        const u32 b = i / cols, col = i % cols;
+        float sum = 0.0f;
+        for (u32 w = 0; w < n_kw; ++w) sum += red[(w * MB + b) * GS_COLS + col];
+        if (splits == 1u) {
+            out[(u64)b * n_out + nb0 + col] = sum;
+        } else {
+            part[((u64)blockIdx.y * m + b) * n_out + nb0 + col] = sum;
+        }
+    }
+    if (splits == 1u) return;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) is_last = atomicAdd(&counters[blockIdx.x], 1u) == splits - 1u;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    for (u32 i = tid; i < m * cols; i += threads) {
+        const u32 b = i / cols, col = i % cols;
+        float sum = 0.0f;
+        for (u32 sp = 0; sp < splits; ++sp) sum += ld_l2_f32(part + ((u64)sp * m + b) * n_out + nb0 + col);
+        out[(u64)b * n_out + nb0 + col] = sum;
+    }
+    if (tid == 0) counters[blockIdx.x] = 0u;
+}
+
+// 256 threads at most (GS_TILES warps x KW <= 2), so ptxas may use more than 128 registers
+// (the ring, the accumulators of 16 rows) without spilling; 3 blocks of 128 threads per SM at
+// up to 168 registers still keep 48 KiB of weights in flight per SM.
+#define GEMV_STREAM_KERNEL(BITS, MB, KIND, U, FFMA, PREFIX, NAME)                                       \
+    extern "C" __global__ void __launch_bounds__(256) PREFIX##_w##BITS##_m##MB##_u##U##_##NAME(         \
+        const u16* x, const int* qweight, const int* qzeros, const u16* scales, float* out,            \
+        float* part, u32* counters, u32 m, u32 n_out, u32 k_in, u32 group_len, u32 quads_per_split) {   \
+        gptq_gemv_stream<BITS, MB, KIND, U, FFMA>(x, qweight, qzeros, scales, out, part, counters, m,   \
+                                                  n_out, k_in, group_len, quads_per_split);              \
+    }
+#define GEMV_STREAM_BITS(BITS)                                                  \
+    GEMV_STREAM_KERNEL(BITS, 8, 0, 4, false, gptq_gemv_stream, f16)             \
+    GEMV_STREAM_KERNEL(BITS, 8, 1, 4, false, gptq_gemv_stream, bf16)            \
+    GEMV_STREAM_KERNEL(BITS, 8, 0, 8, false, gptq_gemv_stream, f16)             \
+    GEMV_STREAM_KERNEL(BITS, 8, 1, 8, false, gptq_gemv_stream, bf16)            \
+    GEMV_STREAM_KERNEL(BITS, 16, 0, 8, false, gptq_gemv_stream, f16)            \
+    GEMV_STREAM_KERNEL(BITS, 16, 1, 8, false, gptq_gemv_stream, bf16)           \
+    GEMV_STREAM_KERNEL(BITS, 1, 0, 4, true, gptq_gemv_ffma, f16)                \
+    GEMV_STREAM_KERNEL(BITS, 1, 1, 4, true, gptq_gemv_ffma, bf16)               \
+    GEMV_STREAM_KERNEL(BITS, 1, 0, 8, true, gptq_gemv_ffma, f16)                \
+    GEMV_STREAM_KERNEL(BITS, 1, 1, 8, true, gptq_gemv_ffma, bf16)               \
+    GEMV_STREAM_KERNEL(BITS, 2, 0, 4, true, gptq_gemv_ffma, f16)                \
+    GEMV_STREAM_KERNEL(BITS, 2, 1, 4, true, gptq_gemv_ffma, bf16)               \
+    GEMV_STREAM_KERNEL(BITS, 2, 0, 8, true, gptq_gemv_ffma, f16)                \
+    GEMV_STREAM_KERNEL(BITS, 2, 1, 8, true, gptq_gemv_ffma, bf16)               \
+    GEMV_STREAM_KERNEL(BITS, 4, 0, 4, true, gptq_gemv_ffma, f16)                \
+    GEMV_STREAM_KERNEL(BITS, 4, 1, 4, true, gptq_gemv_ffma, bf16)
+GEMV_STREAM_BITS(4)
+GEMV_STREAM_BITS(8)
 
 // ------------------------------------------------------------------------------------------
 // The weight a GPTQ loader reconstructs, W[n][k] = half(scale * (q - zero)), for the columns

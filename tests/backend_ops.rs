@@ -4,7 +4,7 @@
 //! Each body compares the backend against a reference computed here on the host (f64 sums
 //! over the same 16-bit-rounded inputs), and prints its largest error.
 
-use hy_quant::backend::cuda::{probe, CudaOptions};
+use hy_quant::backend::cuda::{probe, CudaOptions, GemvKernel};
 use hy_quant::backend::{
     gptq_linear_on_host, AttnShape, Backend, BackendHessian, CpuBackend, CudaBackend, Device,
     DeviceChoice, GptqHost, GptqWeight, HalfKind, LinearJob, PrefillMath,
@@ -1447,23 +1447,47 @@ fn quantize_rtn_on_cuda_is_byte_identical_to_cpu() {
     }
 }
 
-/// The decode kernel (m <= 64 rows, sequential groups) at every K split size it can be given
-/// (4 to 128 quads of packed rows per block: one busy warp to 8 warps of 4 steps, one group per
-/// step or several), for int4/int8, g32/g64/g128/per-channel, f16/bf16 and 1 to 64 rows:
-/// against the f64 host reference like `gptq_body`, and bit-identical when run twice.
+/// Every decode kernel variant `set_gemv_kernel` accepts (the streaming kernel is the auto
+/// choice for up to 16 rows per launch).
+fn gemv_kernels() -> Vec<GemvKernel> {
+    let stream = |unroll, k_warps, waves, cuda_cores| GemvKernel::Stream {
+        unroll,
+        k_warps,
+        waves,
+        cuda_cores,
+    };
+    vec![
+        GemvKernel::Step,
+        stream(4, 1, 1, false),
+        stream(8, 1, 1, false),
+        stream(8, 2, 1, false),
+        stream(4, 2, 2, false),
+        stream(8, 1, 3, false),
+        stream(4, 1, 1, true),
+        stream(8, 2, 1, true),
+    ]
+}
+
+/// The decode kernels (m <= 64 rows, sequential groups), each at every K split size it can be
+/// given (1 to 128 quads of packed rows per block: a partial ring turn of one warp to many
+/// turns, one group per step or several), for int4/int8, g16/g32/g64/g128/per-channel,
+/// f16/bf16, 1 to 16 rows and 40/64, N a multiple of the 128-column block or not (96, 160),
+/// K an odd number of quads (1056 = 33 x 32): against the f64 host reference like
+/// `gptq_body`, and bit-identical when run twice.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gptq_gemv_splits_cuda() {
     let b = cuda();
-    let (n, k) = (96usize, 2048usize);
     let mut worst = 0f64;
-    for (bits, gs, kind) in [
-        (4u8, 128i64, HalfKind::BF16),
-        (4, 32, HalfKind::F16),
-        (4, 64, HalfKind::BF16),
-        (4, -1, HalfKind::F16),
-        (8, 128, HalfKind::BF16),
-        (8, 16, HalfKind::F16),
+    for (bits, gs, kind, n, k) in [
+        (4u8, 128i64, HalfKind::BF16, 96usize, 2048usize),
+        (4, 32, HalfKind::F16, 96, 2048),
+        (4, 64, HalfKind::BF16, 96, 2048),
+        (4, -1, HalfKind::F16, 96, 2048),
+        (8, 128, HalfKind::BF16, 96, 2048),
+        (8, 16, HalfKind::F16, 96, 2048),
+        (4, 32, HalfKind::BF16, 160, 1056),
+        (8, 64, HalfKind::F16, 160, 1088),
     ] {
         let ql = sample_linear(bits, gs, false, false, n, k, kind, 40 + bits as u64);
         let dtype = match kind {
@@ -1489,48 +1513,64 @@ fn gptq_gemv_splits_cuda() {
         };
         let w = GptqWeight::upload(&b, &host).unwrap();
         assert!(w.g_idx.is_none());
+        assert!(
+            b.describe_gemv(&w, 1).unwrap().is_some(),
+            "w{bits} g{gs} {n}x{k}: no decode kernel"
+        );
         let wf: Vec<f32> = halves(kind, &ql.dequantize())
             .iter()
             .map(|&h| kind.to_f32(h))
             .collect();
-        for m in [1usize, 2, 7, 8, 9, 16, 40, 64] {
+        for m in (1usize..=16).chain([40, 64]) {
             let xh = halves(kind, &randn(300 + m as u64, m * k, 1.0));
             let xf: Vec<f32> = xh.iter().map(|&h| kind.to_f32(h)).collect();
             let (want, mag) = matmul_ref(&xf, &wf, m, n, k);
             let xd = b.upload(&xh).unwrap();
-            for qps in [
-                None,
-                Some(4usize),
-                Some(8),
-                Some(16),
-                Some(32),
-                Some(64),
-                Some(128),
-            ] {
-                b.set_gemv_quads_per_split(qps);
-                let mut out = b.zeros::<f32>(m * n).unwrap();
-                b.gemm_gptq(&xd, &w, m, &mut out).unwrap();
-                let first = b.download(&out).unwrap();
-                b.gemm_gptq(&xd, &w, m, &mut out).unwrap();
-                let again = b.download(&out).unwrap();
-                b.set_gemv_quads_per_split(None);
-                assert!(
-                    first
-                        .iter()
-                        .zip(&again)
-                        .all(|(a, c)| a.to_bits() == c.to_bits()),
-                    "w{bits} g{gs} m={m} split {qps:?}: two runs differ"
-                );
-                let e = rel_err(&first, &want, &mag);
-                assert!(
-                    e <= 1e-5,
-                    "w{bits} g{gs} {kind:?} m={m} split {qps:?}: max rel err {e:e}"
-                );
-                worst = worst.max(e);
+            for kernel in gemv_kernels() {
+                b.set_gemv_kernel(Some(kernel)).unwrap();
+                for qps in [
+                    None,
+                    Some(1usize),
+                    Some(3),
+                    Some(4),
+                    Some(8),
+                    Some(16),
+                    Some(32),
+                    Some(64),
+                    Some(128),
+                ] {
+                    b.set_gemv_quads_per_split(qps);
+                    let mut out = b.zeros::<f32>(m * n).unwrap();
+                    b.gemm_gptq(&xd, &w, m, &mut out).unwrap();
+                    let first = b.download(&out).unwrap();
+                    b.gemm_gptq(&xd, &w, m, &mut out).unwrap();
+                    let again = b.download(&out).unwrap();
+                    b.set_gemv_quads_per_split(None);
+                    let what = format!(
+                        "w{bits} g{gs} {kind:?} {n}x{k} m={m} {} split {qps:?}",
+                        kernel.label()
+                    );
+                    assert!(
+                        first
+                            .iter()
+                            .zip(&again)
+                            .all(|(a, c)| a.to_bits() == c.to_bits()),
+                        "{what}: two runs differ"
+                    );
+                    let e = rel_err(&first, &want, &mag);
+                    assert!(e <= 1e-5, "{what}: max rel err {e:e}");
+                    worst = worst.max(e);
+                }
             }
+            b.set_gemv_kernel(None).unwrap();
         }
     }
-    report("gptq decode kernel, all K splits", &b, worst, 1e-5);
+    report(
+        "gptq decode kernels, all variants and K splits",
+        &b,
+        worst,
+        1e-5,
+    );
 }
 
 /// CPU and CUDA agree with each other, not only with the host reference: a decode-shaped GPTQ
@@ -1967,6 +2007,95 @@ fn decode_step_split_sweep() {
                 println!("{line}");
             }
         }
+    }
+}
+
+/// Tuning data for the decode kernel choice (the constants at the top of
+/// src/backend/cuda/gptq_linear.rs): per 7B layer shape, bits and rows, the cold-L2 time and
+/// read bandwidth of every variant (`step` = STREAM_MAX_ROWS below m; `s<U>k<KW>w<W>` =
+/// streaming kernel with STREAM_UNROLL = U, STREAM_K_WARPS = KW, STREAM_WAVES = W; `c...` the
+/// same on CUDA cores, i.e. STREAM_CUDA_CORE_MAX_ROWS >= m, only differs from `s...` for
+/// m <= 4, and m = 4 always runs with a ring of 4), next to
+/// the automatic choice (with its launch) and bf16 cuBLAS on the dequantized weight. Run alone:
+/// `./backend_ops --ignored --nocapture --test-threads=1 --exact decode_gemv_variant_sweep`
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn decode_gemv_variant_sweep() {
+    let b = cuda();
+    let kind = HalfKind::BF16;
+    let stream = |unroll, k_warps, waves, cuda_cores| GemvKernel::Stream {
+        unroll,
+        k_warps,
+        waves,
+        cuda_cores,
+    };
+    let variants = [
+        GemvKernel::Step,
+        stream(4, 1, 1, false),
+        stream(8, 1, 1, false),
+        stream(8, 1, 2, false),
+        stream(8, 1, 4, false),
+        stream(4, 1, 2, false),
+        stream(8, 2, 1, false),
+        stream(4, 2, 1, false),
+        stream(4, 1, 1, true),
+        stream(8, 1, 1, true),
+        stream(8, 2, 1, true),
+    ];
+    let mut totals: Vec<(String, f64)> = Vec::new();
+    for &(name, n, k, calls) in LAYER_7B.iter() {
+        let w4 = random_gptq(&b, 4, n, k, 5);
+        let mut dense = b.zeros::<u16>(n * k).unwrap();
+        b.dequantize_gptq(&w4, &mut dense).unwrap();
+        for bits in [4u8, 8] {
+            let w = if bits == 4 {
+                None
+            } else {
+                Some(random_gptq(&b, bits, n, k, 6))
+            };
+            let w = w.as_ref().unwrap_or(&w4);
+            let bytes = w.bytes() as f64;
+            for m in [1usize, 2, 4, 8, 16] {
+                let x = b.upload(&halves(kind, &randn(7, m * k, 1.0))).unwrap();
+                let mut out = b.zeros::<f32>(m * n).unwrap();
+                let gbs = |us: f64| bytes / (us * 1e-6) / 1e9;
+                let t16 = cold_call_us(&b, 20, &mut || {
+                    b.gemm(&x, &dense, kind, m, n, k, &mut out).unwrap()
+                });
+                b.set_gemv_kernel(None).unwrap();
+                let plan = b.describe_gemv(w, m).unwrap().unwrap_or_default();
+                let auto = cold_call_us(&b, 20, &mut || b.gemm_gptq(&x, w, m, &mut out).unwrap());
+                println!(
+                    "variants {name} {n}x{k} w{bits} m={m}: bf16 {t16:.1} us | auto {auto:.1} us ({:.0} GB/s, {:.2}x bf16) [{plan}]",
+                    gbs(auto),
+                    t16 / auto
+                );
+                let mut add = |label: &str, t: f64| {
+                    let key = format!("w{bits} m={m} {label}");
+                    match totals.iter_mut().find(|(kk, _)| *kk == key) {
+                        Some(e) => e.1 += calls as f64 * t,
+                        None => totals.push((key, calls as f64 * t)),
+                    }
+                };
+                add("bf16", t16);
+                add("auto", auto);
+                let mut line = String::from("   ");
+                for v in variants {
+                    b.set_gemv_kernel(Some(v)).unwrap();
+                    let t = cold_call_us(&b, 20, &mut || b.gemm_gptq(&x, w, m, &mut out).unwrap());
+                    line += &format!(" {}: {t:.1} ({:.0})", v.label(), gbs(t));
+                    add(&v.label(), t);
+                }
+                b.set_gemv_kernel(None).unwrap();
+                println!("{line}");
+            }
+        }
+    }
+    println!(
+        "\nper layer (q, k, v, o, gate, up, down), us (bf16 = cuBLAS on the dequantized weight):"
+    );
+    for (key, t) in totals {
+        println!("layer {key}: {t:.1}");
     }
 }
 

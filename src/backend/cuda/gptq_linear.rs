@@ -1,10 +1,14 @@
 //! Host side of the W4A16 / W8A16 linears (kernels/gptq.cu): which kernel runs for which
 //! shape, how the K dimension is split, and the dequantize-then-cuBLAS path.
 //!
-//! - Decode (m <= `GEMV_MAX_ROWS`, sequential groups, shapes the kernel tiles exactly):
-//!   `gptq_gemv_w{4,8}_m{8,16}_{f16,bf16}`, 16 rows of x per launch. It streams the packed
-//!   weight once; the K split is chosen so that the grid covers every multiprocessor (see
-//!   `gemv_quads_per_split`), and split sums are added in a fixed order inside the same launch.
+//! - Decode (m <= `GEMV_MAX_ROWS`, sequential groups, shapes the kernels tile exactly), 16 rows
+//!   of x per launch, one of two kernels (`GemvKernel`, chosen by `gemv_kernel`):
+//!   `gptq_gemv_stream_w{4,8}_m{8,16}_u{4,8}_{f16,bf16}` (a ring of loads in flight per lane,
+//!   grid sized to one wave, see `stream_quads_per_split`; its CUDA-core twin
+//!   `gptq_gemv_ffma_w{4,8}_m{1,2,4}_u{4,8}_*` up to `STREAM_CUDA_CORE_MAX_ROWS` rows) for up to
+//!   `STREAM_MAX_ROWS` rows,
+//!   else `gptq_gemv_w{4,8}_m{8,16}_{f16,bf16}` (see `gemv_quads_per_split`). Both stream the
+//!   packed weight once and add their split sums in a fixed order inside the same launch.
 //! - Everything else (prefill, act-order `g_idx`, odd shapes): `gptq_dequantize_w{4,8}` writes
 //!   the 16-bit weight for a chunk of output columns into a scratch buffer and cuBLAS
 //!   multiplies it. The dequantization reads the packed weight once and writes 4x (int4) its
@@ -36,6 +40,78 @@ const GV_WARPS: usize = 8;
 const GV_UNROLL: usize = 4;
 const GV_COLS: usize = 32;
 
+// ---- Decode kernel choice: the constants `decode_gemv_variant_sweep` (tests/backend_ops.rs)
+// tunes. Its columns name the variant as `step`, or `s<unroll>k<k_warps>w<waves>`:
+/// Rows of x per launch up to which the streaming kernel runs; above, the step kernel.
+const STREAM_MAX_ROWS: usize = 16;
+/// Ring slots (16-byte loads in flight) per lane of the streaming kernel: the `s<unroll>` of the
+/// sweep. 4 or 8 for up to 8 rows; 9..16 rows always use 8.
+const STREAM_UNROLL: usize = 8;
+/// Warps along K per streaming block (each block is 4 warps across 128 columns times this):
+/// the `k<k_warps>` of the sweep; 1 or 2.
+const STREAM_K_WARPS: usize = 1;
+/// Streaming blocks per resident block slot (occupancy x multiprocessors), which sets the K
+/// split: the `w<waves>` of the sweep. 1 = one wave of long-lived warps.
+const STREAM_WAVES: usize = 1;
+/// Rows of x up to which the streaming kernel multiplies on CUDA cores (`gptq_gemv_ffma_*`,
+/// at most 4) instead of the tensor cores: the sweep's `c...` columns against its `s...` ones.
+/// 0 = always the tensor cores (fewer instructions per weight, see kernels/gptq.cu).
+const STREAM_CUDA_CORE_MAX_ROWS: usize = 0;
+
+/// Which decode kernel a launch uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemvKernel {
+    /// `gptq_gemv_*`: 8 warps on 32 columns, loads issued one step at a time.
+    Step,
+    /// `gptq_gemv_stream_*`: `unroll` loads per lane always in flight (4 or 8), 4 warps across
+    /// 128 columns times `k_warps` (1 or 2) along K, `waves` blocks per resident slot;
+    /// `cuda_cores`: its CUDA-core twin `gptq_gemv_ffma_*` instead, for up to 4 rows (4 rows
+    /// run with unroll 4).
+    Stream {
+        unroll: usize,
+        k_warps: usize,
+        waves: usize,
+        cuda_cores: bool,
+    },
+}
+
+impl GemvKernel {
+    /// The automatic choice for a launch of `rows` rows of x.
+    // The tuning constants may sit at the ends of their ranges (STREAM_CUDA_CORE_MAX_ROWS = 0).
+    #[allow(clippy::absurd_extreme_comparisons)]
+    fn auto(rows: usize) -> Self {
+        if rows <= STREAM_MAX_ROWS {
+            GemvKernel::Stream {
+                unroll: STREAM_UNROLL,
+                k_warps: STREAM_K_WARPS,
+                waves: STREAM_WAVES,
+                cuda_cores: rows <= STREAM_CUDA_CORE_MAX_ROWS,
+            }
+        } else {
+            GemvKernel::Step
+        }
+    }
+
+    /// The sweep's column name.
+    pub fn label(&self) -> String {
+        match *self {
+            GemvKernel::Step => "step".to_string(),
+            GemvKernel::Stream {
+                unroll,
+                k_warps,
+                waves,
+                cuda_cores,
+            } => format!(
+                "{}{unroll}k{k_warps}w{waves}",
+                if cuda_cores { 'c' } else { 's' }
+            ),
+        }
+    }
+}
+
+/// Output columns per streaming block (GS_COLS in kernels/gptq.cu: 4 warps of 32 columns).
+const GS_COLS: usize = 128;
+
 /// Dynamic shared memory a decode block may use (x slice, then the per-warp sums): under the
 /// 48 KiB that needs no opt-in, with room for the kernel's static bytes.
 const GV_SMEM_LIMIT: usize = 45 * 1024;
@@ -53,8 +129,28 @@ fn kind_name(half: HalfKind) -> &'static str {
 /// The decode kernel's shared memory for `rows` rows of x and `qps` quads per split: the x
 /// slice with its padded row pitch (as the kernel computes it), or the per-warp sums.
 fn gemv_smem_bytes(rows: usize, mb: usize, qps: usize, kq: usize) -> usize {
-    let pitch = (qps * kq).next_multiple_of(64) + kq;
-    (rows * pitch * 2).max(GV_WARPS * mb * GV_COLS * 4)
+    (rows * x_pitch(qps, kq) * 2).max(GV_WARPS * mb * GV_COLS * 4)
+}
+
+/// The x slice's row pitch in halves for `qps` quads of `kq` k (as both kernels compute it).
+fn x_pitch(qps: usize, kq: usize) -> usize {
+    (qps * kq).next_multiple_of(64) + kq
+}
+
+/// The streaming kernel's shared memory: the x slice, or the per-warp sums of `k_warps` warps.
+fn stream_smem_bytes(rows: usize, mb: usize, qps: usize, kq: usize, k_warps: usize) -> usize {
+    (rows * x_pitch(qps, kq) * 2).max(k_warps * mb * GS_COLS * 4)
+}
+
+/// One decode launch, planned: kernel name, grid, threads per block, shared memory, K slice.
+struct GemvPlan {
+    name: String,
+    grid: (usize, usize),
+    block: (u32, u32),
+    smem: usize,
+    qps: usize,
+    /// Ticket counters the launch uses (one per column block).
+    counters: usize,
 }
 
 impl CudaBackend {
@@ -82,19 +178,54 @@ impl CudaBackend {
             .store(quads.unwrap_or(0), Ordering::Relaxed);
     }
 
+    /// Forces the decode kernel for tuning runs; `None` restores the automatic choice
+    /// (`GemvKernel::auto`). A `Stream` unroll of 4 with more than 8 rows runs with 8.
+    pub fn set_gemv_kernel(&self, kernel: Option<GemvKernel>) -> Result<()> {
+        if let Some(GemvKernel::Stream {
+            unroll,
+            k_warps,
+            waves,
+            ..
+        }) = kernel
+        {
+            if !matches!(unroll, 4 | 8) || !matches!(k_warps, 1 | 2) || waves == 0 {
+                return Err(Error::cuda(format!(
+                    "no streaming decode kernel with unroll {unroll}, {k_warps} K warps, {waves} waves"
+                )));
+            }
+        }
+        *self
+            .gemv_kernel_override
+            .lock()
+            .map_err(|_| Error::cuda("decode kernel override poisoned by an earlier panic"))? =
+            kernel;
+        Ok(())
+    }
+
+    /// The decode kernel for a launch of `rows` rows: the forced one, else `GemvKernel::auto`.
+    fn gemv_kernel(&self, rows: usize) -> Result<GemvKernel> {
+        let forced = *self
+            .gemv_kernel_override
+            .lock()
+            .map_err(|_| Error::cuda("decode kernel override poisoned by an earlier panic"))?;
+        Ok(forced.unwrap_or_else(|| GemvKernel::auto(rows)))
+    }
+
     /// Blocks of `name` that fit on one multiprocessor with `smem` bytes of dynamic shared
     /// memory (asked once per kernel).
     fn gemv_blocks_per_sm(
         &self,
         f: &cudarc::driver::CudaFunction,
         name: &str,
+        threads: u32,
         smem: usize,
     ) -> Result<usize> {
         let mut cache = self
             .gemv_occupancy
             .lock()
             .map_err(|_| Error::cuda("occupancy cache poisoned by an earlier panic"))?;
-        if let Some(&b) = cache.get(name) {
+        let key = format!("{name}/{threads}");
+        if let Some(&b) = cache.get(&key) {
             return Ok(b);
         }
         // The driver answers for the current context; a failed query only costs the guess of
@@ -102,9 +233,9 @@ impl CudaBackend {
         let b = self
             .ctx
             .bind_to_thread()
-            .and_then(|()| f.occupancy_max_active_blocks_per_multiprocessor(GV_THREADS, smem, None))
+            .and_then(|()| f.occupancy_max_active_blocks_per_multiprocessor(threads, smem, None))
             .map_or(2, |b| b.max(1) as usize);
-        cache.insert(name.to_string(), b);
+        cache.insert(key, b);
         Ok(b)
     }
 
@@ -130,7 +261,8 @@ impl CudaBackend {
             return Ok(forced.next_multiple_of(GV_UNROLL).min(max_qps));
         }
         let step = GV_WARPS * GV_UNROLL;
-        let per_sm = self.gemv_blocks_per_sm(f, name, gemv_smem_bytes(mb, mb, step, kq))?;
+        let per_sm =
+            self.gemv_blocks_per_sm(f, name, GV_THREADS, gemv_smem_bytes(mb, mb, step, kq))?;
         let resident = per_sm * self.sm_count as usize;
         let blocks = |qps: usize| col_tiles * quads.div_ceil(qps);
         let mut qps = step;
@@ -146,6 +278,115 @@ impl CudaBackend {
         Ok(qps.min(max_qps))
     }
 
+    /// Quads of packed rows per K slice of the streaming kernel. The grid is `waves` times the
+    /// blocks that can be resident at once (rounded down to whole column blocks' worth of
+    /// splits), so that with one wave every multiprocessor holds its full share of warps, each
+    /// with its ring of loads in flight, for the whole launch: one ramp-up per warp and few
+    /// split sums. The splits are as even as whole quads allow (the kernel's last ring turn
+    /// may be partial); the x slice must fit in shared memory and the splits in grid.y.
+    fn stream_quads_per_split(
+        &self,
+        f: &cudarc::driver::CudaFunction,
+        name: &str,
+        col_blocks: usize,
+        quads: usize,
+        (rows, mb, kq): (usize, usize, usize),
+        (k_warps, waves): (usize, usize),
+    ) -> Result<usize> {
+        let fits = |qps: usize| stream_smem_bytes(rows, mb, qps, kq, k_warps) <= GV_SMEM_LIMIT;
+        let mut max_qps = 1;
+        while max_qps < quads && fits(2 * max_qps) {
+            max_qps *= 2;
+        }
+        let min_qps = quads.div_ceil(65_535).max(1);
+        let clamp = |qps: usize| qps.min(quads).clamp(min_qps, max_qps.max(min_qps));
+        let forced = self.gemv_quads_override.load(Ordering::Relaxed);
+        if forced > 0 {
+            return Ok(clamp(forced));
+        }
+        // Registers bound the residency; the shared memory of a 64-quad slice stands in for
+        // the final one.
+        let threads = (GS_COLS * k_warps) as u32;
+        let smem = stream_smem_bytes(rows, mb, 64.min(max_qps), kq, k_warps);
+        let resident = self.gemv_blocks_per_sm(f, name, threads, smem)? * self.sm_count as usize;
+        let splits = (waves * resident / col_blocks).clamp(1, quads.max(1));
+        Ok(clamp(quads.div_ceil(splits)))
+    }
+
+    /// The launch of `kernel` for `rows` <= 16 rows of `w`.
+    fn gemv_plan(&self, w: &GptqWeight<Self>, rows: usize, kernel: GemvKernel) -> Result<GemvPlan> {
+        let (n, k) = (w.out_features, w.in_features);
+        let kq = 4 * (32 / w.bits as usize);
+        let quads = k / kq;
+        let mb = if rows <= 8 { 8 } else { 16 };
+        let kind = kind_name(w.half);
+        match kernel {
+            GemvKernel::Step => {
+                let name = format!("gptq_gemv_w{}_m{mb}_{kind}", w.bits);
+                let f = self.func(&compile::GPTQ, &name)?;
+                let col_tiles = n / GV_COLS;
+                let qps = self.gemv_quads_per_split(&f, &name, col_tiles, quads, (rows, mb, kq))?;
+                Ok(GemvPlan {
+                    grid: (col_tiles, quads.div_ceil(qps)),
+                    block: (GV_THREADS, 1),
+                    smem: gemv_smem_bytes(rows, mb, qps.min(quads), kq),
+                    qps,
+                    counters: col_tiles,
+                    name,
+                })
+            }
+            GemvKernel::Stream {
+                unroll,
+                k_warps,
+                waves,
+                cuda_cores,
+            } => {
+                // Instantiated: tensor cores m8 u4/u8 and m16 u8; CUDA cores m1/m2 u4/u8, m4 u4.
+                let (mb, name) = if cuda_cores && rows <= 4 {
+                    let mb = rows.next_power_of_two();
+                    let unroll = if mb == 4 { 4 } else { unroll };
+                    let name = format!("gptq_gemv_ffma_w{}_m{mb}_u{unroll}_{kind}", w.bits);
+                    (mb, name)
+                } else {
+                    let unroll = if mb == 16 { 8 } else { unroll };
+                    let name = format!("gptq_gemv_stream_w{}_m{mb}_u{unroll}_{kind}", w.bits);
+                    (mb, name)
+                };
+                let f = self.func(&compile::GPTQ, &name)?;
+                let col_blocks = n.div_ceil(GS_COLS);
+                let qps = self.stream_quads_per_split(
+                    &f,
+                    &name,
+                    col_blocks,
+                    quads,
+                    (rows, mb, kq),
+                    (k_warps, waves),
+                )?;
+                Ok(GemvPlan {
+                    grid: (col_blocks, quads.div_ceil(qps)),
+                    block: ((GS_COLS) as u32, k_warps as u32),
+                    smem: stream_smem_bytes(rows, mb, qps.min(quads), kq, k_warps),
+                    qps,
+                    counters: col_blocks,
+                    name,
+                })
+            }
+        }
+    }
+
+    /// The decode launch `gemm_gptq` would make for `rows` <= 16 rows of `w` now (kernel,
+    /// grid, block, K slice), for tuning output; `None` when `w` takes the dequantize path.
+    pub fn describe_gemv(&self, w: &GptqWeight<Self>, rows: usize) -> Result<Option<String>> {
+        if !self.gemv_fits(w) || rows == 0 || rows > 16 {
+            return Ok(None);
+        }
+        let p = self.gemv_plan(w, rows, self.gemv_kernel(rows)?)?;
+        Ok(Some(format!(
+            "{} grid {}x{} block {}x{} qps {} smem {}",
+            p.name, p.grid.0, p.grid.1, p.block.0, p.block.1, p.qps, p.smem
+        )))
+    }
+
     /// The decode launch for `rows` <= 16 rows of x (views into the caller's buffers).
     fn gptq_gemv(
         &self,
@@ -155,40 +396,33 @@ impl CudaBackend {
         out: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
         let (n, k) = (w.out_features, w.in_features);
-        let pf = 32 / w.bits as usize;
-        let kq = 4 * pf;
-        let quads = k / kq;
-        let mb = if rows <= 8 { 8 } else { 16 };
-        let name = format!("gptq_gemv_w{}_m{mb}_{}", w.bits, kind_name(w.half));
-        let f = self.func(&compile::GPTQ, &name)?;
-        let col_tiles = n / GV_COLS;
-        let qps = self.gemv_quads_per_split(&f, &name, col_tiles, quads, (rows, mb, kq))?;
-        let splits = quads.div_ceil(qps);
-        let smem = gemv_smem_bytes(rows, mb, qps.min(quads), kq);
+        let plan = self.gemv_plan(w, rows, self.gemv_kernel(rows)?)?;
+        let f = self.func(&compile::GPTQ, &plan.name)?;
+        let splits = plan.grid.1;
         let mut part = if splits > 1 {
             Some(self.scratch::<f32>(splits * rows * n)?)
         } else {
             None
         };
-        let mut guard = self.gemv_counters(col_tiles)?;
+        let mut guard = self.gemv_counters(plan.counters)?;
         let counters = guard
             .as_mut()
             .ok_or_else(|| Error::cuda("decode tile counters missing"))?;
         let cfg = LaunchConfig {
             grid_dim: (
-                as_u32("column tiles", col_tiles)?,
+                as_u32("column tiles", plan.grid.0)?,
                 as_u32("K splits", splits)?,
                 1,
             ),
-            block_dim: (GV_THREADS, 1, 1),
-            shared_mem_bytes: as_u32("shared memory", smem)?,
+            block_dim: (plan.block.0, plan.block.1, 1),
+            shared_mem_bytes: as_u32("shared memory", plan.smem)?,
         };
         let (m_u, n_u, k_u, gl, qps_u) = (
             as_u32("m", rows)?,
             as_u32("out_features", n)?,
             as_u32("in_features", k)?,
             as_u32("group_len", w.group_len)?,
-            as_u32("quads per split", qps)?,
+            as_u32("quads per split", plan.qps)?,
         );
         let null: u64 = 0;
         let mut b = self.stream.launch_builder(&f);
@@ -207,11 +441,11 @@ impl CudaBackend {
             .arg(&k_u)
             .arg(&gl)
             .arg(&qps_u);
-        // SAFETY: matches gptq_gemv_w*_m*_* (256 threads, `smem` bytes of dynamic shared
-        // memory, at most 45 KiB); `gemv_fits` checked the shapes the kernel relies on; `part`
-        // holds splits x rows x n floats; `counters` holds at least `col_tiles` zeroed words
-        // (each launch leaves them zero again).
-        unsafe { b.launch(cfg) }.map_err(Self::launch_err(&name))?;
+        // SAFETY: matches gptq_gemv_w*_m*_* / gptq_gemv_stream_w*_m*_u*_* (the block shape and
+        // dynamic shared memory of `plan`, at most 45 KiB, 256 threads); `gemv_fits` checked
+        // the shapes the kernels rely on; `part` holds splits x rows x n floats; `counters`
+        // holds at least `plan.counters` zeroed words (each launch leaves them zero again).
+        unsafe { b.launch(cfg) }.map_err(Self::launch_err(&plan.name))?;
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 
 pub mod compile;
 mod gptq_linear;
+pub use gptq_linear::GemvKernel;
 mod gptq_solve;
 pub mod probe;
 mod staging;
@@ -117,6 +118,8 @@ pub struct CudaBackend {
     gemv_occupancy: Mutex<HashMap<String, usize>>,
     /// Quads of packed rows per K split forced for tuning (0: automatic).
     gemv_quads_override: AtomicUsize,
+    /// Decode kernel forced for tuning (None: automatic).
+    gemv_kernel_override: Mutex<Option<GemvKernel>>,
 }
 
 fn drv<T>(what: &str, r: std::result::Result<T, cudarc::driver::DriverError>) -> Result<T> {
@@ -219,6 +222,7 @@ impl CudaBackend {
                 gemv_counters: Mutex::new(None),
                 gemv_occupancy: Mutex::new(HashMap::new()),
                 gemv_quads_override: AtomicUsize::new(0),
+                gemv_kernel_override: Mutex::new(None),
             })
         })
     }
