@@ -5,7 +5,9 @@
 // Online softmax: Milakov & Gimelshein 2018, "Online normalizer calculation for softmax";
 // the same merge rule as FlashAttention (Dao et al. 2022).
 //
-// q [rows, heads*head_dim], caches [n_slots, max_len, kv_heads*head_dim], out like q.
+// q [rows, heads*head_dim] f32, caches [n_slots, max_len, kv_heads*head_dim] in the model's
+// 16-bit type (kind: 0 = f16, 1 = bf16, as half_to_f32), out like q. Keys and values are
+// widened to f32 as they are loaded; all arithmetic is f32.
 // head_dim is a multiple of 32 up to 256: lane l holds dimensions l, l+32, ...
 
 #define ATT_WARPS 4
@@ -17,10 +19,10 @@
 // [rows, heads, splits, head_dim + 2] and attention_merge_f32 combines the splits in order
 // (split-K over the context for decode rows, as flash-decoding does).
 extern "C" __global__ void __launch_bounds__(ATT_WARPS * 32)
-attention_f32(const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc,
-              const u32* __restrict__ slots, const u32* __restrict__ pos, float* __restrict__ out,
-              float* __restrict__ part, u32 heads, u32 kv_heads, u32 head_dim, u32 max_len,
-              u32 n_slots, float scale, u32 chunk) {
+attention_half(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
+               const u32* __restrict__ slots, const u32* __restrict__ pos, float* __restrict__ out,
+               float* __restrict__ part, u32 heads, u32 kv_heads, u32 head_dim, u32 max_len,
+               u32 n_slots, float scale, u32 chunk, u32 kind) {
     __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
     __shared__ float sacc[ATT_WARPS][256];
     const u32 h = blockIdx.x, r = blockIdx.y;
@@ -45,12 +47,12 @@ attention_f32(const float* __restrict__ q, const float* __restrict__ kc, const f
     const u32 split = blockIdx.z, splits = gridDim.z;
     const u32 j_end = min(ctx, (split + 1) * chunk);
     for (u32 j = split * chunk + warp; j < j_end; j += ATT_WARPS) {
-        const float* kr = kc + base + (u64)j * kvd;
-        const float* vr = vc + base + (u64)j * kvd;
+        const u16* kr = kc + base + (u64)j * kvd;
+        const u16* vr = vc + base + (u64)j * kvd;
         float d = 0.0f;
 #pragma unroll
         for (u32 c = 0; c < ATT_MAX_CHUNKS; ++c)
-            if (c < chunks) d += qv[c] * kr[lane + 32 * c];
+            if (c < chunks) d += qv[c] * half_to_f32(kr[lane + 32 * c], kind);
         const float s = warp_sum(d) * scale;
         const float mn = fmaxf(m, s);
         const float corr = expf(m - mn);  // 0 on the first key (m = -inf)
@@ -58,7 +60,7 @@ attention_f32(const float* __restrict__ q, const float* __restrict__ kc, const f
         l = l * corr + p;
 #pragma unroll
         for (u32 c = 0; c < ATT_MAX_CHUNKS; ++c)
-            if (c < chunks) acc[c] = acc[c] * corr + p * vr[lane + 32 * c];
+            if (c < chunks) acc[c] = acc[c] * corr + p * half_to_f32(vr[lane + 32 * c], kind);
         m = mn;
     }
     if (lane == 0) { sm[warp] = m; sl[warp] = l; }
@@ -96,7 +98,7 @@ attention_f32(const float* __restrict__ q, const float* __restrict__ kc, const f
     }
 }
 
-// One block per (head, row): combines the splits of attention_f32 in split order.
+// One block per (head, row): combines the splits of attention_half in split order.
 extern "C" __global__ void attention_merge_f32(const float* __restrict__ part, float* __restrict__ out,
                                                u32 heads, u32 head_dim, u32 splits) {
     const u32 h = blockIdx.x, r = blockIdx.y;

@@ -101,19 +101,21 @@ extern "C" __global__ void from_half_u16(const u16* __restrict__ x, float* __res
     if (i < n) out[i] = half_to_f32(x[i], kind);
 }
 
-// Rows whose slot or position is outside the cache are skipped (the host checks what it can).
-extern "C" __global__ void kv_append_f32(const float* __restrict__ k, const float* __restrict__ v,
-                                         const u32* __restrict__ slots, const u32* __restrict__ pos,
-                                         float* __restrict__ kc, float* __restrict__ vc, u32 rows,
-                                         u32 kvd, u32 max_len, u32 n_slots) {
+// The cache holds the model's 16-bit type (kind as in f32_to_half): k/v are rounded to nearest
+// even as they are stored, like to_half_f32. Rows whose slot or position is outside the cache
+// are skipped (the host checks what it can).
+extern "C" __global__ void kv_append_half(const float* __restrict__ k, const float* __restrict__ v,
+                                          const u32* __restrict__ slots, const u32* __restrict__ pos,
+                                          u16* __restrict__ kc, u16* __restrict__ vc, u32 rows,
+                                          u32 kvd, u32 max_len, u32 n_slots, u32 kind) {
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (u64)rows * kvd) return;
     const u32 r = (u32)(idx / kvd), j = (u32)(idx % kvd);
     const u32 s = slots[r], p = pos[r];
     if (s >= n_slots || p >= max_len) return;
     const u64 at = ((u64)s * max_len + p) * kvd + j;
-    kc[at] = k[idx];
-    vc[at] = v[idx];
+    kc[at] = f32_to_half(k[idx], kind);
+    vc[at] = f32_to_half(v[idx], kind);
 }
 
 // x[i] += y[i]

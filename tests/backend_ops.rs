@@ -432,92 +432,222 @@ fn gptq_body<B: Backend>(b: &B) {
     report("gptq w4/w8 a16 (all cases)", b, worst, 2e-5);
 }
 
+/// `kv_append` then `attention` over 16-bit caches of both kinds: the caches hold exactly
+/// `HalfKind::from_f32` of the keys and values (ties planted to check round-to-nearest-even),
+/// and attention matches an f64 host reference over those rounded values.
 fn attention_body<B: Backend>(b: &B) {
-    for (heads, kv_heads, hd) in [(8usize, 2usize, 128usize), (14, 2, 64), (4, 4, 256)] {
-        let shape = AttnShape {
-            heads,
-            kv_heads,
-            head_dim: hd,
-            max_len: 1100,
-        };
-        let (qd, kvd) = (shape.q_width(), shape.kv_width());
-        let n_slots = 3;
-        let lens = [5usize, 1, 1024];
-        let mut k_cache = b.zeros::<f32>(n_slots * shape.max_len * kvd).unwrap();
-        let mut v_cache = b.zeros::<f32>(n_slots * shape.max_len * kvd).unwrap();
-        // Host copies of what the cache holds.
-        let mut hk = vec![vec![0f32; shape.max_len * kvd]; n_slots];
-        let mut hv = hk.clone();
-        let (mut slots, mut positions) = (Vec::new(), Vec::new());
-        for (s, &len) in lens.iter().enumerate() {
-            for p in 0..len {
-                slots.push(s as u32);
-                positions.push(p as u32);
-            }
+    for kind in [HalfKind::BF16, HalfKind::F16] {
+        for (heads, kv_heads, hd) in [(8usize, 2usize, 128usize), (14, 2, 64), (4, 4, 256)] {
+            attention_case(b, kind, heads, kv_heads, hd);
         }
-        let rows = slots.len();
-        let kn = randn(hd as u64, rows * kvd, 1.0);
-        let vn = randn(hd as u64 + 1, rows * kvd, 1.0);
-        for r in 0..rows {
-            let (s, p) = (slots[r] as usize, positions[r] as usize);
-            hk[s][p * kvd..(p + 1) * kvd].copy_from_slice(&kn[r * kvd..(r + 1) * kvd]);
-            hv[s][p * kvd..(p + 1) * kvd].copy_from_slice(&vn[r * kvd..(r + 1) * kvd]);
+    }
+}
+
+fn attention_case<B: Backend>(b: &B, kind: HalfKind, heads: usize, kv_heads: usize, hd: usize) {
+    let shape = AttnShape {
+        heads,
+        kv_heads,
+        head_dim: hd,
+        max_len: 1100,
+    };
+    let (qd, kvd) = (shape.q_width(), shape.kv_width());
+    let n_slots = 3;
+    let lens = [5usize, 1, 1024];
+    let mut k_cache = b.zeros::<u16>(n_slots * shape.max_len * kvd).unwrap();
+    let mut v_cache = b.zeros::<u16>(n_slots * shape.max_len * kvd).unwrap();
+    // Host copies of what the cache holds (rounded to `kind`).
+    let mut hk = vec![vec![0f32; shape.max_len * kvd]; n_slots];
+    let mut hv = hk.clone();
+    let (mut slots, mut positions) = (Vec::new(), Vec::new());
+    for (s, &len) in lens.iter().enumerate() {
+        for p in 0..len {
+            slots.push(s as u32);
+            positions.push(p as u32);
         }
-        let (sd, pd) = (b.upload(&slots).unwrap(), b.upload(&positions).unwrap());
-        let (kd, vd) = (b.upload(&kn).unwrap(), b.upload(&vn).unwrap());
-        b.kv_append(&kd, &vd, &sd, &pd, &shape, &mut k_cache, &mut v_cache)
-            .unwrap();
-        // Queries: a prefill of slot 0 (every position), slot 1's only token, and the last
-        // tokens of slot 2's long context.
-        let qrows: Vec<(u32, u32)> = (0..5)
-            .map(|p| (0, p))
-            .chain([(1, 0)])
-            .chain((1020..1024).map(|p| (2, p)))
-            .collect();
-        let q = randn(hd as u64 + 2, qrows.len() * qd, 1.0);
-        let scale = 1.0 / (hd as f64).sqrt();
-        let group = heads / kv_heads;
-        let mut want = vec![0f64; qrows.len() * qd];
-        for (r, &(s, p)) in qrows.iter().enumerate() {
-            for h in 0..heads {
-                let kvh = h / group;
-                let qh = &q[r * qd + h * hd..r * qd + (h + 1) * hd];
-                let scores: Vec<f64> = (0..=p as usize)
-                    .map(|j| {
-                        let kr = &hk[s as usize][j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-                        qh.iter()
-                            .zip(kr)
-                            .map(|(&a, &b)| a as f64 * b as f64)
-                            .sum::<f64>()
-                            * scale
-                    })
-                    .collect();
-                let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
-                let sum: f64 = e.iter().sum();
-                for d in 0..hd {
-                    want[r * qd + h * hd + d] = e
-                        .iter()
-                        .enumerate()
-                        .map(|(j, w)| w * hv[s as usize][j * kvd + kvh * hd + d] as f64)
+    }
+    let rows = slots.len();
+    let mut kn = randn(hd as u64, rows * kvd, 1.0);
+    let mut vn = randn(hd as u64 + 1, rows * kvd, 1.0);
+    // Exact ties between two neighbours of `kind` (1 + half an ulp: rounds down to even;
+    // 1 + 3 half ulps: up to even), a value just above a tie, and a negative tie.
+    let half_ulp = match kind {
+        HalfKind::BF16 => 2f32.powi(-8),
+        HalfKind::F16 => 2f32.powi(-11),
+    };
+    let planted = [
+        1.0 + half_ulp,
+        1.0 + 3.0 * half_ulp,
+        1.0 + half_ulp * 1.0001,
+        -(2.0 + 2.0 * half_ulp),
+    ];
+    kn[..4].copy_from_slice(&planted);
+    vn[kvd..kvd + 4].copy_from_slice(&planted);
+    assert_eq!(kind.round(planted[0]), 1.0);
+    assert_eq!(kind.round(planted[1]), 1.0 + 4.0 * half_ulp);
+    let mut want_k = vec![0u16; n_slots * shape.max_len * kvd];
+    let mut want_v = want_k.clone();
+    for r in 0..rows {
+        let (s, p) = (slots[r] as usize, positions[r] as usize);
+        for j in 0..kvd {
+            let (kb, vb) = (
+                kind.from_f32(kn[r * kvd + j]),
+                kind.from_f32(vn[r * kvd + j]),
+            );
+            let at = (s * shape.max_len + p) * kvd + j;
+            (want_k[at], want_v[at]) = (kb, vb);
+            hk[s][p * kvd + j] = kind.to_f32(kb);
+            hv[s][p * kvd + j] = kind.to_f32(vb);
+        }
+    }
+    let (sd, pd) = (b.upload(&slots).unwrap(), b.upload(&positions).unwrap());
+    let (kd, vd) = (b.upload(&kn).unwrap(), b.upload(&vn).unwrap());
+    b.kv_append(&kd, &vd, &sd, &pd, &shape, kind, &mut k_cache, &mut v_cache)
+        .unwrap();
+    assert!(
+        b.download(&k_cache).unwrap() == want_k && b.download(&v_cache).unwrap() == want_v,
+        "kv_append {kind:?} on {}: the caches are not HalfKind::from_f32 of k/v",
+        b.name()
+    );
+    // Queries: a prefill of slot 0 (every position), slot 1's only token, and the last
+    // tokens of slot 2's long context.
+    let qrows: Vec<(u32, u32)> = (0..5)
+        .map(|p| (0, p))
+        .chain([(1, 0)])
+        .chain((1020..1024).map(|p| (2, p)))
+        .collect();
+    let q = randn(hd as u64 + 2, qrows.len() * qd, 1.0);
+    let scale = 1.0 / (hd as f64).sqrt();
+    let group = heads / kv_heads;
+    let mut want = vec![0f64; qrows.len() * qd];
+    for (r, &(s, p)) in qrows.iter().enumerate() {
+        for h in 0..heads {
+            let kvh = h / group;
+            let qh = &q[r * qd + h * hd..r * qd + (h + 1) * hd];
+            let scores: Vec<f64> = (0..=p as usize)
+                .map(|j| {
+                    let kr = &hk[s as usize][j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
+                    qh.iter()
+                        .zip(kr)
+                        .map(|(&a, &b)| a as f64 * b as f64)
                         .sum::<f64>()
-                        / sum;
-                }
+                        * scale
+                })
+                .collect();
+            let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for d in 0..hd {
+                want[r * qd + h * hd + d] = e
+                    .iter()
+                    .enumerate()
+                    .map(|(j, w)| w * hv[s as usize][j * kvd + kvh * hd + d] as f64)
+                    .sum::<f64>()
+                    / sum;
             }
         }
-        let qs: Vec<u32> = qrows.iter().map(|r| r.0).collect();
-        let qp: Vec<u32> = qrows.iter().map(|r| r.1).collect();
-        let (qsd, qpd) = (b.upload(&qs).unwrap(), b.upload(&qp).unwrap());
-        let qdev = b.upload(&q).unwrap();
-        let mut out = b.zeros::<f32>(qrows.len() * qd).unwrap();
-        b.attention(&qdev, &k_cache, &v_cache, &qsd, &qpd, &shape, &mut out)
-            .unwrap();
-        let got = b.download(&out).unwrap();
-        report(
-            &format!("attention h{heads}/kv{kv_heads} d{hd}"),
-            b,
-            max_abs_err(&got, &want),
-            2e-5,
+    }
+    let qs: Vec<u32> = qrows.iter().map(|r| r.0).collect();
+    let qp: Vec<u32> = qrows.iter().map(|r| r.1).collect();
+    let (qsd, qpd) = (b.upload(&qs).unwrap(), b.upload(&qp).unwrap());
+    let qdev = b.upload(&q).unwrap();
+    let mut out = b.zeros::<f32>(qrows.len() * qd).unwrap();
+    b.attention(
+        &qdev, &k_cache, &v_cache, kind, &qsd, &qpd, &shape, &mut out,
+    )
+    .unwrap();
+    let got = b.download(&out).unwrap();
+    report(
+        &format!("attention {kind:?} h{heads}/kv{kv_heads} d{hd}"),
+        b,
+        max_abs_err(&got, &want),
+        2e-5,
+    );
+}
+
+/// CPU and CUDA attention over the same 16-bit caches (written by each backend's own
+/// `kv_append`), compared directly: decode rows over a long context (the split path) and a
+/// prefill, both half kinds. The caches must be bit-identical; the outputs agree to f32
+/// rounding (online vs two-pass softmax, summation order).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_cuda_matches_cpu_backend() {
+    let (cpu, gpu) = (CpuBackend::new(), cuda());
+    let shape = AttnShape {
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        max_len: 2048,
+    };
+    let (qd, kvd) = (shape.q_width(), shape.kv_width());
+    // Slot 0: 2000 positions, slot 1: 7.
+    let (slots, positions): (Vec<u32>, Vec<u32>) = (0..2000u32)
+        .map(|p| (0, p))
+        .chain((0..7).map(|p| (1, p)))
+        .unzip();
+    let rows = slots.len();
+    let k = randn(41, rows * kvd, 2.0);
+    let v = randn(42, rows * kvd, 1.0);
+    // Decode rows of both slots, then slot 1's whole prefill.
+    let (qs, qp): (Vec<u32>, Vec<u32>) = [(0u32, 1999u32), (1, 6)]
+        .into_iter()
+        .chain((0..7).map(|p| (1, p)))
+        .unzip();
+    let q = randn(43, qs.len() * qd, 1.0);
+    fn run<B: Backend>(
+        b: &B,
+        kind: HalfKind,
+        shape: &AttnShape,
+        kv: (&[f32], &[f32], &[u32], &[u32]),
+        query: (&[f32], &[u32], &[u32]),
+    ) -> (Vec<u16>, Vec<u16>, Vec<f32>) {
+        let len = 2 * shape.max_len * shape.kv_width();
+        let (mut kc, mut vc) = (b.zeros::<u16>(len).unwrap(), b.zeros::<u16>(len).unwrap());
+        let up32 = |x: &[f32]| b.upload(x).unwrap();
+        let upu = |x: &[u32]| b.upload(x).unwrap();
+        b.kv_append(
+            &up32(kv.0),
+            &up32(kv.1),
+            &upu(kv.2),
+            &upu(kv.3),
+            shape,
+            kind,
+            &mut kc,
+            &mut vc,
+        )
+        .unwrap();
+        let mut out = b.zeros::<f32>(query.0.len()).unwrap();
+        b.attention(
+            &up32(query.0),
+            &kc,
+            &vc,
+            kind,
+            &upu(query.1),
+            &upu(query.2),
+            shape,
+            &mut out,
+        )
+        .unwrap();
+        (
+            b.download(&kc).unwrap(),
+            b.download(&vc).unwrap(),
+            b.download(&out).unwrap(),
+        )
+    }
+    for kind in [HalfKind::BF16, HalfKind::F16] {
+        let kv = (&k[..], &v[..], &slots[..], &positions[..]);
+        let query = (&q[..], &qs[..], &qp[..]);
+        let (ck, cv, co) = run(&cpu, kind, &shape, kv, query);
+        let (gk, gv, go) = run(&gpu, kind, &shape, kv, query);
+        assert!(ck == gk && cv == gv, "{kind:?}: kv_append caches differ");
+        let err = co
+            .iter()
+            .zip(&go)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!("cuda vs cpu attention {kind:?}: max err {err:e}");
+        assert!(
+            err <= 2e-5,
+            "{kind:?}: cuda vs cpu attention max err {err:e}"
         );
     }
 }
@@ -544,8 +674,9 @@ fn shape_errors_body<B: Backend>(b: &B) {
     let err = b
         .attention(
             &x,
-            &x,
-            &x,
+            &xh,
+            &xh,
+            HalfKind::BF16,
             &b.zeros(0).unwrap(),
             &b.zeros(0).unwrap(),
             &bad_shape,
@@ -648,11 +779,16 @@ fn runner_body<B: Backend>(b: &B) {
     for dir in [&fp, &q4] {
         let reference = Model::load(&Checkpoint::open(dir).unwrap()).unwrap();
         let (want, _) = generate(&reference, &prompts, &opts).unwrap();
-        let model = BackendModel::load(b, &Checkpoint::open(dir).unwrap()).unwrap();
+        let ckpt = Checkpoint::open(dir).unwrap();
+        let layers = ckpt.arch.num_layers();
+        let model = BackendModel::load(b, &ckpt).unwrap();
         assert!(model.weight_bytes > 0);
         let (got, stats, kv_bytes) = generate_on(b, &model, &prompts, &opts).unwrap();
         assert_eq!(stats.generated_tokens, 18);
-        assert!(kv_bytes > 0);
+        // Keys and values of every layer, 2 slots of (longest prompt 9 + 6 new + 1)
+        // positions, 2 bytes each (the model's 16-bit type).
+        let kv_width = model.dims.kv_heads * model.dims.head_dim;
+        assert_eq!(kv_bytes, (2 * layers * 2 * 16 * kv_width * 2) as u64);
         let cpu = CpuBackend::new();
         let cpu_model = BackendModel::load(&cpu, &Checkpoint::open(dir).unwrap()).unwrap();
         let (on_cpu, _, _) = generate_on(&cpu, &cpu_model, &prompts, &opts).unwrap();
@@ -689,7 +825,7 @@ fn runner_body<B: Backend>(b: &B) {
         worst_vs_cpu_backend,
         1e-3,
     );
-    // 16-bit linear inputs vs the reference runner's f32 activations.
+    // 16-bit linear inputs and KV cache vs the reference runner's f32 activations and cache.
     report("runner first logits vs f32 runner", b, worst_vs_ref, 5e-2);
 }
 
@@ -1791,19 +1927,29 @@ fn cuda_timings() {
         max_len: 4096,
     };
     let slots = 16usize;
+    let kv_kind = HalfKind::BF16;
     let kc = b
-        .upload(&randn(1, slots * shape.max_len * shape.kv_width(), 1.0))
+        .upload(&halves(
+            kv_kind,
+            &randn(1, slots * shape.max_len * shape.kv_width(), 1.0),
+        ))
         .unwrap();
     let vc = b
-        .upload(&randn(2, slots * shape.max_len * shape.kv_width(), 1.0))
+        .upload(&halves(
+            kv_kind,
+            &randn(2, slots * shape.max_len * shape.kv_width(), 1.0),
+        ))
         .unwrap();
     for rows in [1usize, 16] {
         let q = b.upload(&randn(3, rows * shape.q_width(), 1.0)).unwrap();
         let s = b.upload(&(0..rows as u32).collect::<Vec<_>>()).unwrap();
         let p = b.upload(&vec![4095u32; rows]).unwrap();
         let mut out = b.zeros::<f32>(rows * shape.q_width()).unwrap();
-        let t = time(&mut || b.attention(&q, &kc, &vc, &s, &p, &shape, &mut out).unwrap());
-        let bytes = rows * 2 * 4096 * shape.kv_width() * 4;
+        let t = time(&mut || {
+            b.attention(&q, &kc, &vc, kv_kind, &s, &p, &shape, &mut out)
+                .unwrap()
+        });
+        let bytes = rows * 2 * 4096 * shape.kv_width() * 2;
         println!(
             "timing attention h32/kv8 d128 ctx 4096, {rows} decode rows: {t:8.1} us ({:.0} GB/s of KV read)",
             bytes as f64 / t / 1e3

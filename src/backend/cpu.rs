@@ -273,8 +273,9 @@ impl Backend for CpuBackend {
         slots: &Vec<u32>,
         positions: &Vec<u32>,
         shape: &AttnShape,
-        k_cache: &mut Vec<f32>,
-        v_cache: &mut Vec<f32>,
+        half: HalfKind,
+        k_cache: &mut Vec<u16>,
+        v_cache: &mut Vec<u16>,
     ) -> Result<()> {
         shape.check()?;
         let kvd = shape.kv_width();
@@ -293,8 +294,14 @@ impl Backend for CpuBackend {
                 )));
             }
             let at = (s * shape.max_len + p) * kvd;
-            k_cache[at..at + kvd].copy_from_slice(&k[r * kvd..(r + 1) * kvd]);
-            v_cache[at..at + kvd].copy_from_slice(&v[r * kvd..(r + 1) * kvd]);
+            for (src, cache) in [(k, &mut *k_cache), (v, &mut *v_cache)] {
+                for (c, &x) in cache[at..at + kvd]
+                    .iter_mut()
+                    .zip(&src[r * kvd..(r + 1) * kvd])
+                {
+                    *c = half.from_f32(x);
+                }
+            }
         }
         Ok(())
     }
@@ -302,8 +309,9 @@ impl Backend for CpuBackend {
     fn attention(
         &self,
         q: &Vec<f32>,
-        k_cache: &Vec<f32>,
-        v_cache: &Vec<f32>,
+        k_cache: &Vec<u16>,
+        v_cache: &Vec<u16>,
+        half: HalfKind,
         slots: &Vec<u32>,
         positions: &Vec<u32>,
         shape: &AttnShape,
@@ -328,15 +336,29 @@ impl Backend for CpuBackend {
         let group = shape.heads / shape.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let slot_len = shape.max_len * kvd;
-        out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
-            let (row, head) = (idx / shape.heads, idx % shape.heads);
-            let s = slots[row] as usize;
-            let kc = &k_cache[s * slot_len..(s + 1) * slot_len];
-            let vc = &v_cache[s * slot_len..(s + 1) * slot_len];
-            let qh = &q[row * qd + head * hd..][..hd];
-            let off = kv_head_of(head, group) * hd;
-            attend(qh, kc, vc, positions[row] as usize + 1, kvd, off, scale, o);
-        });
+        // The head's keys and values widened to f32 (exact), then the runner's f32 `attend`:
+        // the same result as an f32 cache holding the rounded values, bit for bit.
+        out.par_chunks_mut(hd).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(kw, vw), (idx, o)| {
+                let (row, head) = (idx / shape.heads, idx % shape.heads);
+                let s = slots[row] as usize;
+                let ctx = positions[row] as usize + 1;
+                let off = kv_head_of(head, group) * hd;
+                for (cache, wide) in [(k_cache, &mut *kw), (v_cache, &mut *vw)] {
+                    let slot = &cache[s * slot_len..(s + 1) * slot_len];
+                    wide.clear();
+                    wide.extend(
+                        slot.chunks_exact(kvd)
+                            .take(ctx)
+                            .flat_map(|pos| &pos[off..off + hd])
+                            .map(|&b| half.to_f32(b)),
+                    );
+                }
+                let qh = &q[row * qd + head * hd..][..hd];
+                attend(qh, kw, vw, ctx, hd, 0, scale, o);
+            },
+        );
         Ok(())
     }
 
@@ -498,5 +520,88 @@ impl Backend for CpuBackend {
             dst.copy_from_slice(&x[r as usize * width..(r as usize + 1) * width]);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    /// `kv_append` stores exactly `HalfKind::from_f32` of k/v, and `attention` over the 16-bit
+    /// cache is, bit for bit, the runner's f32 attention over an f32 cache holding the same
+    /// rounded values (so the CUDA kernel, checked against this backend, reads the same
+    /// numbers).
+    #[test]
+    fn half_kv_cache_is_the_rounded_f32_cache() {
+        let b = CpuBackend::new();
+        let shape = AttnShape {
+            heads: 6,
+            kv_heads: 2,
+            head_dim: 64,
+            max_len: 40,
+        };
+        let (qd, kvd, hd) = (shape.q_width(), shape.kv_width(), shape.head_dim);
+        // Slot 1 gets 37 positions, slot 0 gets 3; rows interleaved.
+        let (mut slots, mut positions) = (Vec::new(), Vec::new());
+        for p in 0..37u32 {
+            slots.push(1u32);
+            positions.push(p);
+            if p < 3 {
+                slots.push(0);
+                positions.push(p);
+            }
+        }
+        let rows = slots.len();
+        let mut rng = SplitMix64(9);
+        let mut gen =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| (rng.normal() * 1.5) as f32).collect() };
+        let (k, v, q) = (gen(rows * kvd), gen(rows * kvd), gen(rows * qd));
+        for kind in [HalfKind::BF16, HalfKind::F16] {
+            let cache_len = 2 * shape.max_len * kvd;
+            let (mut kc, mut vc) = (vec![0u16; cache_len], vec![0u16; cache_len]);
+            b.kv_append(&k, &v, &slots, &positions, &shape, kind, &mut kc, &mut vc)
+                .unwrap();
+            let (mut kf, mut vf) = (vec![0f32; cache_len], vec![0f32; cache_len]);
+            for r in 0..rows {
+                let at = (slots[r] as usize * shape.max_len + positions[r] as usize) * kvd;
+                for j in 0..kvd {
+                    assert_eq!(kc[at + j], kind.from_f32(k[r * kvd + j]), "{kind:?} k");
+                    assert_eq!(vc[at + j], kind.from_f32(v[r * kvd + j]), "{kind:?} v");
+                    kf[at + j] = kind.round(k[r * kvd + j]);
+                    vf[at + j] = kind.round(v[r * kvd + j]);
+                }
+            }
+            let mut out = vec![0f32; rows * qd];
+            b.attention(&q, &kc, &vc, kind, &slots, &positions, &shape, &mut out)
+                .unwrap();
+            let scale = 1.0 / (hd as f32).sqrt();
+            let group = shape.heads / shape.kv_heads;
+            let slot_len = shape.max_len * kvd;
+            let mut want = vec![0f32; rows * qd];
+            for r in 0..rows {
+                let s = slots[r] as usize;
+                for h in 0..shape.heads {
+                    attend(
+                        &q[r * qd + h * hd..][..hd],
+                        &kf[s * slot_len..(s + 1) * slot_len],
+                        &vf[s * slot_len..(s + 1) * slot_len],
+                        positions[r] as usize + 1,
+                        kvd,
+                        kv_head_of(h, group) * hd,
+                        scale,
+                        &mut want[r * qd + h * hd..][..hd],
+                    );
+                }
+            }
+            assert!(
+                out.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{kind:?}: attention over the 16-bit cache differs from the f32 one"
+            );
+            // Rounding did happen: the cache is not the f32 input.
+            assert!(k.iter().any(|&x| kind.round(x) != x));
+        }
     }
 }

@@ -93,8 +93,10 @@ impl HalfKind {
 }
 
 /// Shape of grouped-query attention over a slot-based KV cache: `k_cache`/`v_cache` are
-/// [slots, max_len, kv_heads * head_dim] f32; row r of a step belongs to slot `slots[r]` at
-/// position `positions[r]` and attends to positions 0..=positions[r] of its slot.
+/// [slots, max_len, kv_heads * head_dim] in the model's 16-bit type (`HalfKind`, passed to
+/// `kv_append`/`attention` beside the caches, as vLLM and transformers keep the cache in the
+/// model dtype); row r of a step belongs to slot `slots[r]` at position `positions[r]` and
+/// attends to positions 0..=positions[r] of its slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnShape {
     pub heads: usize,
@@ -520,7 +522,8 @@ pub trait Backend: Send + Sync {
     /// kernels are checked against, and the act-order slow path).
     fn dequantize_gptq(&self, w: &GptqWeight<Self>, out: &mut Self::Buf<u16>) -> Result<()>;
 
-    /// Writes the rows of `k`/`v` ([rows, kv_width]) into the caches at (slot, position).
+    /// Writes the rows of `k`/`v` ([rows, kv_width], f32) into the caches at (slot, position),
+    /// rounded to `half` (nearest, ties to even: `HalfKind::from_f32`, the `to_half` op).
     #[allow(clippy::too_many_arguments)]
     fn kv_append(
         &self,
@@ -529,19 +532,22 @@ pub trait Backend: Send + Sync {
         slots: &Self::Buf<u32>,
         positions: &Self::Buf<u32>,
         shape: &AttnShape,
-        k_cache: &mut Self::Buf<f32>,
-        v_cache: &mut Self::Buf<f32>,
+        half: HalfKind,
+        k_cache: &mut Self::Buf<u16>,
+        v_cache: &mut Self::Buf<u16>,
     ) -> Result<()>;
 
-    /// Causal softmax attention of `q` ([rows, q_width]) over the cache, scale
-    /// 1/sqrt(head_dim), GQA. The GPU runs one fused kernel with an online softmax (no score
-    /// matrix in global memory).
+    /// Causal softmax attention of `q` ([rows, q_width]) over the `half` cache, scale
+    /// 1/sqrt(head_dim), GQA; keys and values are widened to f32 as they are read, everything
+    /// else is f32. The GPU runs one fused kernel with an online softmax (no score matrix in
+    /// global memory).
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         q: &Self::Buf<f32>,
-        k_cache: &Self::Buf<f32>,
-        v_cache: &Self::Buf<f32>,
+        k_cache: &Self::Buf<u16>,
+        v_cache: &Self::Buf<u16>,
+        half: HalfKind,
         slots: &Self::Buf<u32>,
         positions: &Self::Buf<u32>,
         shape: &AttnShape,

@@ -1,10 +1,11 @@
 //! The decoder on a compute `Backend` (the GPU runner; on the CPU backend it runs the same
 //! code, which is how it is tested without a GPU). Same architecture rules as `forward`
 //! (qwen2 / llama / hunyuan_v1_dense: QK-norm after RoPE, dynamic-alpha RoPE base), with the
-//! numerics of a half-precision GPU runner: f32 residual stream, norms, RoPE, attention and
-//! KV cache; linear inputs rounded to the model's 16-bit type, products accumulated in f32
-//! (cuBLAS for full-precision weights, the W4A16/W8A16 kernels for GPTQ v1 weights, which stay
-//! packed on the device).
+//! numerics of a half-precision GPU runner: f32 residual stream, norms, RoPE and attention
+//! arithmetic; linear inputs and the KV cache rounded to the model's 16-bit type (the cache in
+//! the model dtype, as vLLM and transformers keep it), products accumulated in f32 (cuBLAS for
+//! full-precision weights, the W4A16/W8A16 kernels for GPTQ v1 weights, which stay packed on
+//! the device).
 //!
 //! The KV cache has a fixed number of slots (sequences decoded together) of `max_len`
 //! positions; `generate_on` decodes greedily with continuous refill of finished slots, like
@@ -209,7 +210,7 @@ pub struct BackendModel<B: Backend> {
     pub kind: ArchKind,
     pub dims: Dims,
     pub intermediate: usize,
-    /// The 16-bit type linear inputs and full-precision weights use.
+    /// The 16-bit type linear inputs, full-precision weights and the KV cache use.
     pub half: HalfKind,
     pub quant: Option<QuantScheme>,
     embed: B::Buf<u16>,
@@ -225,12 +226,14 @@ pub struct BackendModel<B: Backend> {
     pub allocated_bytes: Option<u64>,
 }
 
-/// Per-layer keys and values of `slots` sequences, [slots, max_len, kv_heads * head_dim] f32.
+/// Per-layer keys and values of `slots` sequences, [slots, max_len, kv_heads * head_dim] in
+/// the model's 16-bit type (`BackendModel::half`).
 pub struct BackendCache<B: Backend> {
-    k: Vec<B::Buf<f32>>,
-    v: Vec<B::Buf<f32>>,
+    k: Vec<B::Buf<u16>>,
+    v: Vec<B::Buf<u16>>,
     pub slots: usize,
     pub max_len: usize,
+    /// Bytes of all layers' keys and values (2 bytes each).
     pub bytes: u64,
 }
 
@@ -397,7 +400,7 @@ impl<B: Backend> BackendModel<B> {
             v: Vec::with_capacity(self.layers.len()),
             slots,
             max_len,
-            bytes: (per_layer * 4 * 2 * self.layers.len()) as u64,
+            bytes: (per_layer * 2 * 2 * self.layers.len()) as u64,
         };
         for _ in &self.layers {
             cache.k.push(b.zeros(per_layer)?);
@@ -504,10 +507,20 @@ impl<B: Backend> BackendModel<B> {
                 &sl,
                 &pos,
                 &shape,
+                self.half,
                 &mut cache.k[li],
                 &mut cache.v[li],
             )?;
-            b.attention(qa, &cache.k[li], &cache.v[li], &sl, &pos, &shape, &mut attn)?;
+            b.attention(
+                qa,
+                &cache.k[li],
+                &cache.v[li],
+                self.half,
+                &sl,
+                &pos,
+                &shape,
+                &mut attn,
+            )?;
             b.to_half(&attn, self.half, &mut attn16)?;
             layer.o.forward(b, &attn16, t, &mut o)?;
             b.add(&mut h, &o)?;

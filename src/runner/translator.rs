@@ -94,7 +94,8 @@ pub struct VramReport {
     pub weights_bytes: u64,
     /// What our allocator counted for loading them.
     pub weights_allocated_bytes: u64,
-    /// KV cache of the last `translate_batch` call.
+    /// KV cache of the last `translate_batch` call: keys and values of every layer, slot and
+    /// position in the model's 16-bit type (2 bytes each, as vLLM and transformers hold it).
     pub kv_cache_bytes: u64,
     /// High-water mark of our allocator since the model was loaded.
     pub peak_allocated_bytes: u64,
@@ -111,7 +112,7 @@ pub struct Translator {
     pub options: GenerateOptions,
     /// Statistics of the last `translate_batch` call.
     pub last_stats: GenerateStats,
-    /// KV-cache bytes of the last `translate_batch` call on the GPU.
+    /// KV-cache bytes (16-bit keys and values) of the last `translate_batch` call on the GPU.
     pub last_kv_cache_bytes: u64,
 }
 

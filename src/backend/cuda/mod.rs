@@ -730,8 +730,9 @@ impl Backend for CudaBackend {
         slots: &CudaBuf<u32>,
         positions: &CudaBuf<u32>,
         shape: &AttnShape,
-        k_cache: &mut CudaBuf<f32>,
-        v_cache: &mut CudaBuf<f32>,
+        half: HalfKind,
+        k_cache: &mut CudaBuf<u16>,
+        v_cache: &mut CudaBuf<u16>,
     ) -> Result<()> {
         shape.check()?;
         let kvd = shape.kv_width();
@@ -744,12 +745,13 @@ impl Backend for CudaBackend {
         if rows == 0 {
             return Ok(());
         }
-        let f = self.func(&compile::ELEMENTWISE, "kv_append_f32")?;
-        let (rows_u, kvd_u, ml, ns) = (
+        let f = self.func(&compile::ELEMENTWISE, "kv_append_half")?;
+        let (rows_u, kvd_u, ml, ns, kind) = (
             as_u32("rows", rows)?,
             as_u32("kv width", kvd)?,
             as_u32("max_len", shape.max_len)?,
             as_u32("slots", n_slots)?,
+            half.code(),
         );
         let mut b = self.stream.launch_builder(&f);
         b.arg(&k.slice)
@@ -761,18 +763,20 @@ impl Backend for CudaBackend {
             .arg(&rows_u)
             .arg(&kvd_u)
             .arg(&ml)
-            .arg(&ns);
-        // SAFETY: matches kv_append_f32; out-of-range rows are skipped by the kernel.
+            .arg(&ns)
+            .arg(&kind);
+        // SAFETY: matches kv_append_half; out-of-range rows are skipped by the kernel.
         unsafe { b.launch(grid_1d((rows * kvd) as u64, 256)?) }
-            .map_err(Self::launch_err("kv_append_f32"))?;
+            .map_err(Self::launch_err("kv_append_half"))?;
         Ok(())
     }
 
     fn attention(
         &self,
         q: &CudaBuf<f32>,
-        k_cache: &CudaBuf<f32>,
-        v_cache: &CudaBuf<f32>,
+        k_cache: &CudaBuf<u16>,
+        v_cache: &CudaBuf<u16>,
+        half: HalfKind,
         slots: &CudaBuf<u32>,
         positions: &CudaBuf<u32>,
         shape: &AttnShape,
@@ -794,13 +798,14 @@ impl Backend for CudaBackend {
                 "attention: {rows} rows in one call; at most 65535"
             )));
         }
-        let f = self.func(&compile::ATTENTION, "attention_f32")?;
-        let (heads, kvh, hd, ml, ns) = (
+        let f = self.func(&compile::ATTENTION, "attention_half")?;
+        let (heads, kvh, hd, ml, ns, kind) = (
             as_u32("heads", shape.heads)?,
             as_u32("kv_heads", shape.kv_heads)?,
             as_u32("head_dim", shape.head_dim)?,
             as_u32("max_len", shape.max_len)?,
             as_u32("slots", n_slots)?,
+            half.code(),
         );
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         // Split the context when (heads x rows) blocks alone would leave multiprocessors idle:
@@ -837,10 +842,11 @@ impl Backend for CudaBackend {
             .arg(&ml)
             .arg(&ns)
             .arg(&scale)
-            .arg(&chunk);
-        // SAFETY: matches attention_f32 (4 warps); shapes checked above; `part` holds
+            .arg(&chunk)
+            .arg(&kind);
+        // SAFETY: matches attention_half (4 warps); shapes checked above; `part` holds
         // rows x heads x splits x (head_dim + 2) floats when there are several splits.
-        unsafe { b.launch(cfg) }.map_err(Self::launch_err("attention_f32"))?;
+        unsafe { b.launch(cfg) }.map_err(Self::launch_err("attention_half"))?;
         if let Some(p) = &part {
             let f = self.func(&compile::ATTENTION, "attention_merge_f32")?;
             let sp = as_u32("splits", splits)?;
