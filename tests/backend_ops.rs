@@ -819,11 +819,15 @@ fn runner_body<B: Backend>(b: &B) {
             model.weight_bytes
         );
     }
+    // The backends' f32 keys and values differ in the last bits (GEMM summation order), and
+    // the 16-bit KV cache rounds them: a value next to a half-way point can land one bf16 ulp
+    // (2^-8 relative) apart, which moves the logits by ~2e-3 (1.9e-3 measured on the H200
+    // with the 16-bit cache; 6.1e-4 with the f32 one). Greedy tokens still agree (printed).
     report(
         "runner first logits vs CPU backend",
         b,
         worst_vs_cpu_backend,
-        1e-3,
+        5e-3,
     );
     // 16-bit linear inputs and KV cache vs the reference runner's f32 activations and cache.
     report("runner first logits vs f32 runner", b, worst_vs_ref, 5e-2);

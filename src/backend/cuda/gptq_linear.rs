@@ -41,15 +41,19 @@ const GV_UNROLL: usize = 4;
 const GV_COLS: usize = 32;
 
 // ---- Decode kernel choice: the constants `decode_gemv_variant_sweep` (tests/backend_ops.rs)
-// tunes. Its columns name the variant as `step`, or `s<unroll>k<k_warps>w<waves>`:
+// tunes. Its columns name the variant as `step`, or `s<unroll>k<k_warps>w<waves>`. Set from
+// its run on the H200 (2026-11-30, docs/cuda.md, per 7B layer): s4k2w1 was the fastest
+// streaming variant at every m from 1 to 8 for int4 (96.5 us at m = 1 against 104.6 for
+// s8k1w1 and 116.5 for step) and within 4% of the best for int8; at m = 16 the step kernel
+// wins (181 vs 220 us).
 /// Rows of x per launch up to which the streaming kernel runs; above, the step kernel.
-const STREAM_MAX_ROWS: usize = 16;
+const STREAM_MAX_ROWS: usize = 8;
 /// Ring slots (16-byte loads in flight) per lane of the streaming kernel: the `s<unroll>` of the
 /// sweep. 4 or 8 for up to 8 rows; 9..16 rows always use 8.
-const STREAM_UNROLL: usize = 8;
+const STREAM_UNROLL: usize = 4;
 /// Warps along K per streaming block (each block is 4 warps across 128 columns times this):
 /// the `k<k_warps>` of the sweep; 1 or 2.
-const STREAM_K_WARPS: usize = 1;
+const STREAM_K_WARPS: usize = 2;
 /// Streaming blocks per resident block slot (occupancy x multiprocessors), which sets the K
 /// split: the `w<waves>` of the sweep. 1 = one wave of long-lived warps.
 const STREAM_WAVES: usize = 1;
