@@ -90,6 +90,45 @@ __device__ __forceinline__ float ld_l2_f32(const float* p) {
     return v;
 }
 
+// The end of a decode launch. The block's column sums (red: [ways][MB][stride] floats in
+// shared memory, summed over the ways in order) go to `out` when the grid has one K split,
+// else to this split's slice of `part` [splits][m][n_out]; then the block takes a ticket for
+// its column tile (`counters`), and the last one to finish adds the slices in split order and
+// resets the ticket for the next launch. Columns n0 .. n0 + cols - 1, x rows 0 .. m - 1;
+// `tid` / `threads` number the block's threads; `is_last` is a __shared__ flag.
+template <u32 MB>
+__device__ __forceinline__ void gemv_store_sums(const float* red, u32 ways, u32 stride, u32 m, u32 n0,
+                                                u32 cols, u32 n_out, float* __restrict__ out,
+                                                float* __restrict__ part, u32* __restrict__ counters,
+                                                u32* is_last, u32 tid, u32 threads) {
+    const u32 splits = gridDim.y;
+    for (u32 i = tid; i < m * cols; i += threads) {
+        const u32 b = i / cols, col = i % cols;
+        float sum = 0.0f;
+        for (u32 w = 0; w < ways; ++w) sum += red[(w * MB + b) * stride + col];
+        if (splits == 1u) {
+            out[(u64)b * n_out + n0 + col] = sum;
+        } else {
+            part[((u64)blockIdx.y * m + b) * n_out + n0 + col] = sum;
+        }
+    }
+    if (splits == 1u) return;
+    // Publish this slice, take a ticket; the last block of the column tile adds the slices.
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) *is_last = atomicAdd(&counters[blockIdx.x], 1u) == splits - 1u;
+    __syncthreads();
+    if (!*is_last) return;
+    __threadfence();
+    for (u32 i = tid; i < m * cols; i += threads) {
+        const u32 b = i / cols, col = i % cols;
+        float sum = 0.0f;
+        for (u32 sp = 0; sp < splits; ++sp) sum += ld_l2_f32(part + ((u64)sp * m + b) * n_out + n0 + col);
+        out[(u64)b * n_out + n0 + col] = sum;
+    }
+    if (tid == 0) counters[blockIdx.x] = 0u;  // ready for the next launch
+}
+
 template <u32 KIND>
 __device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
     u32 d;
@@ -345,33 +384,8 @@ __device__ __forceinline__ void gptq_gemv(const u16* __restrict__ x, const int* 
                 red[(warp * MB + bg * 8u + 2u * tig + (e & 1u)) * GV_COLS + 4u * gid + 2u * t + (e >> 1)] =
                     acc[t][bg][e];
     __syncthreads();
-    const u32 splits = gridDim.y;
-    for (u32 i = threadIdx.x; i < m * GV_COLS; i += blockDim.x) {
-        const u32 b = i / GV_COLS, col = i % GV_COLS;
-        float sum = 0.0f;
-#pragma unroll
-        for (u32 w = 0; w < GV_WARPS; ++w) sum += red[(w * MB + b) * GV_COLS + col];
-        if (splits == 1u) {
-            out[(u64)b * n_out + n0 + col] = sum;
-        } else {
-            part[((u64)blockIdx.y * m + b) * n_out + n0 + col] = sum;
-        }
-    }
-    if (splits == 1u) return;
-    // Publish this slice, take a ticket; the last block of the column tile adds the slices.
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) is_last = atomicAdd(&counters[blockIdx.x], 1u) == splits - 1u;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    for (u32 i = threadIdx.x; i < m * GV_COLS; i += blockDim.x) {
-        const u32 b = i / GV_COLS, col = i % GV_COLS;
-        float sum = 0.0f;
-        for (u32 sp = 0; sp < splits; ++sp) sum += ld_l2_f32(part + ((u64)sp * m + b) * n_out + n0 + col);
-        out[(u64)b * n_out + n0 + col] = sum;
-    }
-    if (threadIdx.x == 0) counters[blockIdx.x] = 0u;  // ready for the next launch
+    gemv_store_sums<MB>(red, GV_WARPS, GV_COLS, m, n0, GV_COLS, n_out, out, part, counters, &is_last, threadIdx.x,
+                        blockDim.x);
 }
 
 #define GEMV_KERNEL(BITS, MB, KIND, NAME)                                                          \
@@ -642,32 +656,9 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
                         (e >> 1)] = acc[t][bg][e];
     }
     __syncthreads();
-    const u32 splits = gridDim.y, nb0 = blockIdx.x * GS_COLS;
-    const u32 cols = min(GS_COLS, n_out - nb0);
-    for (u32 i = tid; i < m * cols; i += threads) {
-        const u32 b = i / cols, col = i % cols;
-        float sum = 0.0f;
-        for (u32 w = 0; w < n_kw; ++w) sum += red[(w * MB + b) * GS_COLS + col];
-        if (splits == 1u) {
-            out[(u64)b * n_out + nb0 + col] = sum;
-        } else {
-            part[((u64)blockIdx.y * m + b) * n_out + nb0 + col] = sum;
-        }
-    }
-    if (splits == 1u) return;
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) is_last = atomicAdd(&counters[blockIdx.x], 1u) == splits - 1u;
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    for (u32 i = tid; i < m * cols; i += threads) {
-        const u32 b = i / cols, col = i % cols;
-        float sum = 0.0f;
-        for (u32 sp = 0; sp < splits; ++sp) sum += ld_l2_f32(part + ((u64)sp * m + b) * n_out + nb0 + col);
-        out[(u64)b * n_out + nb0 + col] = sum;
-    }
-    if (tid == 0) counters[blockIdx.x] = 0u;
+    const u32 nb0 = blockIdx.x * GS_COLS;
+    gemv_store_sums<MB>(red, n_kw, GS_COLS, m, nb0, min(GS_COLS, n_out - nb0), n_out, out, part, counters,
+                        &is_last, tid, threads);
 }
 
 // 256 threads at most (GS_TILES warps x KW <= 2), so ptxas may use more than 128 registers

@@ -2021,6 +2021,50 @@ const LAYER_7B: [(&str, usize, usize, usize); 4] = [
     ("down_proj", 4096, 14336, 1),
 ];
 
+/// What fusing the linears that share an input would buy at m = 1 (a measurement for the
+/// decode target, not a runner feature yet): one launch over q|k|v (6144 x 4096) and one over
+/// gate|up (28672 x 4096) against the separate launches of `decode_step_bench`, W4A16 g128 and
+/// cuBLAS bf16, cold L2. Prints the per-layer estimate (qkv + o + gate|up + down). Run alone:
+/// `./backend_ops --ignored --nocapture --test-threads=1 --exact decode_fused_shapes_bench`
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn decode_fused_shapes_bench() {
+    let b = cuda();
+    let kind = HalfKind::BF16;
+    let samples = 30;
+    // (name, n, k, launches per layer)
+    let shapes: [(&str, usize, usize, usize); 4] = [
+        ("q|k|v", 6144, 4096, 1),
+        ("o_proj", 4096, 4096, 1),
+        ("gate|up", 28672, 4096, 1),
+        ("down_proj", 4096, 14336, 1),
+    ];
+    let (mut t16_sum, mut t4_sum) = (0f64, 0f64);
+    for (si, &(name, n, k, calls)) in shapes.iter().enumerate() {
+        let w4 = random_gptq(&b, 4, n, k, 31 + si as u64);
+        let mut dense = b.zeros::<u16>(n * k).unwrap();
+        b.dequantize_gptq(&w4, &mut dense).unwrap();
+        let x = b.upload(&halves(kind, &randn(5, k, 1.0))).unwrap();
+        let mut out = b.zeros::<f32>(n).unwrap();
+        let t16 = cold_call_us(&b, samples, &mut || {
+            b.gemm(&x, &dense, kind, 1, n, k, &mut out).unwrap()
+        });
+        let t4 = cold_call_us(&b, samples, &mut || b.gemm_gptq(&x, &w4, 1, &mut out).unwrap());
+        println!(
+            "fused {name} ({n} x {k}) m=1: bf16 {t16:.1} us, W4A16 {t4:.1} us ({:.0} GB/s, {:.2}x)",
+            w4.bytes() as f64 / (t4 * 1e-6) / 1e9,
+            t16 / t4
+        );
+        t16_sum += calls as f64 * t16;
+        t4_sum += calls as f64 * t4;
+    }
+    println!(
+        "fused layer m=1 (qkv, o, gate|up, down): bf16 {t16_sum:.1} us, W4A16 {t4_sum:.1} us ({:.2}x)",
+        t16_sum / t4_sum
+    );
+    assert!(t4_sum > 0.0 && t16_sum > 0.0);
+}
+
 /// Issue 4's decode benchmark: per linear of a HY-MT 7B layer (hidden 4096, intermediate
 /// 14336, 32 heads / 8 kv heads of 128) at m = 1 and 16 rows, cuBLAS bf16 (`gemm` on the
 /// dequantized weight) against W8A16 and W4A16 g128 (`gemm_gptq`), cold L2 (see
