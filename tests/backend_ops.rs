@@ -2049,7 +2049,9 @@ fn decode_fused_shapes_bench() {
         let t16 = cold_call_us(&b, samples, &mut || {
             b.gemm(&x, &dense, kind, 1, n, k, &mut out).unwrap()
         });
-        let t4 = cold_call_us(&b, samples, &mut || b.gemm_gptq(&x, &w4, 1, &mut out).unwrap());
+        let t4 = cold_call_us(&b, samples, &mut || {
+            b.gemm_gptq(&x, &w4, 1, &mut out).unwrap()
+        });
         println!(
             "fused {name} ({n} x {k}) m=1: bf16 {t16:.1} us, W4A16 {t4:.1} us ({:.0} GB/s, {:.2}x)",
             w4.bytes() as f64 / (t4 * 1e-6) / 1e9,
