@@ -213,6 +213,33 @@ __device__ __forceinline__ void gemv_dequant_word(u32 w, u32 ca, u32 cb, u32 bia
     }
 }
 
+// The 4 words of one quad (the lane's 4 columns) dequantized: h[c] = gemv_dequant_word of column c.
+template <u32 BITS, u32 KIND>
+__device__ __forceinline__ void gemv_dequant_quad(U32x4 w, const u32* ca, const u32* cb, u32 bias2,
+                                                  u32 (*h)[16u / BITS]) {
+    gemv_dequant_word<BITS, KIND>(w.x, ca[0], cb[0], bias2, h[0]);
+    gemv_dequant_word<BITS, KIND>(w.y, ca[1], cb[1], bias2, h[1]);
+    gemv_dequant_word<BITS, KIND>(w.z, ca[2], cb[2], bias2, h[2]);
+    gemv_dequant_word<BITS, KIND>(w.w, ca[3], cb[3], bias2, h[3]);
+}
+
+// One quad against 8 rows of x on tensor cores: xv the lane's PF halves of x row gid (B column
+// gid), acc the two 16x8 C fragments (columns 4*gid + 2*t + ...) of those 8 rows.
+template <u32 BITS, u32 KIND>
+__device__ __forceinline__ void gemv_mma_quad(const u32 (*h)[16u / BITS], const u32* xv, float (*acc)[4]) {
+    constexpr u32 KSTEPS = 32u / BITS / 4u;  // k16 steps per quad
+#pragma unroll
+    for (u32 s = 0; s < KSTEPS; ++s) {
+        // B: {x_{2s}, x_{2s+PF/2}} and {x_{2s+1}, x_{2s+1+PF/2}}, the k of the A pairs.
+        const u32 b0 = __byte_perm(xv[s], xv[s + KSTEPS], 0x5410u);
+        const u32 b1 = __byte_perm(xv[s], xv[s + KSTEPS], 0x7632u);
+#pragma unroll
+        for (u32 t = 0; t < 2; ++t)
+            mma_16816<KIND>(acc[t], h[2 * t][2 * s], h[2 * t + 1][2 * s], h[2 * t][2 * s + 1],
+                            h[2 * t + 1][2 * s + 1], b0, b1);
+    }
+}
+
 template <u32 BITS, u32 MB, u32 KIND>
 __device__ __forceinline__ void gptq_gemv(const u16* __restrict__ x, const int* __restrict__ qweight,
                                           const int* __restrict__ qzeros, const u16* __restrict__ scales,
@@ -222,7 +249,6 @@ __device__ __forceinline__ void gptq_gemv(const u16* __restrict__ x, const int* 
     constexpr u32 PF = 32u / BITS;   // k per word
     constexpr u32 KQ = 4u * PF;      // k per quad of packed rows
     constexpr u32 HP = PF / 2u;      // half pairs per word = x registers per lane and row
-    constexpr u32 KSTEPS = PF / 4u;  // k16 steps per quad
     constexpr u32 NB = MB / 8u;      // mma per A tile and k step (8 rows of x each)
     // The block's slice of x while the loop runs, then the per-warp sums.
     extern __shared__ __align__(16) unsigned char gv_smem[];
@@ -247,13 +273,13 @@ __device__ __forceinline__ void gptq_gemv(const u16* __restrict__ x, const int* 
     const u32 k_base = q_lo * KQ, k_len = (q_hi - q_lo) * KQ;
     const u32 xstride = ((k_len + 63u) & ~63u) + KQ;
 
-    float acc[2][NB][4];
+    float acc[NB][2][4];
 #pragma unroll
     for (u32 t = 0; t < 2; ++t)
 #pragma unroll
         for (u32 bg = 0; bg < NB; ++bg)
 #pragma unroll
-            for (u32 e = 0; e < 4; ++e) acc[t][bg][e] = 0.0f;
+            for (u32 e = 0; e < 4; ++e) acc[bg][t][e] = 0.0f;
 
     // 32-bit element offsets of the lane's current packed row (4*quad + tig) and group (the
     // host keeps every tensor under 2^32 elements).
@@ -340,10 +366,7 @@ __device__ __forceinline__ void gptq_gemv(const u16* __restrict__ x, const int* 
             if (q + u >= qe) break;
             if (new_group & (1u << u)) gemv_group_consts<BITS, KIND>(sr[u], zr[u], zshift, ca, cb);
             u32 h[4][HP];
-            gemv_dequant_word<BITS, KIND>(wq[u].x, ca[0], cb[0], bias2, h[0]);
-            gemv_dequant_word<BITS, KIND>(wq[u].y, ca[1], cb[1], bias2, h[1]);
-            gemv_dequant_word<BITS, KIND>(wq[u].z, ca[2], cb[2], bias2, h[2]);
-            gemv_dequant_word<BITS, KIND>(wq[u].w, ca[3], cb[3], bias2, h[3]);
+            gemv_dequant_quad<BITS, KIND>(wq[u], ca, cb, bias2, h);
 #pragma unroll
             for (u32 bg = 0; bg < NB; ++bg) {
                 u32 xv[HP];
@@ -359,22 +382,13 @@ __device__ __forceinline__ void gptq_gemv(const u16* __restrict__ x, const int* 
                     xv[1] = v.y;
                 }
                 x_off[bg] += 4u * PF;
-#pragma unroll
-                for (u32 s = 0; s < KSTEPS; ++s) {
-                    // B: {x_{2s}, x_{2s+PF/2}} and {x_{2s+1}, x_{2s+1+PF/2}}, the k of the A pairs.
-                    const u32 b0 = __byte_perm(xv[s], xv[s + KSTEPS], 0x5410u);
-                    const u32 b1 = __byte_perm(xv[s], xv[s + KSTEPS], 0x7632u);
-#pragma unroll
-                    for (u32 t = 0; t < 2; ++t)
-                        mma_16816<KIND>(acc[t][bg], h[2 * t][2 * s], h[2 * t + 1][2 * s], h[2 * t][2 * s + 1],
-                                        h[2 * t + 1][2 * s + 1], b0, b1);
-                }
+                gemv_mma_quad<BITS, KIND>(h, xv, acc[bg]);
             }
         }
     }
     __syncthreads();  // every warp is done with xs: the same memory now takes the sums
 
-    // C fragment: acc[t][bg][e] is x row bg*8 + 2*tig + (e & 1), column 4*gid + 2*t + (e >> 1).
+    // C fragment: acc[bg][t][e] is x row bg*8 + 2*tig + (e & 1), column 4*gid + 2*t + (e >> 1).
 #pragma unroll
     for (u32 t = 0; t < 2; ++t)
 #pragma unroll
@@ -382,7 +396,7 @@ __device__ __forceinline__ void gptq_gemv(const u16* __restrict__ x, const int* 
 #pragma unroll
             for (u32 e = 0; e < 4; ++e)
                 red[(warp * MB + bg * 8u + 2u * tig + (e & 1u)) * GV_COLS + 4u * gid + 2u * t + (e >> 1)] =
-                    acc[t][bg][e];
+                    acc[bg][t][e];
     __syncthreads();
     gemv_store_sums<MB>(red, GV_WARPS, GV_COLS, m, n0, GV_COLS, n_out, out, part, counters, &is_last, threadIdx.x,
                         blockDim.x);
@@ -494,7 +508,7 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
                                                  float* __restrict__ out, float* __restrict__ part,
                                                  u32* __restrict__ counters, u32 m, u32 n_out, u32 k_in,
                                                  u32 group_len, u32 quads_per_split) {
-    constexpr u32 PF = 32u / BITS, KQ = 4u * PF, HP = PF / 2u, KSTEPS = PF / 4u;
+    constexpr u32 PF = 32u / BITS, KQ = 4u * PF, HP = PF / 2u;
     constexpr u32 NB = FFMA ? 1u : MB / 8u;  // mma per A tile and k step
     constexpr u32 XR = FFMA ? MB : NB;       // x offsets a lane walks
     extern __shared__ __align__(16) unsigned char gs_smem[];
@@ -517,13 +531,13 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
     const u32 k_base = q_lo * KQ, k_len = (q_hi - q_lo) * KQ;
     const u32 xstride = ((k_len + 63u) & ~63u) + KQ;  // bank spread as in gptq_gemv
 
-    float acc[2][NB][4];
+    float acc[NB][2][4];
 #pragma unroll
     for (u32 t = 0; t < 2; ++t)
 #pragma unroll
         for (u32 bg = 0; bg < NB; ++bg)
 #pragma unroll
-            for (u32 e = 0; e < 4; ++e) acc[t][bg][e] = 0.0f;
+            for (u32 e = 0; e < 4; ++e) acc[bg][t][e] = 0.0f;
     float accf[MB][4];  // FFMA: x row b, column 4*gid + c
 #pragma unroll
     for (u32 b = 0; b < MB; ++b)
@@ -592,10 +606,7 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
     auto consume = [&](u32 u, bool refill_checked) {
         if (fresh[u]) gemv_group_consts<BITS, KIND>(sr[u], zr[u], zshift, ca, cb);
         u32 h[4][HP];
-        gemv_dequant_word<BITS, KIND>(wq[u].x, ca[0], cb[0], bias2, h[0]);
-        gemv_dequant_word<BITS, KIND>(wq[u].y, ca[1], cb[1], bias2, h[1]);
-        gemv_dequant_word<BITS, KIND>(wq[u].z, ca[2], cb[2], bias2, h[2]);
-        gemv_dequant_word<BITS, KIND>(wq[u].w, ca[3], cb[3], bias2, h[3]);
+        gemv_dequant_quad<BITS, KIND>(wq[u], ca, cb, bias2, h);
         load_slot(u, false, refill_checked);
 #pragma unroll
         for (u32 bg = 0; bg < XR; ++bg) {
@@ -605,15 +616,7 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
             if constexpr (FFMA) {
                 gemv_ffma_quad<BITS, KIND>(h, xv, accf[bg]);
             } else {
-#pragma unroll
-                for (u32 s = 0; s < KSTEPS; ++s) {
-                    const u32 b0 = __byte_perm(xv[s], xv[s + KSTEPS], 0x5410u);
-                    const u32 b1 = __byte_perm(xv[s], xv[s + KSTEPS], 0x7632u);
-#pragma unroll
-                    for (u32 t = 0; t < 2; ++t)
-                        mma_16816<KIND>(acc[t][bg], h[2 * t][2 * s], h[2 * t + 1][2 * s], h[2 * t][2 * s + 1],
-                                        h[2 * t + 1][2 * s + 1], b0, b1);
-                }
+                gemv_mma_quad<BITS, KIND>(h, xv, acc[bg]);
             }
         }
     };
@@ -645,7 +648,7 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
                 if (tig == 0u) red[(kw * MB + b) * GS_COLS + tile * GV_COLS + 4u * gid + c] = v;
             }
     } else {
-        // C fragment: acc[t][bg][e] is x row bg*8 + 2*tig + (e & 1), column 4*gid + 2*t + (e >> 1).
+        // C fragment: acc[bg][t][e] is x row bg*8 + 2*tig + (e & 1), column 4*gid + 2*t + (e >> 1).
 #pragma unroll
         for (u32 t = 0; t < 2; ++t)
 #pragma unroll
@@ -653,7 +656,7 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
 #pragma unroll
                 for (u32 e = 0; e < 4; ++e)
                     red[(kw * MB + bg * 8u + 2u * tig + (e & 1u)) * GS_COLS + tile * GV_COLS + 4u * gid + 2u * t +
-                        (e >> 1)] = acc[t][bg][e];
+                        (e >> 1)] = acc[bg][t][e];
     }
     __syncthreads();
     const u32 nb0 = blockIdx.x * GS_COLS;

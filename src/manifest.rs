@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::io::{sha256_file, FileDigest};
+use crate::quant::grid::GridFit;
 use crate::quant::stats::ErrorStats;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -72,6 +73,9 @@ pub struct CalibrationRecord {
     pub pairs: usize,
     pub damp: f64,
     pub act_order: String,
+    /// How group ranges were fitted (min-max, or clip-search with `--clip-search`).
+    #[serde(default)]
+    pub grid_fit: GridFit,
     /// Layers taken from an interrupted run's progress (0 when the run was not resumed).
     pub resumed_layers: usize,
 }

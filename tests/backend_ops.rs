@@ -12,6 +12,7 @@ use hy_quant::backend::{
 use hy_quant::dtype::DType;
 use hy_quant::export::gptq_v1;
 use hy_quant::quant::gptq::{gptq_quantize, output_error, ActOrder, GptqConfig, SweepPlan};
+use hy_quant::quant::grid::GridFit;
 use hy_quant::quant::{QuantScheme, QuantizedLinear, Weight};
 use hy_quant::rng::SplitMix64;
 use hy_quant::runner::forward::Rope;
@@ -1224,7 +1225,28 @@ fn gptq_cases() -> Vec<(GptqConfig, DType)> {
         (gptq_cfg(8, -1, true, ActOrder::None, 128), DType::BF16),
         (gptq_cfg(4, 32, false, ActOrder::None, 48), DType::F32),
         (gptq_cfg(4, 256, true, ActOrder::Permute, 64), DType::BF16),
+        // --clip-search: dynamic groups fitted inside the sweep kernel (one starting in the
+        // middle of a block), and up-front groups fitted on the host.
+        (
+            clipped(gptq_cfg(4, 128, true, ActOrder::None, 128)),
+            DType::BF16,
+        ),
+        (
+            clipped(gptq_cfg(4, 64, false, ActOrder::None, 48)),
+            DType::F16,
+        ),
+        (
+            clipped(gptq_cfg(8, 32, true, ActOrder::StaticGroups, 128)),
+            DType::BF16,
+        ),
     ]
+}
+
+fn clipped(cfg: GptqConfig) -> GptqConfig {
+    GptqConfig {
+        grid_fit: GridFit::ClipSearch,
+        ..cfg
+    }
 }
 
 /// Levels that differ, as a fraction.
@@ -1258,8 +1280,8 @@ fn gptq_solve_body<B: Backend>(b: &B) {
         let rel = (e_got - e_want).abs() / e_want;
         let diff = level_diff(&got.linear, &want.linear);
         println!(
-            "  {} {:?} block {} {store}: error {e_got:.4e} vs cpu {e_want:.4e} (rtn {e_rtn:.4e}), levels differ {:.4}%, loss {:.4e} vs {:.4e}",
-            cfg.scheme, cfg.act_order, cfg.block_size, 100.0 * diff, got.loss, want.loss
+            "  {} {:?} {:?} block {} {store}: error {e_got:.4e} vs cpu {e_want:.4e} (rtn {e_rtn:.4e}), levels differ {:.4}%, loss {:.4e} vs {:.4e}",
+            cfg.scheme, cfg.act_order, cfg.grid_fit, cfg.block_size, 100.0 * diff, got.loss, want.loss
         );
         assert!(e_got < 0.8 * e_rtn, "GPTQ no better than RTN: {cfg:?}");
         // Dead columns are zero.
@@ -1513,9 +1535,10 @@ fn gptq_cuda_matches_cpu_backend() {
         );
         let diff = level_diff(&c.linear, &q.linear);
         println!(
-            "  {} {:?} block {}: cuda {eg:.4e} cpu {ec:.4e}, levels differ {:.4}% ({secs:.3} s)",
+            "  {} {:?} {:?} block {}: cuda {eg:.4e} cpu {ec:.4e}, levels differ {:.4}% ({secs:.3} s)",
             cfg.scheme,
             cfg.act_order,
+            cfg.grid_fit,
             cfg.block_size,
             100.0 * diff
         );

@@ -289,6 +289,21 @@ fn overlaps_in(name: &str, content: &str, index: &EvalIndex) -> Vec<String> {
                     seg.raw
                 ));
             }
+            // A record of grouped short sentences (Tatoeba, grouped messages) must not carry a
+            // test segment as one of its lines either: the whole-field rules would miss a short
+            // one (under 12 characters) hidden among the others.
+            for (l, text_line) in text.split('\n').enumerate().filter(|_| text.contains('\n')) {
+                if let Some(id) = index.equal_to(&normalize(text_line)) {
+                    let seg = &index.segments[id];
+                    found.push(format!(
+                        "{name}:{} \"{field}\" line {} equals eval segment {}: {:?}",
+                        i + 1,
+                        l + 1,
+                        seg.origin,
+                        seg.raw
+                    ));
+                }
+            }
         }
     }
     found
@@ -475,6 +490,23 @@ fn overlap_detector_catches_planted_overlaps() {
     assert!(
         found[0].starts_with("planted.jsonl:2 \"tgt\" contains eval segment ")
             && found[0].contains(&cjk.origin),
+        "{}",
+        found[0]
+    );
+    // A short segment as one line of a grouped record: no whole-field rule sees it.
+    let grouped = format!(
+        "Our first clean sentence here.\n{}\nAnd a last clean one.",
+        short.raw
+    );
+    assert!(index.overlap(&grouped).is_none(), "{grouped:?}");
+    let planted = format!(
+        "{}\n",
+        serde_json::json!({"kind": "text", "lang": "en", "text": grouped, "source": "t"})
+    );
+    let found = overlaps_in("grouped.jsonl", &planted, &index);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("grouped.jsonl:1 \"text\" line 2 equals eval segment "),
         "{}",
         found[0]
     );

@@ -14,6 +14,7 @@ use hy_quant::calib::CalibOptions;
 use hy_quant::progress::Silent;
 use hy_quant::quant::gptq::ActOrder;
 use hy_quant::quant::gptq_pipeline::GptqSettings;
+use hy_quant::quant::grid::GridFit;
 use hy_quant::quant::pipeline::{quantize_on, Method, QuantizeOptions};
 use hy_quant::quant::QuantScheme;
 use hy_quant::rng::SplitMix64;
@@ -48,6 +49,7 @@ fn options(
     corpus: &Path,
     out: PathBuf,
     act_order: ActOrder,
+    grid_fit: GridFit,
     backend_loop: bool,
 ) -> QuantizeOptions {
     QuantizeOptions {
@@ -67,6 +69,7 @@ fn options(
             },
             damp: 0.01,
             act_order,
+            grid_fit,
             resume: false,
             backend_loop,
         }),
@@ -101,25 +104,36 @@ fn compare(device: &Device, reference_backend_loop: bool, tol: f64) {
     let model = tiny_with_tokenizer(tmp.path());
     let corpus = tmp.path().join("calib.jsonl");
     write_corpus(&corpus, 120, 7);
-    for ao in [ActOrder::None, ActOrder::Permute] {
-        let cpu_out = tmp.path().join(format!("cpu-{ao:?}"));
+    for (ao, fit) in [
+        (ActOrder::None, GridFit::MinMax),
+        (ActOrder::Permute, GridFit::MinMax),
+        (ActOrder::None, GridFit::ClipSearch),
+    ] {
+        let cpu_out = tmp.path().join(format!("cpu-{ao:?}-{fit:?}"));
         let cpu = Device::Cpu(CpuBackend::new());
         quantize_on(
-            &options(&model, &corpus, cpu_out.clone(), ao, reference_backend_loop),
+            &options(
+                &model,
+                &corpus,
+                cpu_out.clone(),
+                ao,
+                fit,
+                reference_backend_loop,
+            ),
             &cpu,
             &Silent,
         )
         .unwrap();
-        let dev_out = tmp.path().join(format!("dev-{ao:?}"));
+        let dev_out = tmp.path().join(format!("dev-{ao:?}-{fit:?}"));
         let t = std::time::Instant::now();
         quantize_on(
-            &options(&model, &corpus, dev_out.clone(), ao, true),
+            &options(&model, &corpus, dev_out.clone(), ao, fit, true),
             device,
             &Silent,
         )
         .unwrap();
         println!(
-            "{ao:?} on {}: {:.2} s",
+            "{ao:?} {fit:?} on {}: {:.2} s",
             device.name(),
             t.elapsed().as_secs_f64()
         );

@@ -34,7 +34,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::quant::grid::GroupParams;
+use crate::quant::grid::{GridFit, GroupParams};
 use crate::quant::{QuantScheme, QuantizedLinear, Weight};
 
 /// Rows per parallel GEMM task. Fixed, so the arithmetic does not depend on the thread count.
@@ -199,6 +199,8 @@ pub struct GptqConfig {
     /// `static_groups`). Implied by `ActOrder::StaticGroups`; together with `ActOrder::Permute`
     /// it gives the same result as `StaticGroups` (trivial `g_idx`, as in AutoGPTQ).
     pub static_groups: bool,
+    /// How each group's range is fitted (`--clip-search`: `GridFit::ClipSearch`).
+    pub grid_fit: GridFit,
 }
 
 impl GptqConfig {
@@ -209,6 +211,7 @@ impl GptqConfig {
             block_size: 128,
             act_order: ActOrder::None,
             static_groups: false,
+            grid_fit: GridFit::MinMax,
         }
     }
 
@@ -284,7 +287,7 @@ fn solve(
         };
         Array2::from_elem((n_out, groups), placeholder)
     } else {
-        up_front_params(w, &plan, &s)?
+        up_front_params(w, &plan, &s, cfg.grid_fit)?
     };
 
     let bs = cfg.block_size;
@@ -312,8 +315,13 @@ fn solve(
                         let j = i1 + i;
                         if dynamic && j % glen == 0 {
                             let end = (j + glen).min(k);
-                            prow[j / glen] =
-                                GroupParams::fit(&wrow[j..end], &s, w.scale_dtype, name)?;
+                            prow[j / glen] = GroupParams::fit_with(
+                                &wrow[j..end],
+                                &s,
+                                w.scale_dtype,
+                                name,
+                                cfg.grid_fit,
+                            )?;
                         }
                         let p = prow[col_group[j]];
                         let x = w1[i];
@@ -610,6 +618,7 @@ pub fn up_front_params(
     w: &Weight<'_>,
     plan: &SweepPlan,
     s: &QuantScheme,
+    fit: GridFit,
 ) -> Result<Array2<GroupParams>> {
     let k = w.in_features;
     let glen = s.group_len(k);
@@ -629,7 +638,7 @@ pub fn up_front_params(
                 .map(|(&v, &d)| if d { 0.0 } else { v })
                 .collect();
             for (g, chunk) in row.chunks(glen).enumerate() {
-                prow[g] = GroupParams::fit(chunk, s, w.scale_dtype, w.name)?;
+                prow[g] = GroupParams::fit_with(chunk, s, w.scale_dtype, w.name, fit)?;
             }
             Ok(())
         })?;

@@ -33,6 +33,7 @@ use crate::quant::calib_forward::{
 use crate::quant::gptq::{
     gptq_quantize, output_errors, ActOrder, GptqConfig, GptqOutcome, Hessian,
 };
+use crate::quant::grid::GridFit;
 use crate::quant::pipeline::Timer;
 use crate::quant::resume::{LinearResult, ResumeStore};
 use crate::quant::rtn::Rtn;
@@ -56,6 +57,8 @@ pub struct GptqSettings {
     /// `--damp`: relative damping of the Hessian diagonal.
     pub damp: f64,
     pub act_order: ActOrder,
+    /// `--clip-search`: how each group's range is fitted.
+    pub grid_fit: GridFit,
     /// `--resume`: continue a compatible partial output instead of starting over.
     pub resume: bool,
     /// Run the layer loop through the `Backend` ops (gptq_backend.rs) even on the CPU
@@ -80,6 +83,7 @@ impl GptqSettings {
         let mut cfg = GptqConfig::new(scheme);
         cfg.damp = self.damp;
         cfg.act_order = self.act_order;
+        cfg.grid_fit = self.grid_fit;
         cfg
     }
 }
@@ -143,6 +147,7 @@ pub(crate) fn fingerprint(
         "sym": scheme.sym,
         "damp": settings.damp,
         "act_order": act_order_name(settings.act_order),
+        "grid_fit": settings.grid_fit,
         "calib_files": corpus.files.iter().map(|(_, sha)| sha.clone()).collect::<Vec<_>>(),
         "calib_samples": settings.calib_opts.samples,
         "calib_seqlen": settings.calib_opts.seqlen,
@@ -638,6 +643,7 @@ pub(crate) fn calibration_record(
         pairs: set.pairs,
         damp: settings.damp,
         act_order: act_order_name(settings.act_order).into(),
+        grid_fit: settings.grid_fit,
         resumed_layers,
     }
 }

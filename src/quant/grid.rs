@@ -5,6 +5,8 @@
 //! `scale = 2*max|w| / maxq` with the zero at (maxq+1)/2; an all-zero group gets the range
 //! [-1, 1]. Rounding is half-to-even like `torch.round`.
 
+use serde::{Deserialize, Serialize};
+
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::quant::scheme::QuantScheme;
@@ -32,26 +34,67 @@ pub struct GroupParams {
 }
 
 impl GroupParams {
-    /// Fits the grid to `values` (one group of one row).
+    /// Fits the grid to `values` (one group of one row) with min/max.
     ///
     /// GPTQ v1 stores `zero - 1`, so an asymmetric zero of 0 cannot be written (it would read
     /// back as 2^bits); such groups get zero 1 and a scale stretched to keep `max` on the grid
     /// (GPTQModel `utils/model.py` convert_gptq_v1_to_v2 documents the quirk).
     pub fn fit(values: &[f32], scheme: &QuantScheme, store: DType, tensor: &str) -> Result<Self> {
-        let maxq = scheme.maxq() as f32;
-        let (mut lo, mut hi) = values
-            .iter()
-            .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        if scheme.sym {
-            hi = hi.max(-lo);
-            if lo < 0.0 {
-                lo = -hi;
+        let (lo, hi) = fit_range(values, scheme);
+        Self::from_range(lo, hi, scheme, store, tensor)
+    }
+
+    /// Fits the grid to `values` the way `fit` selects.
+    pub fn fit_with(
+        values: &[f32],
+        scheme: &QuantScheme,
+        store: DType,
+        tensor: &str,
+        fit: GridFit,
+    ) -> Result<Self> {
+        match fit {
+            GridFit::MinMax => Self::fit(values, scheme, store, tensor),
+            GridFit::ClipSearch => Self::fit_clipped(values, scheme, store, tensor),
+        }
+    }
+
+    /// The range search of the GPTQ reference quantizer (`Quantizer.find_params` with
+    /// `mse=True`, `grid=100`, `maxshrink=0.8`): the min/max range shrunk by p = 1 - i/100,
+    /// i = 0..80, and the grid with the smallest Σ|w - dq(w)|^norm kept (the first on ties).
+    /// The reference's norm is 2.4; here it is 2.5, |d|²·√|d|, so that the error is made of
+    /// correctly rounded operations only and the CUDA sweep (`gq_sweep_block`), which sums in
+    /// the same order (`warp_order_sum`), picks the same grid bit for bit.
+    pub fn fit_clipped(
+        values: &[f32],
+        scheme: &QuantScheme,
+        store: DType,
+        tensor: &str,
+    ) -> Result<Self> {
+        let (lo, hi) = fit_range(values, scheme);
+        let maxq = scheme.maxq();
+        let mut best = Self::from_range(lo, hi, scheme, store, tensor)?;
+        let mut best_err = clip_error(values, &best, maxq);
+        for i in 1..CLIP_STEPS {
+            let p = 1.0f32 - i as f32 / CLIP_GRID as f32;
+            let cand = Self::from_range(p * lo, p * hi, scheme, store, tensor)?;
+            let err = clip_error(values, &cand, maxq);
+            if err < best_err {
+                best = cand;
+                best_err = err;
             }
         }
-        if lo == 0.0 && hi == 0.0 {
-            lo = -1.0;
-            hi = 1.0;
-        }
+        Ok(best)
+    }
+
+    /// The grid of the range [lo, hi] (already including 0, symmetric when the scheme is).
+    fn from_range(
+        lo: f32,
+        hi: f32,
+        scheme: &QuantScheme,
+        store: DType,
+        tensor: &str,
+    ) -> Result<Self> {
+        let maxq = scheme.maxq() as f32;
         let mut scale = (hi - lo) / maxq;
         let mut zero = if scheme.sym {
             1 << (scheme.bits - 1)
@@ -93,6 +136,68 @@ impl GroupParams {
     pub fn dequantize(&self, q: u32) -> f32 {
         self.scale * (q as f32 - self.zero as f32)
     }
+}
+
+/// How a group's range is chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GridFit {
+    /// min and max of the group (the reference default; RTN always uses it).
+    #[default]
+    MinMax,
+    /// `GroupParams::fit_clipped`.
+    ClipSearch,
+}
+
+/// Shrink steps of the clip search: 1 - i/CLIP_GRID for i < CLIP_STEPS (reference: grid 100,
+/// maxshrink 0.8).
+pub const CLIP_GRID: u32 = 100;
+pub const CLIP_STEPS: u32 = 80;
+
+/// The range min/max fitting starts from: it includes 0, is symmetric for symmetric grids,
+/// and an all-zero group gets [-1, 1] (IST-DASLab `quant.py` `find_params`).
+fn fit_range(values: &[f32], scheme: &QuantScheme) -> (f32, f32) {
+    let (mut lo, mut hi) = values
+        .iter()
+        .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    if scheme.sym {
+        hi = hi.max(-lo);
+        if lo < 0.0 {
+            lo = -hi;
+        }
+    }
+    if lo == 0.0 && hi == 0.0 {
+        lo = -1.0;
+        hi = 1.0;
+    }
+    (lo, hi)
+}
+
+/// Σ |w - dq(w)|^2.5 over the group, summed like one CUDA warp does (`warp_order_sum`).
+fn clip_error(values: &[f32], p: &GroupParams, maxq: u32) -> f32 {
+    warp_order_sum(values.iter().map(|&x| {
+        let d = (x - p.dequantize(p.quantize(x, maxq))).abs();
+        d * d * d.sqrt()
+    }))
+}
+
+/// The sum a warp computes when lane l adds items l, l + 32, ... in order and the 32 partial
+/// sums are combined by an xor butterfly (offsets 16, 8, 4, 2, 1): f32 addition in exactly
+/// that order, so the CPU and the GPU agree bit for bit.
+pub fn warp_order_sum(items: impl Iterator<Item = f32>) -> f32 {
+    let mut lanes = [0f32; 32];
+    for (i, v) in items.enumerate() {
+        lanes[i % 32] += v;
+    }
+    let mut o = 16;
+    while o > 0 {
+        let prev = lanes;
+        for (i, l) in lanes.iter_mut().enumerate() {
+            *l = prev[i] + prev[i ^ o];
+        }
+        o /= 2;
+    }
+    lanes[0]
 }
 
 #[cfg(test)]
@@ -165,5 +270,50 @@ mod tests {
     fn scale_is_rounded_to_the_store_dtype() {
         let p = GroupParams::fit(&[0.1234567], &scheme(4, true), DType::BF16, "w").unwrap();
         assert_eq!(p.scale, DType::BF16.round_f32(p.scale));
+    }
+
+    #[test]
+    fn clip_search_never_loses_to_min_max_and_shrinks_outlier_groups() {
+        let s = scheme(4, true);
+        // One outlier: shrinking the range trades it for finer steps on the rest.
+        let mut vals: Vec<f32> = (0..128)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 500.0)
+            .collect();
+        vals[5] = 1.0;
+        let mm = GroupParams::fit(&vals, &s, DType::F16, "w").unwrap();
+        let cs = GroupParams::fit_clipped(&vals, &s, DType::F16, "w").unwrap();
+        assert!(cs.scale < mm.scale, "{cs:?} vs {mm:?}");
+        let (e_mm, e_cs) = (clip_error(&vals, &mm, 15), clip_error(&vals, &cs, 15));
+        assert!(e_cs < e_mm, "{e_cs} vs {e_mm}");
+        // A uniform group is best served by its full range.
+        let flat: Vec<f32> = (0..128).map(|i| (i as f32 - 63.5) / 64.0).collect();
+        for bits in [4, 8] {
+            for sym in [true, false] {
+                let s = scheme(bits, sym);
+                let (mm, cs) = (
+                    GroupParams::fit(&flat, &s, DType::F32, "w").unwrap(),
+                    GroupParams::fit_clipped(&flat, &s, DType::F32, "w").unwrap(),
+                );
+                let maxq = s.maxq();
+                assert!(clip_error(&flat, &cs, maxq) <= clip_error(&flat, &mm, maxq));
+            }
+        }
+        assert_eq!(
+            GroupParams::fit_with(&vals, &s, DType::F16, "w", GridFit::MinMax).unwrap(),
+            mm
+        );
+    }
+
+    #[test]
+    fn warp_order_sum_is_the_butterfly_of_the_lane_sums() {
+        // Values whose f32 sum depends on the order (1e8 + 1 == 1e8 in f32). Lane 0 holds
+        // 1e8 and item 32 (whose 1 is lost), lane 16 holds -1e8; the butterfly pairs lane 0
+        // with lane 16 first, so the other 37 ones survive. A sequential sum loses 15 of them.
+        let mut v = [1.0f32; 40];
+        v[0] = 1e8;
+        v[16] = -1e8;
+        assert_eq!(warp_order_sum(v.iter().copied()), 37.0);
+        assert_eq!(v.iter().sum::<f32>(), 23.0);
+        assert_eq!(warp_order_sum(std::iter::empty()), 0.0);
     }
 }

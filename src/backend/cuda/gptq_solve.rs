@@ -20,6 +20,7 @@ use crate::quant::gptq::{
     assemble, check_solver_inputs, check_solver_shapes, gptq_quantize, non_finite_hessian,
     up_front_params, with_damping_retries, GptqConfig, GptqOutcome, Hessian, SweepPlan,
 };
+use crate::quant::grid::GridFit;
 use crate::quant::stats::ErrorStats;
 use crate::quant::Weight;
 
@@ -674,7 +675,7 @@ impl CudaBackend {
                 self.zeros::<u32>(groups * n_out)?,
             )
         } else {
-            let params = up_front_params(w, &plan, &s)?;
+            let params = up_front_params(w, &plan, &s, cfg.grid_fit)?;
             let mut sc = vec![0f32; groups * n_out];
             let mut ze = vec![0u32; groups * n_out];
             for ((n, g), p) in params.indexed_iter() {
@@ -730,6 +731,7 @@ impl CudaBackend {
             s.sym as u32,
             dynamic as u32,
         );
+        let clip_u = (cfg.grid_fit == GridFit::ClipSearch) as u32;
         let bs = cfg.block_size;
         for i1 in (0..k).step_by(bs) {
             let i2 = (i1 + bs).min(k);
@@ -752,7 +754,8 @@ impl CudaBackend {
                 .arg(&bits)
                 .arg(&sym)
                 .arg(&store)
-                .arg(&dyn_u);
+                .arg(&dyn_u)
+                .arg(&clip_u);
             // SAFETY: matches gq_sweep_block (one warp per row, cnt <= 128); buffer sizes as
             // allocated above.
             unsafe { b.launch(cfg_launch) }.map_err(Self::launch_err("gq_sweep_block"))?;
