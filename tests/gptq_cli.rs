@@ -208,6 +208,8 @@ fn act_order_variants_write_the_matching_g_idx() {
     let config: Value =
         serde_json::from_slice(&std::fs::read(permute.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["quantization_config"]["desc_act"], true);
+    assert_eq!(config["quantization_config"]["static_groups"], false);
+    assert_eq!(manifest(&permute)["calibration"]["grid_fit"], "min-max");
     let g = g_idx(&permute);
     assert_eq!(g.len(), 384);
     // Every group holds exactly 32 columns, but not in stored order.
@@ -220,15 +222,31 @@ fn act_order_variants_write_the_matching_g_idx() {
     let (code, _, err) = run(&gptq_args(
         &f,
         fixed.to_str().unwrap(),
-        &["--act-order", "static-groups"],
+        &["--act-order", "static-groups", "--clip-search"],
     ));
     assert_eq!(code, 0, "{err}");
     let g = g_idx(&fixed);
     assert!(g.iter().enumerate().all(|(k, &x)| x as usize == k / 32));
-    assert_eq!(
-        manifest(&fixed)["calibration"]["act_order"],
-        "static-groups"
-    );
+    let m = manifest(&fixed);
+    assert_eq!(m["calibration"]["act_order"], "static-groups");
+    assert_eq!(m["calibration"]["grid_fit"], "clip-search");
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(fixed.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization_config"]["desc_act"], false);
+    assert_eq!(config["quantization_config"]["static_groups"], true);
+    // The clip search is a GPTQ setting; RTN refuses it by name.
+    let (code, _, err) = run(&[
+        "quantize",
+        "--model",
+        f.model.to_str().unwrap(),
+        "--out",
+        f.root.join("rtn-clip").to_str().unwrap(),
+        "--method",
+        "rtn",
+        "--clip-search",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--clip-search"), "{err}");
     let (code, _, err) = run(&gptq_args(&f, "unused", &["--act-order", "sideways"]));
     assert_eq!(code, 2);
     assert!(err.contains("--act-order"), "{err}");

@@ -212,11 +212,14 @@ pub fn unpack(
 
 /// `quantization_config` for config.json. Every key vLLM's gptq/gptq_marlin selection reads
 /// is present (bits, group_size, sym, desc_act) so it never falls back to a slower kernel.
+/// `static_groups` records GPTQ's `--act-order static-groups` (groups fitted before the sweep;
+/// loaders do not read it).
 pub fn quantization_config(
     scheme: &QuantScheme,
     method: &str,
     damp_percent: f64,
     desc_act: bool,
+    static_groups: bool,
 ) -> Value {
     json!({
         "quant_method": "gptq",
@@ -226,7 +229,7 @@ pub fn quantization_config(
         "sym": scheme.sym,
         "damp_percent": damp_percent,
         "true_sequential": true,
-        "static_groups": false,
+        "static_groups": static_groups,
         "checkpoint_format": "gptq",
         "lm_head": false,
         "meta": {
@@ -315,7 +318,13 @@ mod tests {
 
     #[test]
     fn config_has_every_key_vllm_reads() {
-        let c = quantization_config(&QuantScheme::new(4, 128, true).unwrap(), "rtn", 0.01, false);
+        let c = quantization_config(
+            &QuantScheme::new(4, 128, true).unwrap(),
+            "rtn",
+            0.01,
+            false,
+            false,
+        );
         for key in [
             "quant_method",
             "bits",

@@ -392,6 +392,7 @@ pub fn quantize_on(
             method_name,
             gptq.map_or(0.01, |g| g.damp),
             gptq.is_some_and(|g| g.act_order == ActOrder::Permute),
+            gptq.is_some_and(|g| g.act_order == ActOrder::StaticGroups),
         ),
     );
     write_json(
