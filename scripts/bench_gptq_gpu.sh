@@ -7,10 +7,12 @@
 #                   without it synth's word-level tokenizer (w6, w7, ...) is used with a
 #                   random corpus of those words, which is enough for timing.
 # Prints the wall time, the manifest's phases, the peak VRAM (nvidia-smi, polled every
-# 100 ms, minus the reading before the run) and the peak host RSS. HYQ_BIN overrides the binary.
+# 100 ms, minus the reading before the run) and the peak host RSS. HYQ_BIN overrides the binary;
+# HYQ_GPTQ_FLAGS adds quantize flags, e.g. "--act-order static-groups --clip-search".
 set -euo pipefail
 bin=${HYQ_BIN:-target/release/hy-quant}
 device=${HYQ_DEVICE:-cuda}   # HYQ_DEVICE=cpu checks the script without a GPU
+read -r -a extra <<< "${HYQ_GPTQ_FLAGS:-}"
 work=$1 preset=${2:-hy-mt1.5-7b} samples=${3:-128} seqlen=${4:-2048} tokdir=${5:-}
 mkdir -p "$work"
 model=$work/synth-$preset
@@ -52,12 +54,12 @@ status=0
 if [ -x /usr/bin/time ]; then
   /usr/bin/time -f "peak host RSS: %M KB" -o "$work/time.txt" \
     "$bin" quantize --model "$model" --out "$out" --force --method gptq --bits 4 --group-size 128 \
-    --calib-samples "$samples" --calib-seqlen "$seqlen" "${corpus_args[@]}" --device "$device" \
-    > "$work/quantize.log" 2>&1 || status=$?
+    --calib-samples "$samples" --calib-seqlen "$seqlen" "${corpus_args[@]}" "${extra[@]}" \
+    --device "$device" > "$work/quantize.log" 2>&1 || status=$?
 else
   "$bin" quantize --model "$model" --out "$out" --force --method gptq --bits 4 --group-size 128 \
-    --calib-samples "$samples" --calib-seqlen "$seqlen" "${corpus_args[@]}" --device "$device" \
-    > "$work/quantize.log" 2>&1 &
+    --calib-samples "$samples" --calib-seqlen "$seqlen" "${corpus_args[@]}" "${extra[@]}" \
+    --device "$device" > "$work/quantize.log" 2>&1 &
   pid=$!
   hwm=0
   while kill -0 $pid 2>/dev/null; do
