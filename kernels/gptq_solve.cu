@@ -341,6 +341,54 @@ extern "C" __global__ void gq_sweep_weight_from_half(const u16* __restrict__ w16
     out[idx] = dead[c] ? 0.0f : half_to_f32(w16[(u64)n * k + c], kind);
 }
 
+// out[n][perm[i]] = wp[n][i]: the sweep-order weight (dead columns zeroed) back in original
+// column order, for the up-front group fit.
+extern "C" __global__ void gq_unpermute_cols(const float* __restrict__ wp, const u32* __restrict__ perm,
+                                             float* __restrict__ out, u32 n_out, u32 k) {
+    const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (u64)n_out * k) return;
+    const u32 n = (u32)(idx / k), i = (u32)(idx % k);
+    out[(u64)n * k + perm[i]] = wp[idx];
+}
+
+// gptq.rs up_front_params on the device: one warp per (row, group) of w ([n_out, k], original
+// column order, dead columns zeroed), the group's columns g*glen .. min(k, (g+1)*glen), fitted
+// with gq_fit_group (min/max, or the clip search when clip = 1: the same grids as the CPU's,
+// bit for bit). scales/zeros [groups, n_out]; *overflow = 1 when a stored scale is not finite
+// (the host then reports the CPU's error).
+extern "C" __global__ void gq_fit_groups(const float* __restrict__ w, float* __restrict__ scales,
+                                         u32* __restrict__ zeros, u32* __restrict__ overflow, u32 n_out,
+                                         u32 k, u32 glen, u32 groups, u32 bits, u32 sym, u32 store,
+                                         u32 clip) {
+    const u64 wid = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const u32 lane = threadIdx.x & 31u;
+    if (wid >= (u64)n_out * groups) return;  // whole warps leave together
+    const u32 row = (u32)(wid / groups), g = (u32)(wid % groups);
+    const float* wrow = w + (u64)row * k;
+    const u32 j = g * glen, end = min(j + glen, k);
+    float lo = 0.0f, hi = 0.0f;
+    for (u32 c = j + lane; c < end; c += 32u) {
+        lo = fminf(lo, wrow[c]);
+        hi = fmaxf(hi, wrow[c]);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+    }
+    float s;
+    u32 z;
+    if (!gq_fit_group(wrow, j, end, lo, hi, bits, sym, store, clip, lane, &s, &z)) {
+        if (lane == 0) *overflow = 1u;
+        s = 1.0f;
+        z = 0u;
+    }
+    if (lane == 0) {
+        scales[(u64)g * n_out + row] = s;
+        zeros[(u64)g * n_out + row] = z;
+    }
+}
+
 // Dequantized weight in original column order (QuantizedLinear::dequantize):
 // out[n][c] = scale[g][n] * (q[n][src(c)] - zero[g][n]) with src(c) = col_src[c] (the sweep
 // position of column c; identity when null) and g = g_of_col[c] (c / glen when null); the

@@ -108,6 +108,7 @@ fn compare(device: &Device, reference_backend_loop: bool, tol: f64) {
         (ActOrder::None, GridFit::MinMax),
         (ActOrder::Permute, GridFit::MinMax),
         (ActOrder::None, GridFit::ClipSearch),
+        (ActOrder::StaticGroups, GridFit::ClipSearch),
     ] {
         let cpu_out = tmp.path().join(format!("cpu-{ao:?}-{fit:?}"));
         let cpu = Device::Cpu(CpuBackend::new());

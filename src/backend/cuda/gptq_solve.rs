@@ -18,11 +18,11 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::quant::gptq::{
     assemble, check_solver_inputs, check_solver_shapes, gptq_quantize, non_finite_hessian,
-    up_front_params, with_damping_retries, GptqConfig, GptqOutcome, Hessian, SweepPlan,
+    with_damping_retries, GptqConfig, GptqOutcome, Hessian, SweepPlan,
 };
 use crate::quant::grid::GridFit;
 use crate::quant::stats::ErrorStats;
-use crate::quant::Weight;
+use crate::quant::{QuantScheme, Weight};
 
 /// Widest lazy-update block the sweep kernel holds in registers (GQ_MAX_BLOCK).
 pub(crate) const MAX_BLOCK: usize = 128;
@@ -669,21 +669,8 @@ impl CudaBackend {
         let col_group = plan.column_groups(cfg);
         let groups = s.num_groups(k);
         let glen = s.group_len(k);
-        let (mut scales, mut zeros) = if dynamic {
-            (
-                self.zeros::<f32>(groups * n_out)?,
-                self.zeros::<u32>(groups * n_out)?,
-            )
-        } else {
-            let params = up_front_params(w, &plan, &s, cfg.grid_fit)?;
-            let mut sc = vec![0f32; groups * n_out];
-            let mut ze = vec![0u32; groups * n_out];
-            for ((n, g), p) in params.indexed_iter() {
-                sc[g * n_out + n] = p.scale;
-                ze[g * n_out + n] = p.zero;
-            }
-            (self.upload(&sc)?, self.upload(&ze)?)
-        };
+        let mut scales = self.zeros::<f32>(groups * n_out)?;
+        let mut zeros = self.zeros::<u32>(groups * n_out)?;
         let mut wp = match w16 {
             Some((w16, half)) => {
                 check_len("gptq sweep", "w16", w16.len, n_out * k)?;
@@ -716,6 +703,22 @@ impl CudaBackend {
         let mut row_loss = self.zeros::<f64>(n_out)?;
         let mut overflow = self.zeros::<u32>(1)?;
         lap("solve: weight upload", self)?;
+        if !dynamic {
+            // Up-front groups (static groups, per-channel grids): gptq.rs up_front_params on
+            // the device, from the sweep-order weight put back in column order.
+            self.fit_groups_up_front(
+                &wp,
+                &plan.perm,
+                (n_out, k),
+                &s,
+                store,
+                cfg.grid_fit,
+                &mut scales,
+                &mut zeros,
+                &mut overflow,
+            )?;
+            lap("solve: up-front group fit", self)?;
+        }
 
         let sweep = self.func(&compile::GPTQ_SOLVE, "gq_sweep_block")?;
         let rows_per_block = 4usize;
@@ -1171,5 +1174,71 @@ impl CudaBackend {
         // SAFETY: matches gq_row_dots (one warp per row); sizes as allocated.
         unsafe { b.launch(cfg) }.map_err(Self::launch_err("gq_row_dots"))?;
         Ok(self.download(&sums)?.iter().sum())
+    }
+}
+
+impl CudaBackend {
+    /// `up_front_params` on the device (`gq_unpermute_cols`, then `gq_fit_groups`: one warp per
+    /// row and group): scales/zeros [groups, n_out] of the column-order weight with dead columns
+    /// zeroed; a stored scale that overflows sets `overflow` like the sweep does, and the CPU
+    /// solver then names it.
+    #[allow(clippy::too_many_arguments)]
+    fn fit_groups_up_front(
+        &self,
+        wp: &CudaBuf<f32>,
+        perm: &[usize],
+        (n_out, k): (usize, usize),
+        s: &QuantScheme,
+        store: u32,
+        fit: GridFit,
+        scales: &mut CudaBuf<f32>,
+        zeros: &mut CudaBuf<u32>,
+        overflow: &mut CudaBuf<u32>,
+    ) -> Result<()> {
+        let perm: Vec<u32> = perm.iter().map(|&p| p as u32).collect();
+        let perm = self.upload(&perm)?;
+        let mut orig = self.scratch::<f32>(n_out * k)?;
+        let (n_o, k_u) = (as_u32("out_features", n_out)?, as_u32("in_features", k)?);
+        {
+            let f = self.func(&compile::GPTQ_SOLVE, "gq_unpermute_cols")?;
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&wp.slice)
+                .arg(&perm.slice)
+                .arg(&mut orig.slice)
+                .arg(&n_o)
+                .arg(&k_u);
+            // SAFETY: matches gq_unpermute_cols; wp and orig hold n_out x k, perm k entries.
+            unsafe { b.launch(grid_1d((n_out * k) as u64, 256)?) }
+                .map_err(Self::launch_err("gq_unpermute_cols"))?;
+        }
+        let groups = s.num_groups(k);
+        let (gl, ng) = (
+            as_u32("group_len", s.group_len(k))?,
+            as_u32("groups", groups)?,
+        );
+        let (bits, sym, clip) = (
+            s.bits as u32,
+            s.sym as u32,
+            (fit == GridFit::ClipSearch) as u32,
+        );
+        let f = self.func(&compile::GPTQ_SOLVE, "gq_fit_groups")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&orig.slice)
+            .arg(&mut scales.slice)
+            .arg(&mut zeros.slice)
+            .arg(&mut overflow.slice)
+            .arg(&n_o)
+            .arg(&k_u)
+            .arg(&gl)
+            .arg(&ng)
+            .arg(&bits)
+            .arg(&sym)
+            .arg(&store)
+            .arg(&clip);
+        // SAFETY: matches gq_fit_groups (one warp per row and group); scales/zeros hold
+        // groups x n_out, orig n_out x k.
+        unsafe { b.launch(grid_1d((n_out * groups * 32) as u64, 256)?) }
+            .map_err(Self::launch_err("gq_fit_groups"))?;
+        Ok(())
     }
 }
