@@ -5,7 +5,10 @@ use std::io::Write;
 use std::path::Path;
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("calibration");
+    // Read at run time, not with env!(): a compiled build script may be reused for another
+    // checkout of the same package (git worktrees sharing a target directory).
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = Path::new(&manifest_dir).join("calibration");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .map(|rd| {

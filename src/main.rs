@@ -201,15 +201,18 @@ struct QuantizeArgs {
     /// when the Cholesky fails; the manifest says so).
     #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
     damp: f64,
-    /// GPTQ: solve columns in decreasing Hessian-diagonal order. `permute` writes the
-    /// permutation in g_idx (desc_act); `static-groups` keeps g_idx trivial (groups fitted
-    /// before the sweep, AngelSlim/AutoGPTQ static_groups). Bare --act-order = permute.
-    #[arg(long, value_name = "MODE", num_args = 0..=1, default_value = "none", default_missing_value = "permute")]
-    act_order: String,
+    /// GPTQ: solve columns in decreasing Hessian-diagonal order. `static-groups` (the
+    /// default) keeps g_idx trivial (groups fitted before the sweep, AngelSlim/AutoGPTQ
+    /// static_groups); `permute` writes the permutation in g_idx (desc_act); `none` solves in
+    /// column order. Bare --act-order = permute.
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "permute")]
+    act_order: Option<String>,
     /// GPTQ: fit each group's range by searching 80 shrunk ranges for the smallest
-    /// sum |w - q|^2.5 (the GPTQ reference quantizer's mse option) instead of min/max.
-    #[arg(long)]
-    clip_search: bool,
+    /// sum |w - q|^2.5 (the GPTQ reference quantizer's mse option); `off` fits min/max.
+    /// Default on (docs/quality.md: with static groups it is what keeps translation quality).
+    #[arg(long, value_name = "on|off", num_args = 0..=1, default_missing_value = "on",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    clip_search: Option<bool>,
     /// GPTQ: continue an interrupted run of the same command from its last finished layer.
     #[arg(long)]
     resume: bool,
@@ -261,6 +264,10 @@ fn parse_size(s: &str) -> Result<u64> {
     Ok((n * mult) as u64)
 }
 
+/// `--act-order` when the flag is not given: with the clip search, the setting that met the
+/// quality bar on every calibration draw measured (docs/quality.md).
+const DEFAULT_ACT_ORDER: &str = "static-groups";
+
 fn run_quantize(a: QuantizeArgs) -> Result<()> {
     let model = resolve_model(&a.model)?;
     let opts = QuantizeOptions {
@@ -276,7 +283,7 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
     let _ = a.sym;
     let mut opts = opts;
     if opts.method == Method::Gptq {
-        let act_order = match a.act_order.as_str() {
+        let act_order = match a.act_order.as_deref().unwrap_or(DEFAULT_ACT_ORDER) {
             "none" => ActOrder::None,
             "permute" => ActOrder::Permute,
             "static-groups" => ActOrder::StaticGroups,
@@ -297,7 +304,7 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
             },
             damp: a.damp,
             act_order,
-            grid_fit: if a.clip_search {
+            grid_fit: if a.clip_search.unwrap_or(true) {
                 GridFit::ClipSearch
             } else {
                 GridFit::MinMax
@@ -306,7 +313,11 @@ fn run_quantize(a: QuantizeArgs) -> Result<()> {
             // Test hook (like HYQ_FAULT): the backend layer loop on the CPU backend.
             backend_loop: std::env::var_os("HYQ_BACKEND_LOOP").is_some_and(|v| v == "1"),
         });
-    } else if a.calib.is_some() || a.resume || a.act_order != "none" || a.clip_search {
+    } else if a.calib.is_some()
+        || a.resume
+        || a.act_order.as_deref().is_some_and(|m| m != "none")
+        || a.clip_search == Some(true)
+    {
         return Err(hy_quant::Error::Flag {
             flag: "--method".into(),
             msg: format!(
