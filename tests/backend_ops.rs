@@ -1618,6 +1618,8 @@ fn gemv_kernels() -> Vec<GemvKernel> {
         k_warps,
         waves,
         cuda_cores,
+        tiled: false,
+        reg_cap: 0,
     };
     vec![
         GemvKernel::Step,
@@ -2249,6 +2251,8 @@ fn decode_gemv_variant_sweep() {
         k_warps,
         waves,
         cuda_cores,
+        tiled: false,
+        reg_cap: 0,
     };
     let variants = [
         GemvKernel::Step,
