@@ -15,6 +15,10 @@
 //   loads at a time), each streaming the packed weight once;
 // - everything else (prefill, act-order): `gptq_dequantize_w*` writes the 16-bit weight (in
 //   column chunks) and cuBLAS multiplies it.
+//
+// With GPTQ_EXPERIMENTS defined (the `gptq_experiments` module of src/backend/cuda/compile.rs,
+// this file again) only the decode experiments are instantiated instead: see the end of the
+// streaming kernel's section.
 
 __device__ __forceinline__ float gptq_zero(const int* qzeros, u32 g, u32 n, u32 n_out, u32 bits) {
     const u32 pf = 32u / bits, mask = (1u << bits) - 1u;
@@ -409,6 +413,7 @@ __device__ __forceinline__ void gptq_gemv(const u16* __restrict__ x, const int* 
         gptq_gemv<BITS, MB, KIND>(x, qweight, qzeros, scales, out, part, counters, m, n_out, k_in, \
                                   group_len, quads_per_split);                                      \
     }
+#ifndef GPTQ_EXPERIMENTS
 GEMV_KERNEL(4, 8, 0, f16)
 GEMV_KERNEL(4, 8, 1, bf16)
 GEMV_KERNEL(4, 16, 0, f16)
@@ -417,6 +422,7 @@ GEMV_KERNEL(8, 8, 0, f16)
 GEMV_KERNEL(8, 8, 1, bf16)
 GEMV_KERNEL(8, 16, 0, f16)
 GEMV_KERNEL(8, 16, 1, bf16)
+#endif
 
 // ------------------------------------------------------------------------------------------
 // Decode, streaming variant (`gptq_gemv_stream_*`): the same lane mapping, dequantization and
@@ -502,7 +508,23 @@ __device__ __forceinline__ void gemv_ffma_quad(const u32 (*h)[16u / BITS], const
         }
 }
 
-template <u32 BITS, u32 MB, u32 KIND, u32 U, bool FFMA>
+// Ints from qweight to a lane's first load (packed row 4 * qb + tig, columns n..n+3). GPTQ
+// layout: [K/PF, N], so a block's K slice is 512-byte pieces of rows 4N bytes apart. TILED (an
+// experiment, see GEMV_STREAM_EXPERIMENTS): the copy `gptq_tile_qweight` writes, where column
+// tile t (the 128 columns of block t) holds its packed row r at ints (t * K/PF + r) * 128, so
+// the block's whole K slice is one contiguous run (2 KiB per quad across its 4 warps).
+template <u32 PF, bool TILED>
+__device__ __forceinline__ u64 stream_weight_offset(u32 qb, u32 tig, u32 n, u32 n_out, u32 k_in) {
+    const u32 row = 4u * qb + tig;
+    if constexpr (TILED) {
+        return ((u64)(n / GS_COLS) * (k_in / PF) + row) * GS_COLS + n % GS_COLS;
+    } else {
+        return (u64)row * n_out + n;
+    }
+}
+
+// TILED: qweight is the column-tiled copy (stream_weight_offset); the math is unchanged.
+template <u32 BITS, u32 MB, u32 KIND, u32 U, bool FFMA, bool TILED>
 __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, const int* __restrict__ qweight,
                                                  const int* __restrict__ qzeros, const u16* __restrict__ scales,
                                                  float* __restrict__ out, float* __restrict__ part,
@@ -547,8 +569,8 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
     // Load side of the ring, kept to a few instructions per quad (the kernel is close to
     // issue-bound at m = 1): 64-bit pointers stepped by a constant, a countdown of the loads
     // left in the warp's range and in the current group, a flag per slot.
-    const u64 w_step = 4ull * n_out;
-    const int* wp = qweight + (active ? (u64)(4u * qb + tig) * n_out + n : 0ull);
+    const u64 w_step = TILED ? 4ull * GS_COLS : 4ull * n_out;
+    const int* wp = qweight + (active ? stream_weight_offset<PF, TILED>(qb, tig, n, n_out, k_in) : 0ull);
     const u16* sp = scales + (u64)(qb / quads_per_group) * n_out + n;
     const int* zp = qzeros + (u64)(qb / quads_per_group) * (n_out / PF) + n / PF;
     u32 loads_left = qe - qb;
@@ -671,8 +693,8 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
     extern "C" __global__ void __launch_bounds__(256) PREFIX##_w##BITS##_m##MB##_u##U##_##NAME(         \
         const u16* x, const int* qweight, const int* qzeros, const u16* scales, float* out,            \
         float* part, u32* counters, u32 m, u32 n_out, u32 k_in, u32 group_len, u32 quads_per_split) {   \
-        gptq_gemv_stream<BITS, MB, KIND, U, FFMA>(x, qweight, qzeros, scales, out, part, counters, m,   \
-                                                  n_out, k_in, group_len, quads_per_split);              \
+        gptq_gemv_stream<BITS, MB, KIND, U, FFMA, false>(x, qweight, qzeros, scales, out, part, counters, \
+                                                         m, n_out, k_in, group_len, quads_per_split);       \
     }
 #define GEMV_STREAM_BITS(BITS)                                                  \
     GEMV_STREAM_KERNEL(BITS, 8, 0, 4, false, gptq_gemv_stream, f16)             \
@@ -691,8 +713,51 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
     GEMV_STREAM_KERNEL(BITS, 2, 1, 8, true, gptq_gemv_ffma, bf16)               \
     GEMV_STREAM_KERNEL(BITS, 4, 0, 4, true, gptq_gemv_ffma, f16)                \
     GEMV_STREAM_KERNEL(BITS, 4, 1, 4, true, gptq_gemv_ffma, bf16)
+#ifndef GPTQ_EXPERIMENTS
 GEMV_STREAM_BITS(4)
 GEMV_STREAM_BITS(8)
+#else
+// Decode experiments (docs/cuda.md, "Profiled"; picked by GemvKernel::Stream's `tiled` and
+// `reg_cap`), only in the `gptq_experiments` module so the production one neither compiles
+// nor carries them. The m = 8 tensor-core kernel, named as in production plus
+// - `_cap<B>`: __launch_bounds__(256, B) caps the registers so that B blocks of 256 threads
+//   fit per SM (80 registers for 3, 64 for 4; ptxas spills the rest): does occupancy hide the
+//   load latency better than the spill costs?
+// - `_tiled`: reads the column-tiled copy of qweight: does one contiguous stream per block
+//   (DRAM page locality) beat 512-byte pieces of rows 4N bytes apart?
+// For ring 4 every combination of the two, for ring 8 the tiled one only.
+#define GEMV_STREAM_EXPERIMENT(BITS, KIND, U, TILED, BOUNDS, NAME)                                       \
+    extern "C" __global__ void BOUNDS gptq_gemv_stream_w##BITS##_m8_u##U##_##NAME(                      \
+        const u16* x, const int* qweight, const int* qzeros, const u16* scales, float* out,             \
+        float* part, u32* counters, u32 m, u32 n_out, u32 k_in, u32 group_len, u32 quads_per_split) {    \
+        gptq_gemv_stream<BITS, 8, KIND, U, false, TILED>(x, qweight, qzeros, scales, out, part, counters, \
+                                                         m, n_out, k_in, group_len, quads_per_split);       \
+    }
+#define GEMV_STREAM_EXPERIMENTS(BITS, KIND, NAME)                                         \
+    GEMV_STREAM_EXPERIMENT(BITS, KIND, 4, false, __launch_bounds__(256, 3), NAME##_cap3)   \
+    GEMV_STREAM_EXPERIMENT(BITS, KIND, 4, false, __launch_bounds__(256, 4), NAME##_cap4)   \
+    GEMV_STREAM_EXPERIMENT(BITS, KIND, 4, true, __launch_bounds__(256), NAME##_tiled)      \
+    GEMV_STREAM_EXPERIMENT(BITS, KIND, 4, true, __launch_bounds__(256, 3), NAME##_tiled_cap3) \
+    GEMV_STREAM_EXPERIMENT(BITS, KIND, 4, true, __launch_bounds__(256, 4), NAME##_tiled_cap4) \
+    GEMV_STREAM_EXPERIMENT(BITS, KIND, 8, true, __launch_bounds__(256), NAME##_tiled)
+GEMV_STREAM_EXPERIMENTS(4, 0, f16)
+GEMV_STREAM_EXPERIMENTS(4, 1, bf16)
+GEMV_STREAM_EXPERIMENTS(8, 0, f16)
+GEMV_STREAM_EXPERIMENTS(8, 1, bf16)
+
+// The column-tiled copy of qweight ([K/PF, N] int32, N a multiple of 128) the `_tiled` kernels
+// read: tiled[(t * rows + r) * 128 + c] = qweight[r * N + t * 128 + c] for column tile t, packed
+// row r (rows = K/PF), column c of the tile. One thread per 16 bytes of the copy: a warp
+// writes 512 contiguous bytes and reads one 512-byte piece of a source row.
+extern "C" __global__ void gptq_tile_qweight(const int* __restrict__ qweight, int* __restrict__ tiled, u32 rows,
+                                             u32 n_out) {
+    const u64 i = ((u64)blockIdx.x * blockDim.x + threadIdx.x) * 4u;  // first int of the copy
+    const u64 per_tile = (u64)rows * GS_COLS;
+    if (i >= per_tile * (n_out / GS_COLS)) return;
+    const u64 t = i / per_tile, r = i % per_tile / GS_COLS, c = i % GS_COLS;
+    *reinterpret_cast<U32x4*>(tiled + i) = *reinterpret_cast<const U32x4*>(qweight + r * n_out + t * GS_COLS + c);
+}
+#endif
 
 // ------------------------------------------------------------------------------------------
 // The weight a GPTQ loader reconstructs, W[n][k] = half(scale * (q - zero)), for the columns
@@ -758,5 +823,7 @@ __device__ __forceinline__ void gptq_dequantize_cols(const int* __restrict__ qwe
         gptq_dequantize_cols<BITS>(qweight, qzeros, scales, g_idx, out, n_out, k_in, group_len, kind, n0, \
                                    n_cols);                                                              \
     }
+#ifndef GPTQ_EXPERIMENTS
 DEQUANT_KERNEL(4)
 DEQUANT_KERNEL(8)
+#endif

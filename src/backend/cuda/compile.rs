@@ -51,11 +51,24 @@ impl KernelFile {
     }
 }
 
-/// Every kernel file.
+/// The decode-kernel experiments (register caps, the column-tiled weight layout; docs/cuda.md,
+/// "Profiled"): gptq.cu again with GPTQ_EXPERIMENTS defined, which instantiates only those
+/// kernels. A module of its own, so the production one neither compiles nor carries them; built
+/// at its first use (a forced experimental `GemvKernel`), not by `warm_up`.
+pub(crate) const GPTQ_EXPERIMENTS: KernelFile = KernelFile {
+    name: "gptq_experiments",
+    source: concat!(
+        "#define GPTQ_EXPERIMENTS\n#line 1 \"gptq.cu\"\n",
+        include_str!("../../../kernels/gptq.cu")
+    ),
+};
+
+/// Every kernel file production code uses (what `CudaBackend::warm_up` compiles).
 pub(crate) const ALL: [KernelFile; 5] = [ELEMENTWISE, ATTENTION, GPTQ, RTN, GPTQ_SOLVE];
 
-/// Compiles every kernel file for compute capability `cc` without a GPU or a cache (only
-/// libnvrtc is needed): a check that the sources build, and the cubin sizes.
+/// Compiles every kernel file (`ALL` and `GPTQ_EXPERIMENTS`) for compute capability `cc` without
+/// a GPU or a cache (only libnvrtc is needed): a check that the sources build, and the cubin
+/// sizes.
 pub fn compile_all(cc: (i32, i32)) -> Result<Vec<(&'static str, usize)>> {
     compile_all_with(cc, &[]).map(|v| v.into_iter().map(|(n, s, _)| (n, s)).collect())
 }
@@ -76,6 +89,7 @@ pub fn compile_all_with(
         let nvrtc = nvrtc_version()?;
         let include = cuda_include_dir();
         ALL.iter()
+            .chain([GPTQ_EXPERIMENTS].iter())
             .map(|f| {
                 let (bin, log) = compile_logged(f, cc, nvrtc, include.as_deref(), extra)?;
                 Ok((f.name, bin.len(), log))

@@ -9,6 +9,10 @@
 //!   `STREAM_MAX_ROWS` rows,
 //!   else `gptq_gemv_w{4,8}_m{8,16}_{f16,bf16}` (see `gemv_quads_per_split`). Both stream the
 //!   packed weight once and add their split sums in a fixed order inside the same launch.
+//! - Decode experiments, only through `set_gemv_kernel` (`GemvKernel::Stream`'s `tiled` and
+//!   `reg_cap`): register-capped streaming kernels and ones that read a column-tiled copy of
+//!   the packed weight (`tiled_qweight`, `gemm_gptq_tiled`), from the `gptq_experiments`
+//!   module (compile.rs; docs/cuda.md, "Profiled").
 //! - Everything else (prefill, act-order `g_idx`, odd shapes): `gptq_dequantize_w{4,8}` writes
 //!   the 16-bit weight for a chunk of output columns into a scratch buffer and cuBLAS
 //!   multiplies it. The dequantization reads the packed weight once and writes 4x (int4) its
@@ -22,8 +26,9 @@ use std::sync::MutexGuard;
 use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
-use super::{as_u32, compile, drv, grid_1d, CudaBackend, CudaBuf};
-use crate::backend::{runner_err, GptqWeight, HalfKind};
+use super::compile::{self, KernelFile};
+use super::{as_u32, drv, grid_1d, CudaBackend, CudaBuf};
+use crate::backend::{check_len, runner_err, GptqWeight, HalfKind};
 use crate::error::{Error, Result};
 
 /// Rows of x up to which the decode kernel runs (in launches of 16 rows); above, the weight is
@@ -71,11 +76,18 @@ pub enum GemvKernel {
     /// 128 columns times `k_warps` (1 or 2) along K, `waves` blocks per resident slot;
     /// `cuda_cores`: its CUDA-core twin `gptq_gemv_ffma_*` instead, for up to 4 rows (4 rows
     /// run with unroll 4).
+    ///
+    /// Experiments (tensor cores, up to 8 rows; `GemvKernel::experiment_suffix` lists what
+    /// exists): `tiled` reads the column-tiled copy of the weight (`gemm_gptq_tiled`);
+    /// `reg_cap` > 0 caps the registers so that `reg_cap` blocks of 256 threads fit per
+    /// multiprocessor (`__launch_bounds__(256, reg_cap)`). Production: false, 0.
     Stream {
         unroll: usize,
         k_warps: usize,
         waves: usize,
         cuda_cores: bool,
+        tiled: bool,
+        reg_cap: u8,
     },
 }
 
@@ -90,13 +102,16 @@ impl GemvKernel {
                 k_warps: STREAM_K_WARPS,
                 waves: STREAM_WAVES,
                 cuda_cores: rows <= STREAM_CUDA_CORE_MAX_ROWS,
+                tiled: false,
+                reg_cap: 0,
             }
         } else {
             GemvKernel::Step
         }
     }
 
-    /// The sweep's column name.
+    /// The sweep's column name: `step`, or `s<unroll>k<k_warps>w<waves>` (`c...` on CUDA
+    /// cores), then `t` when tiled and `c<reg_cap>` when capped (`s4k2w1tc3`).
     pub fn label(&self) -> String {
         match *self {
             GemvKernel::Step => "step".to_string(),
@@ -105,11 +120,69 @@ impl GemvKernel {
                 k_warps,
                 waves,
                 cuda_cores,
-            } => format!(
-                "{}{unroll}k{k_warps}w{waves}",
-                if cuda_cores { 'c' } else { 's' }
-            ),
+                tiled,
+                reg_cap,
+            } => {
+                let mut label = format!(
+                    "{}{unroll}k{k_warps}w{waves}",
+                    if cuda_cores { 'c' } else { 's' }
+                );
+                if tiled {
+                    label.push('t');
+                }
+                if reg_cap > 0 {
+                    label += &format!("c{reg_cap}");
+                }
+                label
+            }
         }
+    }
+
+    /// Whether the kernel reads the column-tiled copy of the weight (`gemm_gptq_tiled`).
+    pub fn is_tiled(&self) -> bool {
+        matches!(self, GemvKernel::Stream { tiled: true, .. })
+    }
+
+    /// The kernel name suffix of an experimental streaming variant in the `gptq_experiments`
+    /// module (`_tiled`, `_cap3`, `_tiled_cap4`, ...; kernels/gptq.cu,
+    /// GEMV_STREAM_EXPERIMENTS), `None` for a production variant, an error for a combination
+    /// that is not instantiated. Instantiated (m = 8 tensor-core kernels only): ring 4 with a
+    /// cap of 3 or 4 blocks, tiled or not, and tiled without a cap; ring 8 tiled without a cap.
+    fn experiment_suffix(&self) -> Result<Option<String>> {
+        let GemvKernel::Stream {
+            unroll,
+            cuda_cores,
+            tiled,
+            reg_cap,
+            ..
+        } = *self
+        else {
+            return Ok(None);
+        };
+        if !tiled && reg_cap == 0 {
+            return Ok(None);
+        }
+        let exists = !cuda_cores
+            && match unroll {
+                4 => matches!(reg_cap, 0 | 3 | 4),
+                8 => tiled && reg_cap == 0,
+                _ => false,
+            };
+        if !exists {
+            return Err(Error::cuda(format!(
+                "no decode experiment kernel for {} (there are: tensor cores, ring 4 tiled and/or \
+                 capped at 3 or 4 blocks, ring 8 tiled)",
+                self.label()
+            )));
+        }
+        let mut suffix = String::new();
+        if tiled {
+            suffix += "_tiled";
+        }
+        if reg_cap > 0 {
+            suffix += &format!("_cap{reg_cap}");
+        }
+        Ok(Some(suffix))
     }
 }
 
@@ -146,9 +219,12 @@ fn stream_smem_bytes(rows: usize, mb: usize, qps: usize, kq: usize, k_warps: usi
     (rows * x_pitch(qps, kq) * 2).max(k_warps * mb * GS_COLS * 4)
 }
 
-/// One decode launch, planned: kernel name, grid, threads per block, shared memory, K slice.
+/// One decode launch, planned: kernel (module and name), grid, threads per block, shared
+/// memory, K slice, and whether it reads the column-tiled weight.
 struct GemvPlan {
+    file: KernelFile,
     name: String,
+    tiled: bool,
     grid: (usize, usize),
     block: (u32, u32),
     smem: usize,
@@ -183,7 +259,8 @@ impl CudaBackend {
     }
 
     /// Forces the decode kernel for tuning runs; `None` restores the automatic choice
-    /// (`GemvKernel::auto`). A `Stream` unroll of 4 with more than 8 rows runs with 8.
+    /// (`GemvKernel::auto`). A `Stream` unroll of 4 with more than 8 rows runs with 8; the
+    /// experimental variants (`tiled`, `reg_cap`) run up to 8 rows only.
     pub fn set_gemv_kernel(&self, kernel: Option<GemvKernel>) -> Result<()> {
         if let Some(GemvKernel::Stream {
             unroll,
@@ -197,6 +274,9 @@ impl CudaBackend {
                     "no streaming decode kernel with unroll {unroll}, {k_warps} K warps, {waves} waves"
                 )));
             }
+        }
+        if let Some(k) = kernel {
+            k.experiment_suffix()?;
         }
         *self
             .gemv_kernel_override
@@ -331,6 +411,8 @@ impl CudaBackend {
                 let col_tiles = n / GV_COLS;
                 let qps = self.gemv_quads_per_split(&f, &name, col_tiles, quads, (rows, mb, kq))?;
                 Ok(GemvPlan {
+                    file: compile::GPTQ,
+                    tiled: false,
                     grid: (col_tiles, quads.div_ceil(qps)),
                     block: (GV_THREADS, 1),
                     smem: gemv_smem_bytes(rows, mb, qps.min(quads), kq),
@@ -344,19 +426,38 @@ impl CudaBackend {
                 k_warps,
                 waves,
                 cuda_cores,
+                tiled,
+                ..
             } => {
-                // Instantiated: tensor cores m8 u4/u8 and m16 u8; CUDA cores m1/m2 u4/u8, m4 u4.
-                let (mb, name) = if cuda_cores && rows <= 4 {
+                // Instantiated: tensor cores m8 u4/u8 and m16 u8; CUDA cores m1/m2 u4/u8, m4 u4;
+                // the experiments (m8 only) in their own module.
+                let (file, mb, name) = if let Some(suffix) = kernel.experiment_suffix()? {
+                    if rows > 8 {
+                        return Err(Error::cuda(format!(
+                            "decode experiment {} runs up to 8 rows per launch, not {rows}",
+                            kernel.label()
+                        )));
+                    }
+                    if tiled && n % GS_COLS != 0 {
+                        return Err(Error::cuda(format!(
+                            "decode experiment {}: the column-tiled weight needs out_features a \
+                             multiple of {GS_COLS}, not {n}",
+                            kernel.label()
+                        )));
+                    }
+                    let name = format!("gptq_gemv_stream_w{}_m8_u{unroll}_{kind}{suffix}", w.bits);
+                    (compile::GPTQ_EXPERIMENTS, 8, name)
+                } else if cuda_cores && rows <= 4 {
                     let mb = rows.next_power_of_two();
                     let unroll = if mb == 4 { 4 } else { unroll };
                     let name = format!("gptq_gemv_ffma_w{}_m{mb}_u{unroll}_{kind}", w.bits);
-                    (mb, name)
+                    (compile::GPTQ, mb, name)
                 } else {
                     let unroll = if mb == 16 { 8 } else { unroll };
                     let name = format!("gptq_gemv_stream_w{}_m{mb}_u{unroll}_{kind}", w.bits);
-                    (mb, name)
+                    (compile::GPTQ, mb, name)
                 };
-                let f = self.func(&compile::GPTQ, &name)?;
+                let f = self.func(&file, &name)?;
                 let col_blocks = n.div_ceil(GS_COLS);
                 let qps = self.stream_quads_per_split(
                     &f,
@@ -367,6 +468,8 @@ impl CudaBackend {
                     (k_warps, waves),
                 )?;
                 Ok(GemvPlan {
+                    file,
+                    tiled,
                     grid: (col_blocks, quads.div_ceil(qps)),
                     block: ((GS_COLS) as u32, k_warps as u32),
                     smem: stream_smem_bytes(rows, mb, qps.min(quads), kq, k_warps),
@@ -391,17 +494,37 @@ impl CudaBackend {
         )))
     }
 
-    /// The decode launch for `rows` <= 16 rows of x (views into the caller's buffers).
+    /// The decode launch for `rows` <= 16 rows of x (views into the caller's buffers); `tiled`:
+    /// the column-tiled copy of `w.qweight`, which the tiled experiments read instead.
     fn gptq_gemv(
         &self,
         x: &CudaView<'_, u16>,
         w: &GptqWeight<Self>,
+        tiled: Option<&CudaBuf<i32>>,
         rows: usize,
         out: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
         let (n, k) = (w.out_features, w.in_features);
         let plan = self.gemv_plan(w, rows, self.gemv_kernel(rows)?)?;
-        let f = self.func(&compile::GPTQ, &plan.name)?;
+        let qweight = match (plan.tiled, tiled) {
+            (false, None) => &w.qweight,
+            (true, Some(t)) => t,
+            (true, None) => {
+                return Err(Error::cuda(format!(
+                    "{} reads the column-tiled weight: call gemm_gptq_tiled with the copy \
+                     tiled_qweight makes",
+                    plan.name
+                )))
+            }
+            (false, Some(_)) => {
+                return Err(Error::cuda(format!(
+                    "gemm_gptq_tiled: the decode kernel {} does not read the column-tiled \
+                     weight (force a tiled variant with set_gemv_kernel)",
+                    plan.name
+                )))
+            }
+        };
+        let f = self.func(&plan.file, &plan.name)?;
         let splits = plan.grid.1;
         let mut part = if splits > 1 {
             Some(self.scratch::<f32>(splits * rows * n)?)
@@ -431,7 +554,7 @@ impl CudaBackend {
         let null: u64 = 0;
         let mut b = self.stream.launch_builder(&f);
         b.arg(x)
-            .arg(&w.qweight.slice)
+            .arg(&qweight.slice)
             .arg(&w.qzeros.slice)
             .arg(&w.scales.slice)
             .arg(out);
@@ -447,8 +570,10 @@ impl CudaBackend {
             .arg(&qps_u);
         // SAFETY: matches gptq_gemv_w*_m*_* / gptq_gemv_stream_w*_m*_u*_* (the block shape and
         // dynamic shared memory of `plan`, at most 45 KiB, 256 threads); `gemv_fits` checked
-        // the shapes the kernels rely on; `part` holds splits x rows x n floats; `counters`
-        // holds at least `plan.counters` zeroed words (each launch leaves them zero again).
+        // the shapes the kernels rely on (and `gemv_plan` N % 128 == 0 for the tiled ones,
+        // whose copy has as many ints as `w.qweight`, checked by `gemm_gptq_tiled`); `part`
+        // holds splits x rows x n floats; `counters` holds at least `plan.counters` zeroed
+        // words (each launch leaves them zero again).
         unsafe { b.launch(cfg) }.map_err(Self::launch_err(&plan.name))?;
         Ok(())
     }
@@ -464,6 +589,69 @@ impl CudaBackend {
             *guard = Some(self.alloc::<u32>(len.max(1024))?);
         }
         Ok(guard)
+    }
+
+    /// The column-tiled copy of `w.qweight` that the tiled decode experiments read
+    /// (`gptq_tile_qweight`): `tiled[(t * rows + r) * 128 + c] = qweight[r * N + t * 128 + c]`
+    /// for column tile t of 128, packed row r (rows = K / (32 / bits)), so the K slice of each
+    /// 128-column decode block is one contiguous run. Needs N a multiple of 128. A layout
+    /// experiment (docs/cuda.md, "Profiled"): `GptqWeight` keeps the GPTQ layout.
+    pub fn tiled_qweight(&self, w: &GptqWeight<Self>) -> Result<CudaBuf<i32>> {
+        let n = w.out_features;
+        let rows = w.in_features / (32 / w.bits as usize);
+        if n % GS_COLS != 0 {
+            return Err(Error::cuda(format!(
+                "tiled_qweight: the column-tiled weight needs out_features a multiple of \
+                 {GS_COLS}, not {n}"
+            )));
+        }
+        check_len("tiled_qweight", "qweight", w.qweight.len, rows * n)?;
+        let len = rows * n;
+        let mut tiled = self.scratch::<i32>(len)?;
+        if len == 0 {
+            return Ok(tiled);
+        }
+        let name = "gptq_tile_qweight";
+        let f = self.func(&compile::GPTQ_EXPERIMENTS, name)?;
+        let (rows_u, n_u) = (as_u32("packed rows", rows)?, as_u32("out_features", n)?);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&w.qweight.slice)
+            .arg(&mut tiled.slice)
+            .arg(&rows_u)
+            .arg(&n_u);
+        // SAFETY: matches gptq_tile_qweight; both buffers hold rows x n ints (n a multiple of
+        // 128, so every thread's 16 bytes are in range and aligned); one thread per 4 ints of
+        // the copy writes all of it.
+        unsafe { b.launch(grid_1d((len / 4) as u64, 256)?) }.map_err(Self::launch_err(name))?;
+        Ok(tiled)
+    }
+
+    /// `gemm_gptq` for 1 to 8 rows through `tiled`, the column-tiled copy of `w.qweight`
+    /// (`tiled_qweight`), with the decode kernel forced by `set_gemv_kernel`, which must be a
+    /// tiled streaming variant (`GemvKernel::is_tiled`). For the layout experiment's tests and
+    /// sweep only.
+    pub fn gemm_gptq_tiled(
+        &self,
+        x: &CudaBuf<u16>,
+        w: &GptqWeight<Self>,
+        tiled: &CudaBuf<i32>,
+        m: usize,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        let (n, k) = (w.out_features, w.in_features);
+        check_len("gemm_gptq_tiled", "x", x.len, m * k)?;
+        check_len("gemm_gptq_tiled", "out", out.len, m * n)?;
+        check_len("gemm_gptq_tiled", "tiled", tiled.len, w.qweight.len)?;
+        if !(1..=8).contains(&m) || !self.gemv_fits(w) {
+            return Err(Error::cuda(format!(
+                "gemm_gptq_tiled: {m} rows of a {n} x {k} int{} weight take no decode kernel \
+                 (1 to 8 rows and the shapes of the streaming kernel)",
+                w.bits
+            )));
+        }
+        let xv = x.slice.slice(0..m * k);
+        let mut ov = out.slice.slice_mut(0..m * n);
+        self.gptq_gemv(&xv, w, Some(tiled), m, &mut ov)
     }
 
     /// `gptq_dequantize_w*`: W[n0..n0 + n_cols] of `w` as 16-bit rows into `out`.
@@ -538,7 +726,7 @@ impl CudaBackend {
                 let rows = (m - r0).min(16);
                 let xv = x.slice.slice(r0 * k..(r0 + rows) * k);
                 let mut ov = out.slice.slice_mut(r0 * n..(r0 + rows) * n);
-                self.gptq_gemv(&xv, w, rows, &mut ov)?;
+                self.gptq_gemv(&xv, w, None, rows, &mut ov)?;
             }
             return Ok(());
         }
