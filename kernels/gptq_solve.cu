@@ -161,6 +161,35 @@ __device__ __forceinline__ bool gq_fit_group(const float* wrow, u32 j, u32 end, 
     return true;
 }
 
+// One warp fits row `row`'s group g, values [j, end) of wrow (min/max folded with 0, then
+// gq_fit_group), and lane 0 stores the grid in scales/zeros [groups, n_out]; a grid that cannot
+// be stored sets *overflow and yields scale 1, zero 0. Min/max are exact in any order.
+__device__ __forceinline__ void gq_fit_store_group(const float* wrow, u32 j, u32 end, u32 g, u32 row, u32 n_out,
+                                                   u32 bits, u32 sym, u32 store, u32 clip, u32 lane,
+                                                   float* __restrict__ scales, u32* __restrict__ zeros,
+                                                   u32* __restrict__ overflow, float* scale_out, u32* zero_out) {
+    float lo = 0.0f, hi = 0.0f;
+    for (u32 c = j + lane; c < end; c += 32u) {
+        const float v = wrow[c];
+        lo = fminf(lo, v);
+        hi = fmaxf(hi, v);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+    }
+    if (!gq_fit_group(wrow, j, end, lo, hi, bits, sym, store, clip, lane, scale_out, zero_out)) {
+        if (lane == 0) *overflow = 1u;
+        *scale_out = 1.0f;
+        *zero_out = 0u;
+    }
+    if (lane == 0) {
+        scales[(u64)g * n_out + row] = *scale_out;
+        zeros[(u64)g * n_out + row] = *zero_out;
+    }
+}
+
 #define GQ_MAX_BLOCK 128
 #define GQ_SLOTS (GQ_MAX_BLOCK / 32)
 
@@ -215,31 +244,12 @@ extern "C" __global__ void gq_sweep_block(const float* __restrict__ w, const flo
             const u32 j = i1 + i;
             const u32 g = col_group[j];
             if (dynamic && j % glen == 0u) {
-                // Fit the group on the block-start weights (min/max: exact in any order; the clip
-                // search sums in grid.rs warp_order_sum order).
-                const u32 end = min(j + glen, k);
-                float lo = 0.0f, hi = 0.0f;
-                for (u32 c = j + lane; c < end; c += 32u) {
-                    const float v = wrow[c];
-                    lo = fminf(lo, v);
-                    hi = fmaxf(hi, v);
-                }
-#pragma unroll
-                for (int o = 16; o > 0; o >>= 1) {
-                    lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
-                    hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
-                }
+                // Fit the group on the block-start weights (the clip search sums in grid.rs
+                // warp_order_sum order).
                 float s;
                 u32 z;
-                if (!gq_fit_group(wrow, j, end, lo, hi, bits, sym, store, clip, lane, &s, &z)) {
-                    if (lane == 0) *overflow = 1u;
-                    s = 1.0f;
-                    z = 0u;
-                }
-                if (lane == 0) {
-                    scales[(u64)g * n_out + row] = s;
-                    zeros[(u64)g * n_out + row] = z;
-                }
+                gq_fit_store_group(wrow, j, min(j + glen, k), g, row, n_out, bits, sym, store, clip, lane, scales,
+                                   zeros, overflow, &s, &z);
                 scale = s;
                 zf = (float)z;
                 cur_g = g;
@@ -365,28 +375,11 @@ extern "C" __global__ void gq_fit_groups(const float* __restrict__ w, float* __r
     if (wid >= (u64)n_out * groups) return;  // whole warps leave together
     const u32 row = (u32)(wid / groups), g = (u32)(wid % groups);
     const float* wrow = w + (u64)row * k;
-    const u32 j = g * glen, end = min(j + glen, k);
-    float lo = 0.0f, hi = 0.0f;
-    for (u32 c = j + lane; c < end; c += 32u) {
-        lo = fminf(lo, wrow[c]);
-        hi = fmaxf(hi, wrow[c]);
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
-        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
-    }
+    const u32 j = g * glen;
     float s;
     u32 z;
-    if (!gq_fit_group(wrow, j, end, lo, hi, bits, sym, store, clip, lane, &s, &z)) {
-        if (lane == 0) *overflow = 1u;
-        s = 1.0f;
-        z = 0u;
-    }
-    if (lane == 0) {
-        scales[(u64)g * n_out + row] = s;
-        zeros[(u64)g * n_out + row] = z;
-    }
+    gq_fit_store_group(wrow, j, min(j + glen, k), g, row, n_out, bits, sym, store, clip, lane, scales, zeros,
+                       overflow, &s, &z);
 }
 
 // Dequantized weight in original column order (QuantizedLinear::dequantize):

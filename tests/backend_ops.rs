@@ -373,28 +373,7 @@ fn gptq_body<B: Backend>(b: &B) {
         (8, 8, false, true, HalfKind::F16, 264),
     ] {
         let ql = sample_linear(bits, gs, sym, act_order, n, k, kind, bits as u64 * 31 + 7);
-        let dtype = match kind {
-            HalfKind::BF16 => DType::BF16,
-            HalfKind::F16 => DType::F16,
-        };
-        let packed = gptq_v1::pack(&ql, dtype);
-        let scales: Vec<u16> = packed
-            .scales
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        let host = GptqHost {
-            name: "test.linear",
-            scheme: ql.scheme,
-            in_features: k,
-            out_features: n,
-            qweight: &packed.qweight,
-            qzeros: &packed.qzeros,
-            scales: &scales,
-            half: kind,
-            g_idx: &packed.g_idx,
-        };
-        let w = GptqWeight::upload(b, &host).unwrap();
+        let w = upload_sample(b, &ql, kind);
         assert_eq!(w.g_idx.is_some(), act_order);
         // The weight a loader reconstructs, rounded to the model dtype.
         let wq: Vec<u16> = halves(kind, &ql.dequantize());
@@ -1646,28 +1625,7 @@ fn decode_weight(
     seed: u64,
 ) -> (GptqWeight<CudaBackend>, Vec<f32>) {
     let ql = sample_linear(bits, gs, false, false, n, k, kind, seed);
-    let dtype = match kind {
-        HalfKind::BF16 => DType::BF16,
-        HalfKind::F16 => DType::F16,
-    };
-    let packed = gptq_v1::pack(&ql, dtype);
-    let scales: Vec<u16> = packed
-        .scales
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect();
-    let host = GptqHost {
-        name: "t",
-        scheme: ql.scheme,
-        in_features: k,
-        out_features: n,
-        qweight: &packed.qweight,
-        qzeros: &packed.qzeros,
-        scales: &scales,
-        half: kind,
-        g_idx: &packed.g_idx,
-    };
-    let w = GptqWeight::upload(b, &host).unwrap();
+    let w = upload_sample(b, &ql, kind);
     assert!(w.g_idx.is_none());
     assert!(
         b.describe_gemv(&w, 1).unwrap().is_some(),
@@ -1968,33 +1926,16 @@ fn cuda_matches_cpu_backend() {
     let (n, k, m) = (256usize, 1024usize, 4usize);
     let kind = HalfKind::BF16;
     let ql = sample_linear(4, 128, true, false, n, k, kind, 99);
-    let packed = gptq_v1::pack(&ql, DType::BF16);
-    let scales: Vec<u16> = packed
-        .scales
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect();
-    let host = GptqHost {
-        name: "t",
-        scheme: ql.scheme,
-        in_features: k,
-        out_features: n,
-        qweight: &packed.qweight,
-        qzeros: &packed.qzeros,
-        scales: &scales,
-        half: kind,
-        g_idx: &packed.g_idx,
-    };
     let xh = halves(kind, &randn(5, m * k, 1.0));
     let c = {
-        let w = GptqWeight::upload(&cpu, &host).unwrap();
+        let w = upload_sample(&cpu, &ql, kind);
         let mut o = cpu.zeros::<f32>(m * n).unwrap();
         cpu.gemm_gptq(&cpu.upload(&xh).unwrap(), &w, m, &mut o)
             .unwrap();
         o
     };
     let g = {
-        let w = GptqWeight::upload(&gpu, &host).unwrap();
+        let w = upload_sample(&gpu, &ql, kind);
         let mut o = gpu.zeros::<f32>(m * n).unwrap();
         gpu.gemm_gptq(&gpu.upload(&xh).unwrap(), &w, m, &mut o)
             .unwrap();
@@ -2127,24 +2068,7 @@ fn cuda_timings() {
     let kind = HalfKind::BF16;
     for bits in [4u8, 8] {
         let ql = sample_linear(bits, 128, true, false, n, k, kind, 1);
-        let packed = gptq_v1::pack(&ql, DType::BF16);
-        let scales: Vec<u16> = packed
-            .scales
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        let host = GptqHost {
-            name: "t",
-            scheme: ql.scheme,
-            in_features: k,
-            out_features: n,
-            qweight: &packed.qweight,
-            qzeros: &packed.qzeros,
-            scales: &scales,
-            half: kind,
-            g_idx: &packed.g_idx,
-        };
-        let w = GptqWeight::upload(&b, &host).unwrap();
+        let w = upload_sample(&b, &ql, kind);
         let mut deq = b.zeros::<u16>(n * k).unwrap();
         b.dequantize_gptq(&w, &mut deq).unwrap();
         for m in [1usize, 4, 16, 64, 512] {
@@ -2210,21 +2134,23 @@ fn cuda_timings() {
     println!("memory after timings: {:?}", b.memory());
 }
 
-/// A random GPTQ v1 linear (`sample_linear`: int`bits` g128 sym, no act-order) on `b`.
-fn random_gptq<B: Backend>(b: &B, bits: u8, n: usize, k: usize, seed: u64) -> GptqWeight<B> {
-    let kind = HalfKind::BF16;
-    let ql = sample_linear(bits, 128, true, false, n, k, kind, seed);
-    let packed = gptq_v1::pack(&ql, DType::BF16);
+/// `ql` packed as GPTQ v1 in `kind` and uploaded to `b` (what a loader gives the backend).
+fn upload_sample<B: Backend>(b: &B, ql: &QuantizedLinear, kind: HalfKind) -> GptqWeight<B> {
+    let dtype = match kind {
+        HalfKind::BF16 => DType::BF16,
+        HalfKind::F16 => DType::F16,
+    };
+    let packed = gptq_v1::pack(ql, dtype);
     let scales: Vec<u16> = packed
         .scales
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]))
         .collect();
     let host = GptqHost {
-        name: "bench",
+        name: "test.linear",
         scheme: ql.scheme,
-        in_features: k,
-        out_features: n,
+        in_features: ql.in_features,
+        out_features: ql.out_features,
         qweight: &packed.qweight,
         qzeros: &packed.qzeros,
         scales: &scales,
@@ -2232,6 +2158,13 @@ fn random_gptq<B: Backend>(b: &B, bits: u8, n: usize, k: usize, seed: u64) -> Gp
         g_idx: &packed.g_idx,
     };
     GptqWeight::upload(b, &host).unwrap()
+}
+
+/// A random GPTQ v1 linear (`sample_linear`: int`bits` g128 sym, no act-order) on `b`.
+fn random_gptq<B: Backend>(b: &B, bits: u8, n: usize, k: usize, seed: u64) -> GptqWeight<B> {
+    let kind = HalfKind::BF16;
+    let ql = sample_linear(bits, 128, true, false, n, k, kind, seed);
+    upload_sample(b, &ql, kind)
 }
 
 /// Device time of one call of `f` in microseconds, as a decode step sees it: the median of
