@@ -47,6 +47,26 @@ extern "C" __global__ void silu_mul_f32(const float* __restrict__ gate, const fl
     out[i] = g / (1.0f + expf(-g)) * up[i];
 }
 
+// silu_mul over a fused gate|up output: gu [rows, 2 * inter], out [rows, inter] (n = rows * inter).
+extern "C" __global__ void silu_mul_fused_f32(const float* __restrict__ gu, float* __restrict__ out,
+                                              u64 n, u32 inter) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const u64 r = i / inter, j = i % inter;
+    const float* row = gu + r * 2 * inter;
+    const float g = row[j];
+    out[i] = g / (1.0f + expf(-g)) * row[inter + j];
+}
+
+// dst[r, j] = src[r, col0 + j]: one column block of a fused linear's output (n = rows * dst_cols).
+extern "C" __global__ void split_cols_f32(const float* __restrict__ src, float* __restrict__ dst,
+                                          u64 n, u32 src_cols, u32 col0, u32 dst_cols) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const u64 r = i / dst_cols, j = i % dst_cols;
+    dst[i] = src[r * src_cols + col0 + j];
+}
+
 // Out-of-range ids give NaN rows (the host cannot check ids that live on the device).
 extern "C" __global__ void embedding_half(const u16* __restrict__ table, const u32* __restrict__ ids,
                                           float* __restrict__ out, u32 rows, u32 hidden, u32 vocab,

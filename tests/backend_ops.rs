@@ -134,6 +134,90 @@ fn silu_mul_body<B: Backend>(b: &B) {
     report("silu_mul", b, max_abs_err(&got, &want), 1e-5);
 }
 
+/// `silu_mul_fused` over a [rows, 2 * inter] gate|up buffer: bit-identical to `silu_mul` on
+/// the split halves (same arithmetic), and to the host reference within 1e-5.
+fn silu_mul_fused_body<B: Backend>(b: &B) {
+    for (rows, inter) in [(1usize, 384usize), (7, 1000), (16, 33)] {
+        let gu = randn(rows as u64 * 31 + inter as u64, rows * 2 * inter, 3.0);
+        let (mut g, mut u) = (Vec::new(), Vec::new());
+        for row in gu.chunks(2 * inter) {
+            g.extend_from_slice(&row[..inter]);
+            u.extend_from_slice(&row[inter..]);
+        }
+        let want: Vec<f64> = g
+            .iter()
+            .zip(&u)
+            .map(|(&g, &u)| g as f64 / (1.0 + (-g as f64).exp()) * u as f64)
+            .collect();
+        let mut out = b.zeros::<f32>(rows * inter).unwrap();
+        b.silu_mul_fused(&b.upload(&gu).unwrap(), inter, &mut out)
+            .unwrap();
+        let got = b.download(&out).unwrap();
+        let mut split = b.zeros::<f32>(rows * inter).unwrap();
+        b.silu_mul(&b.upload(&g).unwrap(), &b.upload(&u).unwrap(), &mut split)
+            .unwrap();
+        assert_eq!(
+            got,
+            b.download(&split).unwrap(),
+            "silu_mul_fused vs silu_mul {rows}x{inter} on {}",
+            b.name()
+        );
+        report(
+            &format!("silu_mul_fused {rows}x{inter}"),
+            b,
+            max_abs_err(&got, &want),
+            1e-5,
+        );
+    }
+    let gu = b.upload(&[0f32; 12]).unwrap();
+    let mut out = b.zeros::<f32>(4).unwrap();
+    let err = b.silu_mul_fused(&gu, 4, &mut out).unwrap_err();
+    assert!(err.to_string().contains("silu_mul_fused"), "{err}");
+    let err = b.silu_mul_fused(&gu, 5, &mut out).unwrap_err();
+    assert!(err.to_string().contains("silu_mul_fused"), "{err}");
+}
+
+/// `split_cols` copies column blocks exactly (q|k|v widths of a GQA layer, an odd width, one
+/// row and many rows) and rejects blocks past the source's last column.
+fn split_cols_body<B: Backend>(b: &B) {
+    for (rows, parts) in [
+        (1usize, vec![128usize, 64, 64]),
+        (13, vec![4096, 1024, 1024]),
+        (5, vec![7, 1, 30]),
+    ] {
+        let cols: usize = parts.iter().sum();
+        let src: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let sd = b.upload(&src).unwrap();
+        let mut col0 = 0;
+        for &w in &parts {
+            let mut dst = b.zeros::<f32>(rows * w).unwrap();
+            b.split_cols(&sd, rows, cols, col0, &mut dst).unwrap();
+            let want: Vec<f32> = src
+                .chunks(cols)
+                .flat_map(|r| r[col0..col0 + w].to_vec())
+                .collect();
+            assert_eq!(
+                b.download(&dst).unwrap(),
+                want,
+                "split_cols {rows}x{cols} [{col0}, {}) on {}",
+                col0 + w,
+                b.name()
+            );
+            col0 += w;
+        }
+    }
+    let sd = b.upload(&[0f32; 20]).unwrap();
+    let mut dst = b.zeros::<f32>(8).unwrap();
+    let err = b.split_cols(&sd, 2, 10, 7, &mut dst).unwrap_err();
+    assert!(err.to_string().contains("split_cols"), "{err}");
+    let err = b.split_cols(&sd, 3, 10, 0, &mut dst).unwrap_err();
+    assert!(err.to_string().contains("split_cols"), "{err}");
+    let mut empty = b.zeros::<f32>(0).unwrap();
+    b.split_cols(&b.zeros::<f32>(0).unwrap(), 0, 10, 0, &mut empty)
+        .unwrap();
+    report("split_cols (exact)", b, 0.0, 0.0);
+}
+
 fn embedding_body<B: Backend>(b: &B) {
     let (vocab, hidden) = (300usize, 96usize);
     for kind in [HalfKind::BF16, HalfKind::F16] {
@@ -1445,6 +1529,8 @@ both! {
     rms_norm_body => rms_norm_cpu, rms_norm_cuda;
     rope_body => rope_cpu, rope_cuda;
     silu_mul_body => silu_mul_cpu, silu_mul_cuda;
+    silu_mul_fused_body => silu_mul_fused_cpu, silu_mul_fused_cuda;
+    split_cols_body => split_cols_cpu, split_cols_cuda;
     embedding_body => embedding_cpu, embedding_cuda;
     argmax_body => argmax_cpu, argmax_cuda;
     to_half_body => to_half_cpu, to_half_cuda;

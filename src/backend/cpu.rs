@@ -4,8 +4,8 @@
 use rayon::prelude::*;
 
 use crate::backend::{
-    check_len, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind, InverseFactor,
-    MemStats,
+    check_len, check_silu_mul_fused, check_split_cols, rows_of, runner_err, AttnShape, Backend,
+    Elem, GptqWeight, HalfKind, InverseFactor, MemStats,
 };
 use crate::error::Result;
 use crate::quant::gptq::{
@@ -124,6 +124,19 @@ impl Backend for CpuBackend {
         out.par_iter_mut()
             .zip(gate.par_iter().zip(up.par_iter()))
             .for_each(|(o, (g, u))| *o = silu(*g) * u);
+        Ok(())
+    }
+
+    fn silu_mul_fused(&self, gu: &Vec<f32>, inter: usize, out: &mut Vec<f32>) -> Result<()> {
+        check_silu_mul_fused(gu.len(), inter, out.len())?;
+        out.par_chunks_mut(inter)
+            .zip(gu.par_chunks(2 * inter))
+            .for_each(|(o, row)| {
+                let (g, u) = row.split_at(inter);
+                for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                    *o = silu(*g) * u;
+                }
+            });
         Ok(())
     }
 
@@ -499,6 +512,24 @@ impl Backend for CpuBackend {
         x.par_chunks_mut(bias.len()).for_each(|row| {
             row.iter_mut().zip(bias).for_each(|(a, b)| *a += b);
         });
+        Ok(())
+    }
+
+    fn split_cols(
+        &self,
+        src: &Vec<f32>,
+        rows: usize,
+        src_cols: usize,
+        col0: usize,
+        dst: &mut Vec<f32>,
+    ) -> Result<()> {
+        let dst_cols = check_split_cols(src.len(), rows, src_cols, col0, dst.len())?;
+        if dst_cols == 0 {
+            return Ok(());
+        }
+        dst.par_chunks_mut(dst_cols)
+            .zip(src.par_chunks(src_cols))
+            .for_each(|(d, s)| d.copy_from_slice(&s[col0..col0 + dst_cols]));
         Ok(())
     }
 

@@ -468,6 +468,16 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Buf<f32>,
     ) -> Result<()>;
 
+    /// `out[r, j] = silu(gu[r, j]) * gu[r, inter + j]`: `silu_mul` over the output of a fused
+    /// gate|up linear (`gu` [rows, 2 * inter], `out` [rows, inter]); same arithmetic as
+    /// `silu_mul`.
+    fn silu_mul_fused(
+        &self,
+        gu: &Self::Buf<f32>,
+        inter: usize,
+        out: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
     /// `out[r] = table[ids[r]]` as f32; `table` is [vocab, hidden] of `half`. Ids must be
     /// below vocab (the GPU writes NaN rows for others, the CPU returns an error).
     fn embedding(
@@ -586,6 +596,18 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Buf<f32>,
     ) -> Result<()>;
 
+    /// `dst[r, j] = src[r, col0 + j]`: columns `col0..col0 + dst_cols` of `src`
+    /// ([rows, src_cols] row-major) into the dense `dst` ([rows, dst_cols], dst_cols =
+    /// `dst.len() / rows`); splits the output of a fused linear (q|k|v) into its parts.
+    fn split_cols(
+        &self,
+        src: &Self::Buf<f32>,
+        rows: usize,
+        src_cols: usize,
+        col0: usize,
+        dst: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
     /// `h ← h·n/(n+m) + 2/(n+m)·XᵀX` for the m = `rows` rows of `x` ([rows, dim]), with
     /// n = `nsamples` rows accumulated before: the running average of gptq.rs
     /// `Hessian::add_batch`. `h` is [dim, dim] f32, exactly symmetric (cuBLAS SSYRK on the
@@ -688,6 +710,38 @@ pub(crate) fn rows_of(op: &str, what: &str, len: usize, cols: usize) -> Result<u
         )));
     }
     Ok(len / cols)
+}
+
+/// Checks `split_cols`' shapes; returns dst_cols (0 when `rows` is 0).
+pub(crate) fn check_split_cols(
+    src_len: usize,
+    rows: usize,
+    src_cols: usize,
+    col0: usize,
+    dst_len: usize,
+) -> Result<usize> {
+    check_len("split_cols", "src", src_len, rows * src_cols)?;
+    if rows == 0 {
+        return check_len("split_cols", "dst", dst_len, 0).map(|_| 0);
+    }
+    let dst_cols = rows_of("split_cols", "dst", dst_len, rows)?;
+    if col0 + dst_cols > src_cols {
+        return Err(runner_err(format!(
+            "split_cols: columns {col0}..{} of a {src_cols}-column source",
+            col0 + dst_cols
+        )));
+    }
+    Ok(dst_cols)
+}
+
+/// Checks `silu_mul_fused`'s shapes; returns the rows.
+pub(crate) fn check_silu_mul_fused(gu_len: usize, inter: usize, out_len: usize) -> Result<usize> {
+    if inter == 0 {
+        return Err(runner_err("silu_mul_fused: inter is 0"));
+    }
+    let rows = rows_of("silu_mul_fused", "gu", gu_len, 2 * inter)?;
+    check_len("silu_mul_fused", "out", out_len, rows * inter)?;
+    Ok(rows)
 }
 
 /// `--device auto|cpu|cuda`.

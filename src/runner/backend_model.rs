@@ -16,7 +16,7 @@ use std::time::Instant;
 use crate::backend::{AttnShape, Backend, GptqHost, GptqWeight, HalfKind};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::model::arch::{ArchKind, LinearKind};
+use crate::model::arch::{ArchKind, LinearKind, LinearSpec};
 use crate::model::{Arch, Checkpoint};
 use crate::quant::QuantScheme;
 use crate::runner::forward::{quant_scheme, Dims, Rope};
@@ -79,10 +79,47 @@ fn f32_tensor(ckpt: &Checkpoint, name: &str, len: usize) -> Result<Vec<f32>> {
     view.to_f32_finite()
 }
 
-impl<B: Backend> BackendLinear<B> {
+/// A linear's stored tensors read into host memory, before upload (`BackendLinear::upload`):
+/// what lets linears that share an input be concatenated into one (`HostLinear::concat`).
+struct HostLinear {
+    name: String,
+    in_features: usize,
+    out_features: usize,
+    weight: HostWeight,
+    bias: Option<Vec<f32>>,
+}
+
+enum HostWeight {
+    /// [out, in] in `half`.
+    Dense(Vec<u16>),
+    /// GPTQ v1 as stored: qweight [in/pf, out], qzeros [groups, out/pf], scales [groups, out]
+    /// in `half`, g_idx [in].
+    Gptq {
+        scheme: QuantScheme,
+        qweight: Vec<i32>,
+        qzeros: Vec<i32>,
+        scales: Vec<u16>,
+        g_idx: Vec<i32>,
+    },
+}
+
+/// Appends the `width`-long row `r` of each part (`parts[i]` has rows of `widths[i]`).
+fn concat_rows<T: Copy>(parts: &[&[T]], widths: &[usize], rows: usize) -> Vec<T> {
+    let total: usize = widths.iter().sum();
+    let mut out = Vec::with_capacity(rows * total);
+    for r in 0..rows {
+        for (p, &w) in parts.iter().zip(widths) {
+            out.extend_from_slice(&p[r * w..(r + 1) * w]);
+        }
+    }
+    out
+}
+
+impl HostLinear {
+    /// Reads `{prefix}.weight` (16-bit) or the GPTQ v1 tensors, and the bias, then releases
+    /// them from the checkpoint's page cache.
     #[allow(clippy::too_many_arguments)]
-    fn load(
-        b: &B,
+    fn read(
         ckpt: &Checkpoint,
         prefix: &str,
         out_features: usize,
@@ -92,7 +129,7 @@ impl<B: Backend> BackendLinear<B> {
         half: HalfKind,
     ) -> Result<Self> {
         let bias = if has_bias {
-            Some(b.upload(&f32_tensor(ckpt, &format!("{prefix}.bias"), out_features)?)?)
+            Some(f32_tensor(ckpt, &format!("{prefix}.bias"), out_features)?)
         } else {
             None
         };
@@ -105,7 +142,7 @@ impl<B: Backend> BackendLinear<B> {
                     format!("has shape {shape:?}, expected [{out_features}, {in_features}]"),
                 ));
             }
-            LinearWeight::Dense(b.upload(&half_bits(ckpt, &wname, half)?)?)
+            HostWeight::Dense(half_bits(ckpt, &wname, half)?)
         } else {
             let qname = format!("{prefix}.qweight");
             let scheme = scheme.ok_or_else(|| {
@@ -134,28 +171,184 @@ impl<B: Backend> BackendLinear<B> {
                 let gl = scheme.group_len(in_features);
                 (0..in_features).map(|k| (k / gl) as i32).collect()
             };
-            LinearWeight::Gptq(GptqWeight::upload(
-                b,
-                &GptqHost {
-                    name: prefix,
-                    scheme: *scheme,
-                    in_features,
-                    out_features,
-                    qweight: &qweight,
-                    qzeros: &qzeros,
-                    scales: &scales,
-                    half,
-                    g_idx: &g_idx,
-                },
-            )?)
+            HostWeight::Gptq {
+                scheme: *scheme,
+                qweight,
+                qzeros,
+                scales,
+                g_idx,
+            }
         };
         for suffix in ["weight", "bias", "qweight", "qzeros", "scales", "g_idx"] {
             ckpt.release(&format!("{prefix}.{suffix}"));
         }
-        Ok(BackendLinear {
+        Ok(HostLinear {
             name: prefix.to_string(),
             in_features,
             out_features,
+            weight,
+            bias,
+        })
+    }
+
+    /// The parts (same input) as one linear whose outputs are theirs side by side, in order:
+    /// dense rows appended; GPTQ qweight, qzeros and scales rows concatenated (same scheme,
+    /// identical g_idx, every part's out_features a multiple of the pack factor). Biases are
+    /// concatenated when every part has one. `Err(parts)` unchanged when they cannot be fused
+    /// (mixed dense/GPTQ, different schemes or g_idx, some parts without a bias, tensors of
+    /// unexpected sizes: those are reported by the separate upload).
+    fn concat(parts: Vec<HostLinear>) -> std::result::Result<HostLinear, Vec<HostLinear>> {
+        let Some(first) = parts.first() else {
+            return Err(parts);
+        };
+        let k = first.in_features;
+        let widths: Vec<usize> = parts.iter().map(|p| p.out_features).collect();
+        let n: usize = widths.iter().sum();
+        let same_input = parts.iter().all(|p| p.in_features == k);
+        let bias_all = parts.iter().all(|p| p.bias.is_some());
+        let bias_none = parts.iter().all(|p| p.bias.is_none());
+        if parts.len() < 2 || !same_input || !(bias_all || bias_none) {
+            return Err(parts);
+        }
+        if parts
+            .iter()
+            .any(|p| p.bias.as_ref().is_some_and(|b| b.len() != p.out_features))
+        {
+            return Err(parts);
+        }
+        let weight = match &first.weight {
+            HostWeight::Dense(_) => {
+                let mut ws = Vec::with_capacity(parts.len());
+                for p in &parts {
+                    match &p.weight {
+                        HostWeight::Dense(w) if w.len() == p.out_features * k => {
+                            ws.push(w.as_slice())
+                        }
+                        _ => return Err(parts),
+                    }
+                }
+                HostWeight::Dense(ws.concat())
+            }
+            HostWeight::Gptq {
+                scheme: s0,
+                g_idx: g0,
+                ..
+            } => {
+                let pf = s0.pack_factor();
+                let groups = s0.num_groups(k);
+                if k % pf != 0 {
+                    return Err(parts);
+                }
+                let (mut qw, mut qz, mut sc) = (Vec::new(), Vec::new(), Vec::new());
+                for p in &parts {
+                    match &p.weight {
+                        HostWeight::Gptq {
+                            scheme,
+                            qweight,
+                            qzeros,
+                            scales,
+                            g_idx,
+                        } if scheme == s0
+                            && g_idx == g0
+                            && p.out_features % pf == 0
+                            && qweight.len() == k / pf * p.out_features
+                            && qzeros.len() == groups * p.out_features / pf
+                            && scales.len() == groups * p.out_features =>
+                        {
+                            qw.push(qweight.as_slice());
+                            qz.push(qzeros.as_slice());
+                            sc.push(scales.as_slice());
+                        }
+                        _ => return Err(parts),
+                    }
+                }
+                let zw: Vec<usize> = widths.iter().map(|w| w / pf).collect();
+                HostWeight::Gptq {
+                    scheme: *s0,
+                    qweight: concat_rows(&qw, &widths, k / pf),
+                    qzeros: concat_rows(&qz, &zw, groups),
+                    scales: concat_rows(&sc, &widths, groups),
+                    g_idx: g0.clone(),
+                }
+            }
+        };
+        let bias = bias_all.then(|| {
+            parts
+                .iter()
+                .flat_map(|p| p.bias.as_deref().unwrap_or(&[]).iter().copied())
+                .collect()
+        });
+        Ok(HostLinear {
+            name: parts
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join("+"),
+            in_features: k,
+            out_features: n,
+            weight,
+            bias,
+        })
+    }
+}
+
+impl<B: Backend> BackendLinear<B> {
+    #[allow(clippy::too_many_arguments)]
+    fn load(
+        b: &B,
+        ckpt: &Checkpoint,
+        prefix: &str,
+        out_features: usize,
+        in_features: usize,
+        has_bias: bool,
+        scheme: Option<&QuantScheme>,
+        half: HalfKind,
+    ) -> Result<Self> {
+        let host = HostLinear::read(
+            ckpt,
+            prefix,
+            out_features,
+            in_features,
+            has_bias,
+            scheme,
+            half,
+        )?;
+        Self::upload(b, &host, half)
+    }
+
+    /// Copies a host linear to the backend (GPTQ shapes checked by `GptqWeight::upload`).
+    fn upload(b: &B, h: &HostLinear, half: HalfKind) -> Result<Self> {
+        let bias = match &h.bias {
+            Some(x) => Some(b.upload(x)?),
+            None => None,
+        };
+        let weight = match &h.weight {
+            HostWeight::Dense(w) => LinearWeight::Dense(b.upload(w)?),
+            HostWeight::Gptq {
+                scheme,
+                qweight,
+                qzeros,
+                scales,
+                g_idx,
+            } => LinearWeight::Gptq(GptqWeight::upload(
+                b,
+                &GptqHost {
+                    name: &h.name,
+                    scheme: *scheme,
+                    in_features: h.in_features,
+                    out_features: h.out_features,
+                    qweight,
+                    qzeros,
+                    scales,
+                    half,
+                    g_idx,
+                },
+            )?),
+        };
+        Ok(BackendLinear {
+            name: h.name.clone(),
+            in_features: h.in_features,
+            out_features: h.out_features,
             half,
             weight,
             bias,
@@ -192,17 +385,105 @@ impl<B: Backend> BackendLinear<B> {
     }
 }
 
+/// Linears that read the same input (q, k, v; gate, up): one fused linear whose output rows
+/// are theirs side by side (one launch instead of several), or the separate linears when they
+/// could not be fused (`HostLinear::concat`) or fusion is off (`LoadOptions::fuse`).
+enum Group<B: Backend> {
+    Fused(BackendLinear<B>),
+    Separate(Vec<BackendLinear<B>>),
+}
+
+impl<B: Backend> Group<B> {
+    /// Loads `specs` (same input, in output order), fused when `fuse` and possible.
+    fn load(
+        b: &B,
+        ckpt: &Checkpoint,
+        specs: &[&LinearSpec],
+        scheme: Option<&QuantScheme>,
+        half: HalfKind,
+        fuse: bool,
+    ) -> Result<Self> {
+        if !fuse {
+            return specs
+                .iter()
+                .map(|s| {
+                    BackendLinear::load(
+                        b,
+                        ckpt,
+                        &s.prefix,
+                        s.out_features,
+                        s.in_features,
+                        s.has_bias,
+                        scheme,
+                        half,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Group::Separate);
+        }
+        let parts = specs
+            .iter()
+            .map(|s| {
+                HostLinear::read(
+                    ckpt,
+                    &s.prefix,
+                    s.out_features,
+                    s.in_features,
+                    s.has_bias,
+                    scheme,
+                    half,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        match HostLinear::concat(parts) {
+            Ok(fused) => Ok(Group::Fused(BackendLinear::upload(b, &fused, half)?)),
+            Err(parts) => parts
+                .iter()
+                .map(|p| BackendLinear::upload(b, p, half))
+                .collect::<Result<Vec<_>>>()
+                .map(Group::Separate),
+        }
+    }
+
+    fn linears(&self) -> Vec<&BackendLinear<B>> {
+        match self {
+            Group::Fused(l) => vec![l],
+            Group::Separate(ls) => ls.iter().collect(),
+        }
+    }
+
+    fn is_fused(&self) -> bool {
+        matches!(self, Group::Fused(_))
+    }
+}
+
 struct Layer<B: Backend> {
     input_norm: B::Buf<f32>,
     post_norm: B::Buf<f32>,
     qk_norm: Option<(B::Buf<f32>, B::Buf<f32>)>,
-    q: BackendLinear<B>,
-    k: BackendLinear<B>,
-    v: BackendLinear<B>,
+    /// q, k, v.
+    qkv: Group<B>,
     o: BackendLinear<B>,
-    gate: BackendLinear<B>,
-    up: BackendLinear<B>,
+    /// gate, up.
+    gate_up: Group<B>,
     down: BackendLinear<B>,
+}
+
+/// How `BackendModel::load_with` loads a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Load q|k|v and gate|up as one fused linear each where their tensors allow it (same
+    /// storage, scheme and g_idx, biases on all or none); separate linears otherwise.
+    pub fuse: bool,
+}
+
+impl Default for LoadOptions {
+    /// Fused, unless the environment sets `HYQ_RUNNER_FUSE=0` (for A/B timing).
+    fn default() -> Self {
+        LoadOptions {
+            fuse: std::env::var_os("HYQ_RUNNER_FUSE").is_none_or(|v| v != "0"),
+        }
+    }
 }
 
 /// A decoder whose weights live on backend `B`.
@@ -238,8 +519,14 @@ pub struct BackendCache<B: Backend> {
 }
 
 impl<B: Backend> BackendModel<B> {
-    /// Loads every weight of `ckpt` onto `b` (full precision as 16-bit, GPTQ v1 packed).
+    /// Loads every weight of `ckpt` onto `b` (full precision as 16-bit, GPTQ v1 packed),
+    /// with the default `LoadOptions` (q|k|v and gate|up fused where possible).
     pub fn load(b: &B, ckpt: &Checkpoint) -> Result<Self> {
+        Self::load_with(b, ckpt, LoadOptions::default())
+    }
+
+    /// `load` with explicit options.
+    pub fn load_with(b: &B, ckpt: &Checkpoint, opts: LoadOptions) -> Result<Self> {
         let before = b.memory().allocated_bytes;
         let arch = &ckpt.arch;
         let c = &arch.config;
@@ -277,11 +564,14 @@ impl<B: Backend> BackendModel<B> {
         for l in 0..arch.num_layers() {
             let p = Arch::layer_prefix(l);
             let specs = arch.layer_linears(l);
-            let lin = |kind: LinearKind| -> Result<BackendLinear<B>> {
-                let spec = specs
+            let spec = |kind: LinearKind| -> Result<&LinearSpec> {
+                specs
                     .iter()
                     .find(|s| s.kind == kind)
-                    .ok_or_else(|| Error::config(&c.path, format!("no {kind:?} linear")))?;
+                    .ok_or_else(|| Error::config(&c.path, format!("no {kind:?} linear")))
+            };
+            let lin = |kind: LinearKind| -> Result<BackendLinear<B>> {
+                let spec = spec(kind)?;
                 BackendLinear::load(
                     b,
                     ckpt,
@@ -307,18 +597,32 @@ impl<B: Backend> BackendModel<B> {
             } else {
                 None
             };
-            let gate = lin(LinearKind::Gate)?;
+            let (q, k, v) = (
+                spec(LinearKind::Q)?,
+                spec(LinearKind::K)?,
+                spec(LinearKind::V)?,
+            );
+            let (gate, up) = (spec(LinearKind::Gate)?, spec(LinearKind::Up)?);
+            let (qd, kvd) = (dims.heads * dims.head_dim, dims.kv_heads * dims.head_dim);
+            for (s, want) in [(q, qd), (k, kvd), (v, kvd), (up, gate.out_features)] {
+                if s.out_features != want {
+                    return Err(Error::tensor(
+                        &s.prefix,
+                        format!("has {} outputs, expected {want}", s.out_features),
+                    ));
+                }
+            }
             intermediate = gate.out_features;
+            let group = |specs: &[&LinearSpec]| {
+                Group::load(b, ckpt, specs, quant.as_ref(), half, opts.fuse)
+            };
             layers.push(Layer {
                 input_norm: norm(format!("{p}.input_layernorm.weight"), dims.hidden)?,
                 post_norm: norm(format!("{p}.post_attention_layernorm.weight"), dims.hidden)?,
                 qk_norm,
-                q: lin(LinearKind::Q)?,
-                k: lin(LinearKind::K)?,
-                v: lin(LinearKind::V)?,
+                qkv: group(&[q, k, v])?,
                 o: lin(LinearKind::O)?,
-                gate,
-                up: lin(LinearKind::Up)?,
+                gate_up: group(&[gate, up])?,
                 down: lin(LinearKind::Down)?,
             });
         }
@@ -361,8 +665,11 @@ impl<B: Backend> BackendModel<B> {
                     f32s(&l.input_norm)
                         + f32s(&l.post_norm)
                         + l.qk_norm.as_ref().map_or(0, |(q, k)| f32s(q) + f32s(k))
-                        + [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
-                            .iter()
+                        + l.qkv
+                            .linears()
+                            .into_iter()
+                            .chain(l.gate_up.linears())
+                            .chain([&l.o, &l.down])
                             .map(|x| x.bytes(b))
                             .sum::<u64>()
                 })
@@ -381,6 +688,14 @@ impl<B: Backend> BackendModel<B> {
             weight_bytes,
             allocated_bytes,
         })
+    }
+
+    /// Layers whose q|k|v, and whose gate|up, were loaded fused.
+    pub fn fused_layers(&self) -> (usize, usize) {
+        (
+            self.layers.iter().filter(|l| l.qkv.is_fused()).count(),
+            self.layers.iter().filter(|l| l.gate_up.is_fused()).count(),
+        )
     }
 
     fn attn_shape(&self, max_len: usize) -> AttnShape {
@@ -480,16 +795,34 @@ impl<B: Backend> BackendModel<B> {
         let mut attn = b.zeros::<f32>(t * qd)?;
         let mut attn16 = b.zeros::<u16>(t * qd)?;
         let mut o = b.zeros::<f32>(t * hid)?;
-        let mut gate = b.zeros::<f32>(t * inter)?;
-        let mut up = b.zeros::<f32>(t * inter)?;
+        // The fused linears' outputs, allocated only when some layer has them.
+        let any_fused_qkv = self.layers.iter().any(|l| l.qkv.is_fused());
+        let any_fused_gu = self.layers.iter().any(|l| l.gate_up.is_fused());
+        let mut qkv = b.zeros::<f32>(if any_fused_qkv { t * (qd + 2 * kvd) } else { 0 })?;
+        let mut gu = b.zeros::<f32>(if any_fused_gu { t * 2 * inter } else { 0 })?;
+        let all_fused_gu = self.layers.iter().all(|l| l.gate_up.is_fused());
+        let mut gate = b.zeros::<f32>(if all_fused_gu { 0 } else { t * inter })?;
+        let mut up = b.zeros::<f32>(if all_fused_gu { 0 } else { t * inter })?;
         let mut act = b.zeros::<f32>(t * inter)?;
         let mut act16 = b.zeros::<u16>(t * inter)?;
         for (li, layer) in self.layers.iter().enumerate() {
             b.rms_norm(&h, &layer.input_norm, d.eps, &mut a)?;
             b.to_half(&a, self.half, &mut a16)?;
-            layer.q.forward(b, &a16, t, &mut q)?;
-            layer.k.forward(b, &a16, t, &mut k)?;
-            layer.v.forward(b, &a16, t, &mut v)?;
+            match &layer.qkv {
+                Group::Fused(lin) => {
+                    // One launch for q|k|v, then each part copied out dense ([t, qd + 2 kvd]).
+                    lin.forward(b, &a16, t, &mut qkv)?;
+                    let width = qd + 2 * kvd;
+                    b.split_cols(&qkv, t, width, 0, &mut q)?;
+                    b.split_cols(&qkv, t, width, qd, &mut k)?;
+                    b.split_cols(&qkv, t, width, qd + kvd, &mut v)?;
+                }
+                Group::Separate(ls) => {
+                    for (lin, out) in ls.iter().zip([&mut q, &mut k, &mut v]) {
+                        lin.forward(b, &a16, t, out)?;
+                    }
+                }
+            }
             b.rope(&mut q, &pos, &self.inv_freq, d.head_dim)?;
             b.rope(&mut k, &pos, &self.inv_freq, d.head_dim)?;
             let (qa, ka) = match &layer.qk_norm {
@@ -526,9 +859,18 @@ impl<B: Backend> BackendModel<B> {
             b.add(&mut h, &o)?;
             b.rms_norm(&h, &layer.post_norm, d.eps, &mut a)?;
             b.to_half(&a, self.half, &mut a16)?;
-            layer.gate.forward(b, &a16, t, &mut gate)?;
-            layer.up.forward(b, &a16, t, &mut up)?;
-            b.silu_mul(&gate, &up, &mut act)?;
+            match &layer.gate_up {
+                Group::Fused(lin) => {
+                    lin.forward(b, &a16, t, &mut gu)?;
+                    b.silu_mul_fused(&gu, inter, &mut act)?;
+                }
+                Group::Separate(ls) => {
+                    for (lin, out) in ls.iter().zip([&mut gate, &mut up]) {
+                        lin.forward(b, &a16, t, out)?;
+                    }
+                    b.silu_mul(&gate, &up, &mut act)?;
+                }
+            }
             b.to_half(&act, self.half, &mut act16)?;
             layer.down.forward(b, &act16, t, &mut o)?;
             b.add(&mut h, &o)?;
@@ -685,4 +1027,106 @@ pub fn generate_on<B: Backend>(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((out, stats, cache.bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::CpuBackend;
+
+    fn gptq_part(name: &str, out: usize, k: usize, seed: i32, g_idx: Vec<i32>) -> HostLinear {
+        let scheme = QuantScheme::new(4, 32, false).unwrap();
+        let (pf, groups) = (scheme.pack_factor(), scheme.num_groups(k));
+        let mix = |i: usize| (i as i32).wrapping_mul(0x9e37_79b9_u32 as i32) ^ seed;
+        HostLinear {
+            name: name.into(),
+            in_features: k,
+            out_features: out,
+            weight: HostWeight::Gptq {
+                scheme,
+                qweight: (0..k / pf * out).map(mix).collect(),
+                qzeros: (0..groups * out / pf).map(|i| mix(i + 7)).collect(),
+                scales: (0..groups * out)
+                    .map(|i| HalfKind::BF16.from_f32(0.01 + (i % 13) as f32 * 1e-3))
+                    .collect(),
+                g_idx,
+            },
+            bias: Some((0..out).map(|i| i as f32 * 0.1 + seed as f32).collect()),
+        }
+    }
+
+    /// The fused GPTQ linear's output is the parts' outputs side by side (bit-identical on
+    /// the CPU backend), act-order g_idx included.
+    #[test]
+    fn fused_gptq_output_is_the_parts_side_by_side() {
+        let b = CpuBackend::new();
+        let (k, m) = (128usize, 3usize);
+        let g_idx: Vec<i32> = (0..k).map(|i| ((i * 5) % k / 32) as i32).collect();
+        let widths = [64usize, 32, 32];
+        let parts: Vec<HostLinear> = widths
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| gptq_part(&format!("p{i}"), n, k, i as i32 + 1, g_idx.clone()))
+            .collect();
+        let x: Vec<u16> = (0..m * k)
+            .map(|i| HalfKind::BF16.from_f32(((i * 37) % 101) as f32 / 50.0 - 1.0))
+            .collect();
+        let xd = b.upload(&x).unwrap();
+        let mut want = vec![Vec::new(); m];
+        for p in &parts {
+            let lin = BackendLinear::upload(&b, p, HalfKind::BF16).unwrap();
+            let mut out = b.zeros::<f32>(m * p.out_features).unwrap();
+            lin.forward(&b, &xd, m, &mut out).unwrap();
+            for (r, row) in out.chunks(p.out_features).enumerate() {
+                want[r].extend_from_slice(row);
+            }
+        }
+        let Ok(fused) = HostLinear::concat(parts) else {
+            panic!("parts not fused")
+        };
+        assert_eq!(fused.name, "p0+p1+p2");
+        let lin = BackendLinear::upload(&b, &fused, HalfKind::BF16).unwrap();
+        let mut out = b.zeros::<f32>(m * 128).unwrap();
+        lin.forward(&b, &xd, m, &mut out).unwrap();
+        assert_eq!(out, want.concat());
+    }
+
+    #[test]
+    fn parts_that_differ_are_not_fused() {
+        let k = 64;
+        let seq: Vec<i32> = (0..k).map(|i| (i / 32) as i32).collect();
+        let mut other = seq.clone();
+        other.swap(0, 40);
+        let fused = |parts: Vec<HostLinear>| HostLinear::concat(parts).is_ok();
+        assert!(fused(vec![
+            gptq_part("a", 16, k, 1, seq.clone()),
+            gptq_part("b", 8, k, 2, seq.clone()),
+        ]));
+        // Different g_idx.
+        assert!(!fused(vec![
+            gptq_part("a", 16, k, 1, seq.clone()),
+            gptq_part("b", 8, k, 2, other),
+        ]));
+        // A bias on one part only.
+        let mut nb = gptq_part("b", 8, k, 2, seq.clone());
+        nb.bias = None;
+        assert!(!fused(vec![gptq_part("a", 16, k, 1, seq.clone()), nb]));
+        // Dense with GPTQ.
+        let dense = HostLinear {
+            name: "d".into(),
+            in_features: k,
+            out_features: 8,
+            weight: HostWeight::Dense(vec![0; 8 * k]),
+            bias: Some(vec![0.0; 8]),
+        };
+        assert!(!fused(vec![gptq_part("a", 16, k, 1, seq.clone()), dense]));
+        // Different schemes.
+        let mut s8 = gptq_part("b", 8, k, 2, seq.clone());
+        if let HostWeight::Gptq { scheme, .. } = &mut s8.weight {
+            *scheme = QuantScheme::new(4, 64, false).unwrap();
+        }
+        assert!(!fused(vec![gptq_part("a", 16, k, 1, seq), s8]));
+        // A single part.
+        assert!(!fused(vec![gptq_part("a", 16, k, 1, Vec::new())]));
+    }
 }

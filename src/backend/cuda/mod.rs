@@ -23,8 +23,8 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use crate::backend::{
-    check_len, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind, InverseFactor,
-    LinearJob, MemStats, SolvedLinear,
+    check_len, check_silu_mul_fused, check_split_cols, rows_of, runner_err, AttnShape, Backend,
+    Elem, GptqWeight, HalfKind, InverseFactor, LinearJob, MemStats, SolvedLinear,
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -589,6 +589,25 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn silu_mul_fused(
+        &self,
+        gu: &CudaBuf<f32>,
+        inter: usize,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        check_silu_mul_fused(gu.len, inter, out.len)?;
+        if out.len == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "silu_mul_fused_f32")?;
+        let (n, inter_u) = (out.len as u64, as_u32("inter", inter)?);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&gu.slice).arg(&mut out.slice).arg(&n).arg(&inter_u);
+        // SAFETY: matches silu_mul_fused_f32; shapes checked above.
+        unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("silu_mul_fused_f32"))?;
+        Ok(())
+    }
+
     fn embedding(
         &self,
         table: &CudaBuf<u16>,
@@ -892,6 +911,37 @@ impl Backend for CudaBackend {
         b.arg(&mut x.slice).arg(&bias.slice).arg(&n).arg(&cols);
         // SAFETY: matches add_bias_f32.
         unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("add_bias_f32"))?;
+        Ok(())
+    }
+
+    fn split_cols(
+        &self,
+        src: &CudaBuf<f32>,
+        rows: usize,
+        src_cols: usize,
+        col0: usize,
+        dst: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        let dst_cols = check_split_cols(src.len, rows, src_cols, col0, dst.len)?;
+        if dst.len == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "split_cols_f32")?;
+        let (n, sc, c0, dc) = (
+            dst.len as u64,
+            as_u32("src_cols", src_cols)?,
+            as_u32("col0", col0)?,
+            as_u32("dst_cols", dst_cols)?,
+        );
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&src.slice)
+            .arg(&mut dst.slice)
+            .arg(&n)
+            .arg(&sc)
+            .arg(&c0)
+            .arg(&dc);
+        // SAFETY: matches split_cols_f32; shapes checked above.
+        unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("split_cols_f32"))?;
         Ok(())
     }
 
