@@ -24,7 +24,7 @@ use hy_quant::runner::GenerateOptions;
 use serde_json::json;
 
 mod common;
-use common::{bf16_tensor, tiny_with_tokenizer, write_checkpoint};
+use common::{bf16_tensor, decoder_linear_shapes, tiny_with_tokenizer, write_checkpoint};
 
 /// A tiny Qwen2 with q/k/v biases and head_dim 32 (what the backend attention takes).
 fn tiny_qwen2(dir: &Path) -> PathBuf {
@@ -49,15 +49,7 @@ fn tiny_qwen2(dir: &Path) -> PathBuf {
     )];
     for l in 0..layers {
         let p = format!("model.layers.{l}");
-        for (name, shape) in [
-            ("self_attn.q_proj", [heads * hd, h]),
-            ("self_attn.k_proj", [kv * hd, h]),
-            ("self_attn.v_proj", [kv * hd, h]),
-            ("self_attn.o_proj", [h, heads * hd]),
-            ("mlp.gate_proj", [inter, h]),
-            ("mlp.up_proj", [inter, h]),
-            ("mlp.down_proj", [h, inter]),
-        ] {
+        for (name, shape) in decoder_linear_shapes(h, inter, heads, kv, hd) {
             t.push(bf16_tensor(
                 &format!("{p}.{name}.weight"),
                 &shape,

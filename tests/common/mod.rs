@@ -127,6 +127,25 @@ pub fn write_checkpoint(dir: &Path, config: &Value, tensors: Vec<RawTensor>, fil
     }
 }
 
+/// The seven linears of a Llama-style decoder layer (name under `model.layers.{l}`, [out, in]).
+pub fn decoder_linear_shapes(
+    h: usize,
+    inter: usize,
+    heads: usize,
+    kv: usize,
+    hd: usize,
+) -> [(&'static str, [usize; 2]); 7] {
+    [
+        ("self_attn.q_proj", [heads * hd, h]),
+        ("self_attn.k_proj", [kv * hd, h]),
+        ("self_attn.v_proj", [kv * hd, h]),
+        ("self_attn.o_proj", [h, heads * hd]),
+        ("mlp.gate_proj", [inter, h]),
+        ("mlp.up_proj", [inter, h]),
+        ("mlp.down_proj", [h, inter]),
+    ]
+}
+
 /// A tiny Qwen2 (q/k/v bias) or Llama config + weights.
 pub fn tiny_llama_like(model_type: &str) -> (Value, Vec<RawTensor>) {
     let (h, inter, heads, kv, layers, vocab) =
@@ -148,15 +167,7 @@ pub fn tiny_llama_like(model_type: &str) -> (Value, Vec<RawTensor>) {
     let mut t = vec![bf16_tensor("model.embed_tokens.weight", &[vocab, h], w)];
     for l in 0..layers {
         let p = format!("model.layers.{l}");
-        for (name, shape) in [
-            ("self_attn.q_proj", [heads * hd, h]),
-            ("self_attn.k_proj", [kv * hd, h]),
-            ("self_attn.v_proj", [kv * hd, h]),
-            ("self_attn.o_proj", [h, heads * hd]),
-            ("mlp.gate_proj", [inter, h]),
-            ("mlp.up_proj", [inter, h]),
-            ("mlp.down_proj", [h, inter]),
-        ] {
+        for (name, shape) in decoder_linear_shapes(h, inter, heads, kv, hd) {
             t.push(bf16_tensor(&format!("{p}.{name}.weight"), &shape, w));
             if model_type == "qwen2"
                 && ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"].contains(&name)
