@@ -34,6 +34,8 @@ def main():
     m = json.load(open(os.path.join(a.quantized, "manifest.json")))
     cal = m["calibration"]
     act = {"none": "none", "permute": "permute", "static-groups": "static"}[cal["act_order"]]
+    # manifests from before --clip-search have no grid_fit: min/max
+    clip = {"min-max": False, "clip-search": True}[cal.get("grid_fit", "min-max")]
     ours = {t["name"]: t["calibrated"] for t in m["tensors"]}
     rows = []
     worst = 0.0
@@ -43,7 +45,7 @@ def main():
         H = ref.hessian(x)
         for name, w in sorted(t.items()):
             t0 = time.time()
-            r = ref.gptq(w.float(), H, m["bits"], m["group_size"], m["sym"], act, cal["damp"])
+            r = ref.gptq(w.float(), H, m["bits"], m["group_size"], m["sym"], act, cal["damp"], clip=clip)
             ref_err = math.sqrt(ref.output_error(w, r["wq"], H))
             o = ours[name]
             diff = o["output_rel_error"] / ref_err - 1.0
@@ -52,6 +54,7 @@ def main():
     print(f"{'linear':45s} {'rows':>6s} {'reference':>10s} {'hy-quant':>10s} {'diff':>8s} {'RTN':>8s} {'ref s':>6s}")
     for n, r, e_ref, e_ours, d, e_rtn, s in rows:
         print(f"{n:45s} {r:6d} {e_ref:10.5f} {e_ours:10.5f} {d*100:7.2f}% {e_rtn:8.5f} {s:6.1f}")
+    print(f"act order {act}, clip search {clip}")
     print(f"{len(rows)} linears; worst relative difference {worst*100:.2f}% (limit {a.max_rel_diff*100:.0f}%)")
     sys.exit(0 if rows and worst <= a.max_rel_diff else 1)
 

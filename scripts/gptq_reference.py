@@ -17,13 +17,15 @@ AutoGPTQ `static_groups`, and hy-quant's grid (`src/quant/grid.rs`):
 * min/max grid: range includes 0; sym: scale = 2 max|w| / maxq, zero = (maxq+1)/2;
   asym: zero = round(-min/scale), and a zero of 0 (not storable in GPTQ v1) becomes 1 with
   scale = max/(maxq-1); scale rounded to bf16 before the integers are chosen; round() is
-  half-to-even (torch.round).
+  half-to-even (torch.round);
+* `--clip-search` (hy-quant's default): each group's range by the shrink search of
+  `quant.py` `find_params(mse=True)`, see CLIP_GRID below.
 
 Usage:
   gptq_reference.py quantize --inputs in.safetensors (tensors "weight" [N,K], "x" [rows,K])
                     | --weight w.npy --x x.npy
                     --bits 4 --group-size 128 [--asym] [--act-order none|permute|static]
-                    [--damp 0.01] [--block-size 128] --out out.safetensors
+                    [--clip-search] [--damp 0.01] [--block-size 128] --out out.safetensors
       writes q (uint8 levels [N,K]), scales (f32 [G,N]), zeros (int32 [G,N]), g_idx (int32 [K]),
       wq (f32 dequantized [N,K]), metadata output_error / loss / damp_used.
   gptq_reference.py make-test-data --out tests/data/gptq_ref
@@ -58,9 +60,9 @@ from safetensors.torch import load_file, save_file
 BF16_MIN_POSITIVE = torch.tensor([1], dtype=torch.int16).view(torch.bfloat16).float().item()
 
 
-def fit_grid(w, bits, sym):
-    """w: [N, g] float32 -> (scale [N], zero [N]) float32."""
-    maxq = float(2**bits - 1)
+def fit_range(w, sym):
+    """The min/max range of each row of w [N, g]: it includes 0, is symmetric for symmetric
+    grids, and an all-zero row gets [-1, 1] (IST-DASLab `quant.py` `find_params`)."""
     lo = torch.clamp(w.min(dim=1).values, max=0.0)
     hi = torch.clamp(w.max(dim=1).values, min=0.0)
     if sym:
@@ -69,6 +71,12 @@ def fit_grid(w, bits, sym):
     empty = (lo == 0) & (hi == 0)
     lo = torch.where(empty, torch.full_like(lo, -1.0), lo)
     hi = torch.where(empty, torch.full_like(hi, 1.0), hi)
+    return lo, hi
+
+
+def grid_of_range(lo, hi, bits, sym):
+    """(scale [N], zero [N]) float32 of the ranges [lo, hi]."""
+    maxq = float(2**bits - 1)
     scale = (hi - lo) / maxq
     if sym:
         zero = torch.full_like(scale, float(2 ** (bits - 1)))
@@ -82,6 +90,38 @@ def fit_grid(w, bits, sym):
     return scale, zero
 
 
+# The clip search (`--clip-search`): IST-DASLab `quant.py` `find_params` with mse=True,
+# grid=100, maxshrink=0.8: the range shrunk by p = 1 - i/100 for i < 80, and per row the grid
+# with the least sum |w - dq(w)|^norm kept (the first on ties). hy-quant uses norm 2.5 (the
+# reference's default is 2.4; src/quant/grid.rs says why), so this does too.
+CLIP_GRID, CLIP_STEPS, CLIP_NORM = 100, 80, 2.5
+
+
+def clip_error(w, scale, zero, maxq):
+    _, dq = quantize(w, scale.unsqueeze(1), zero.unsqueeze(1), maxq)
+    return ((w - dq).abs().double() ** CLIP_NORM).sum(dim=1)
+
+
+def fit_grid(w, bits, sym, clip=False):
+    """w: [N, g] float32 -> (scale [N], zero [N]) float32; min/max, or the clip search."""
+    lo, hi = fit_range(w, sym)
+    scale, zero = grid_of_range(lo, hi, bits, sym)
+    if not clip:
+        return scale, zero
+    maxq = float(2**bits - 1)
+    best = clip_error(w, scale, zero, maxq)
+    for i in range(1, CLIP_STEPS):
+        # p in float32, as the Rust side computes it (1 - i/100 rounded twice)
+        p = float(np.float32(1.0) - np.float32(i) / np.float32(CLIP_GRID))
+        sc, z = grid_of_range(p * lo, p * hi, bits, sym)
+        err = clip_error(w, sc, z, maxq)
+        better = err < best
+        best = torch.where(better, err, best)
+        scale = torch.where(better, sc, scale)
+        zero = torch.where(better, z, zero)
+    return scale, zero
+
+
 def quantize(x, scale, zero, maxq):
     q = torch.clamp(torch.round(x / scale) + zero, 0, maxq)
     return q, scale * (q - zero)
@@ -92,7 +132,7 @@ def hessian(x):
     return 2.0 / x.shape[0] * (x.t() @ x)
 
 
-def gptq(w, H, bits, group_size, sym, act_order="none", damp=0.01, block_size=128):
+def gptq(w, H, bits, group_size, sym, act_order="none", damp=0.01, block_size=128, clip=False):
     """w: [N,K] float32, H: [K,K] float64, both on one device (CPU or GPU; the work stays
     there). Returns dict of results in original column order, on that device."""
     N, K = w.shape
@@ -109,7 +149,7 @@ def gptq(w, H, bits, group_size, sym, act_order="none", damp=0.01, block_size=12
 
     static_params = None
     if up_front:
-        static_params = [fit_grid(W[:, g * glen:(g + 1) * glen], bits, sym) for g in range(G)]
+        static_params = [fit_grid(W[:, g * glen:(g + 1) * glen], bits, sym, clip) for g in range(G)]
 
     perm = torch.arange(K, device=dev)
     if act_order != "none":
@@ -153,7 +193,7 @@ def gptq(w, H, bits, group_size, sym, act_order="none", damp=0.01, block_size=12
             j = i1 + i
             if not up_front and j % glen == 0:
                 # fitted on W (block-start values), not on W1
-                scales[j // glen], zeros[j // glen] = fit_grid(W[:, j:j + glen], bits, sym)
+                scales[j // glen], zeros[j // glen] = fit_grid(W[:, j:j + glen], bits, sym, clip)
             g = col_group[j]
             x = W1[:, i]
             q, dq = quantize(x, scales[g], zeros[g], maxq)
@@ -194,7 +234,8 @@ def run_quantize(args):
         w = torch.from_numpy(np.load(args.weight)).float()
         x = torch.from_numpy(np.load(args.x)).float()
     H = hessian(x)
-    r = gptq(w, H, args.bits, args.group_size, not args.asym, args.act_order, args.damp, args.block_size)
+    r = gptq(w, H, args.bits, args.group_size, not args.asym, args.act_order, args.damp, args.block_size,
+             args.clip_search)
     err = output_error(w, r["wq"], H)
     meta = {"output_error": repr(err), "loss": repr(r["loss"]), "damp_used": repr(r["damp_used"])}
     save_file({k: r[k] for k in ["q", "wq", "scales", "zeros", "g_idx"]}, args.out, metadata=meta)
@@ -202,15 +243,22 @@ def run_quantize(args):
 
 
 CONFIGS = [
-    # (name, bits, group_size, sym, act_order)
-    ("int4_g128_sym_none", 4, 128, True, "none"),
-    ("int4_g32_asym_none", 4, 32, False, "none"),
-    ("int4_g64_sym_permute", 4, 64, True, "permute"),
-    ("int4_g32_asym_permute", 4, 32, False, "permute"),
-    ("int4_g64_asym_static", 4, 64, False, "static"),
-    ("int4_gm1_sym_none", 4, -1, True, "none"),
-    ("int8_g128_sym_none", 8, 128, True, "none"),
-    ("int8_gm1_asym_permute", 8, -1, False, "permute"),
+    # (name, bits, group_size, sym, act_order, clip search)
+    ("int4_g128_sym_none", 4, 128, True, "none", False),
+    ("int4_g32_asym_none", 4, 32, False, "none", False),
+    ("int4_g64_sym_permute", 4, 64, True, "permute", False),
+    ("int4_g32_asym_permute", 4, 32, False, "permute", False),
+    ("int4_g64_asym_static", 4, 64, False, "static", False),
+    ("int4_gm1_sym_none", 4, -1, True, "none", False),
+    ("int8_g128_sym_none", 8, 128, True, "none", False),
+    ("int8_gm1_asym_permute", 8, -1, False, "permute", False),
+    # hy-quant's defaults (static groups + clip search), and the clip search with dynamic
+    # groups (fitted at block start), asymmetric, and per channel
+    ("int4_g128_sym_static_clip", 4, 128, True, "static", True),
+    ("int4_g32_sym_static_clip", 4, 32, True, "static", True),
+    ("int4_g32_asym_none_clip", 4, 32, False, "none", True),
+    ("int4_gm1_sym_none_clip", 4, -1, True, "none", True),
+    ("int8_g128_sym_static_clip", 8, 128, True, "static", True),
 ]
 
 
@@ -232,13 +280,14 @@ def make_test_data(out):
     save_file({"weight": w, "x": x}, os.path.join(out, "inputs.safetensors"))
     H = hessian(x.float())
     tensors, meta = {}, []
-    for name, bits, gs, sym, ao in CONFIGS:
-        r = gptq(w.float(), H, bits, gs, sym, ao)
+    for name, bits, gs, sym, ao, clip in CONFIGS:
+        r = gptq(w.float(), H, bits, gs, sym, ao, clip=clip)
         err = output_error(w.float(), r["wq"], H)
         for k in ["q", "scales", "zeros", "g_idx"]:
             tensors[f"{name}.{k}"] = r[k]
         meta.append({"name": name, "bits": bits, "group_size": gs, "sym": sym, "act_order": ao,
-                     "damp": 0.01, "block_size": 128, "output_error": err, "loss": r["loss"],
+                     "clip_search": clip, "damp": 0.01, "block_size": 128, "output_error": err,
+                     "loss": r["loss"],
                      "damp_used": r["damp_used"]})
         print(f"{name}: output_error {err:.6g} loss {r['loss']:.6g}")
     save_file(tensors, os.path.join(out, "outputs.safetensors"))
@@ -608,6 +657,8 @@ def main():
     q.add_argument("--group-size", type=int, default=128)
     q.add_argument("--asym", action="store_true")
     q.add_argument("--act-order", choices=["none", "permute", "static"], default="none")
+    q.add_argument("--clip-search", action="store_true",
+                   help="fit each group by the shrink search (hy-quant --clip-search)")
     q.add_argument("--damp", type=float, default=0.01)
     q.add_argument("--block-size", type=int, default=128)
     q.add_argument("--out", required=True)

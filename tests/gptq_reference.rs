@@ -2,7 +2,8 @@
 //!
 //! `tests/data/gptq_ref/` holds a bf16 weight [64, 256] and 512 calibration rows (a few dominant
 //! directions, outlier channels, one dead input) and the reference's levels, grids and g_idx
-//! for eight configs; regenerate with
+//! for thirteen configs (five with the clip search, among them the defaults: static groups +
+//! clip search, int4 g128 sym); regenerate with
 //! `/work/pyenv/bin/python scripts/gptq_reference.py make-test-data`.
 //! Both sides use the same grid, damping, block size and act order; they differ only in
 //! floating-point summation order (and the reference's three-step inverse factor), so the
@@ -13,6 +14,7 @@ use std::path::Path;
 use half::bf16;
 use hy_quant::dtype::DType;
 use hy_quant::quant::gptq::{gptq_quantize, output_error, ActOrder, GptqConfig, Hessian};
+use hy_quant::quant::grid::GridFit;
 use hy_quant::quant::rtn::Rtn;
 use hy_quant::quant::{QuantMethod, QuantScheme, QuantizedLinear, Weight};
 use safetensors::{Dtype, SafeTensors};
@@ -93,10 +95,16 @@ fn agrees_with_the_pytorch_reference() {
             "static" => ActOrder::StaticGroups,
             a => panic!("{a}"),
         };
+        let grid_fit = if c["clip_search"].as_bool().unwrap() {
+            GridFit::ClipSearch
+        } else {
+            GridFit::MinMax
+        };
         let cfg = GptqConfig {
             damp: c["damp"].as_f64().unwrap(),
             block_size: c["block_size"].as_u64().unwrap() as usize,
             act_order,
+            grid_fit,
             ..GptqConfig::new(scheme)
         };
         let out = gptq_quantize(&weight, &h, &cfg).unwrap();
