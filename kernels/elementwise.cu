@@ -47,15 +47,19 @@ extern "C" __global__ void silu_mul_f32(const float* __restrict__ gate, const fl
     out[i] = g / (1.0f + expf(-g)) * up[i];
 }
 
+// Element i of silu_mul over a fused gate|up output gu [rows, 2 * inter] (i < rows * inter).
+__device__ __forceinline__ float silu_mul_fused_at(const float* __restrict__ gu, u64 i, u32 inter) {
+    const u64 r = i / inter, j = i % inter;
+    const float* row = gu + r * 2 * inter;
+    const float g = row[j];
+    return g / (1.0f + expf(-g)) * row[inter + j];
+}
+
 // silu_mul over a fused gate|up output: gu [rows, 2 * inter], out [rows, inter] (n = rows * inter).
 extern "C" __global__ void silu_mul_fused_f32(const float* __restrict__ gu, float* __restrict__ out,
                                               u64 n, u32 inter) {
     const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    const u64 r = i / inter, j = i % inter;
-    const float* row = gu + r * 2 * inter;
-    const float g = row[j];
-    out[i] = g / (1.0f + expf(-g)) * row[inter + j];
+    if (i < n) out[i] = silu_mul_fused_at(gu, i, inter);
 }
 
 // dst[r, j] = src[r, col0 + j]: one column block of a fused linear's output (n = rows * dst_cols).
@@ -158,4 +162,90 @@ extern "C" __global__ void gather_rows_f32(const float* __restrict__ x, const u3
     const u32 r = (u32)(i / width), j = (u32)(i % width);
     const u32 src = idx[r];
     out[i] = src < rows_in ? x[(u64)src * width + j] : __int_as_float(0x7fc00000);
+}
+
+// --- Fused decoder ops (one launch where the runner used two to seven; see src/backend/mod.rs
+// add_rms_norm_half, silu_mul_fused_half, qkv_rope_norm). Each repeats the arithmetic of the
+// ops it replaces (rms_norm_f32, to_half_f32, silu_mul_fused_f32, split_cols_f32, rope_f32),
+// with the same block size (256) and reduction (block_sum) for the sums.
+
+// One block of 256 per row: x += y (ADD), then out = half(rms_norm(x)).
+template <bool ADD>
+__device__ __forceinline__ void add_rms_norm_half_row(float* __restrict__ x, const float* __restrict__ y,
+                                                      const float* __restrict__ w, u16* __restrict__ out,
+                                                      u32 rows, u32 dim, float eps, u32 kind) {
+    const u32 row = blockIdx.x;
+    if (row >= rows) return;
+    float* xr = x + (u64)row * dim;
+    float ss = 0.0f;
+    for (u32 i = threadIdx.x; i < dim; i += blockDim.x) {
+        float v = xr[i];
+        if (ADD) {
+            v += y[(u64)row * dim + i];
+            xr[i] = v;
+        }
+        ss += v * v;
+    }
+    ss = block_sum(ss);
+    const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    u16* o = out + (u64)row * dim;
+    for (u32 i = threadIdx.x; i < dim; i += blockDim.x) o[i] = f32_to_half((xr[i] * inv) * w[i], kind);
+}
+
+extern "C" __global__ void add_rms_norm_half(float* __restrict__ x, const float* __restrict__ y,
+                                             const float* __restrict__ w, u16* __restrict__ out,
+                                             u32 rows, u32 dim, float eps, u32 kind) {
+    add_rms_norm_half_row<true>(x, y, w, out, rows, dim, eps, kind);
+}
+
+extern "C" __global__ void rms_norm_half(float* __restrict__ x, const float* __restrict__ w,
+                                         u16* __restrict__ out, u32 rows, u32 dim, float eps, u32 kind) {
+    add_rms_norm_half_row<false>(x, nullptr, w, out, rows, dim, eps, kind);
+}
+
+// silu_mul_fused_f32 with a 16-bit output (n = rows * inter).
+extern "C" __global__ void silu_mul_fused_half(const float* __restrict__ gu, u16* __restrict__ out, u64 n,
+                                               u32 inter, u32 kind) {
+    const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = f32_to_half(silu_mul_fused_at(gu, i, inter), kind);
+}
+
+// Grid (rows, heads + 2 kv_heads), 256 threads (head_dim <= 256, even): block (r, h) copies head
+// h of row r of qkv [rows, (heads + 2 kv_heads) * head_dim] into q, k or v; q and k heads are
+// rotated (rope_f32's arithmetic: thread i < half writes x0 c - x1 s, thread i + half writes
+// x1 c + x0 s) and, with has_norm, RMS-normed over the head (rms_norm_f32's arithmetic: one
+// element per thread, block_sum).
+extern "C" __global__ void qkv_rope_norm_f32(const float* __restrict__ qkv, const u32* __restrict__ pos,
+                                             const float* __restrict__ inv_freq,
+                                             const float* __restrict__ q_norm,
+                                             const float* __restrict__ k_norm, float* __restrict__ q,
+                                             float* __restrict__ k, float* __restrict__ v, u32 heads,
+                                             u32 kv_heads, u32 head_dim, float eps, u32 has_norm) {
+    const u32 r = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
+    const u64 qw = (u64)heads * head_dim, kvw = (u64)kv_heads * head_dim;
+    const float* src = qkv + (u64)r * (qw + 2 * kvw) + (u64)h * head_dim;
+    if (h >= heads + kv_heads) {  // a v head: copied (uniform across the block)
+        if (i < head_dim) v[(u64)r * kvw + (u64)(h - heads - kv_heads) * head_dim + i] = src[i];
+        return;
+    }
+    const bool is_q = h < heads;
+    float* dst = is_q ? q + (u64)r * qw + (u64)h * head_dim : k + (u64)r * kvw + (u64)(h - heads) * head_dim;
+    const u32 half = head_dim / 2;
+    float val = 0.0f;
+    if (i < head_dim) {
+        const u32 j = i < half ? i : i - half;
+        const float a = __fmul_rn((float)pos[r], inv_freq[j]);
+        const float c = (float)cos((double)a), s = (float)sin((double)a);
+        const float x0 = src[j], x1 = src[j + half];
+        val = i < half ? x0 * c - x1 * s : x1 * c + x0 * s;
+    }
+    if (!has_norm) {  // uniform across the block
+        if (i < head_dim) dst[i] = val;
+        return;
+    }
+    float ss = 0.0f;
+    if (i < head_dim) ss += val * val;
+    ss = block_sum(ss);
+    const float inv = 1.0f / sqrtf(ss / (float)head_dim + eps);
+    if (i < head_dim) dst[i] = (val * inv) * (is_q ? q_norm : k_norm)[i];
 }

@@ -177,6 +177,196 @@ fn silu_mul_fused_body<B: Backend>(b: &B) {
     assert!(err.to_string().contains("silu_mul_fused"), "{err}");
 }
 
+/// The fused decoder ops against the ops they replace, on the same backend:
+/// `add_rms_norm_half` (with and without the add) = `add` + `rms_norm` + `to_half`,
+/// `silu_mul_fused_half` = `silu_mul_fused` + `to_half` (both bit for bit: the same
+/// arithmetic, block size and reduction), and `qkv_rope_norm` = `split_cols` x3 + `rope` x2
+/// (+ `rms_norm` x2): bit for bit on the CPU; on the GPU within 2e-6 of the largest value
+/// (the compiler may contract the rotation's products differently in the two kernels).
+fn fused_ops_body<B: Backend>(b: &B) {
+    let eps = 1e-6f32;
+    for kind in [HalfKind::BF16, HalfKind::F16] {
+        for (rows, dim) in [(1usize, 896usize), (7, 4096), (3, 100)] {
+            let seed = rows as u64 * 7 + dim as u64;
+            let (x, y) = (
+                randn(seed, rows * dim, 2.0),
+                randn(seed + 1, rows * dim, 1.0),
+            );
+            let w = b.upload(&randn(seed + 2, dim, 0.5)).unwrap();
+            let yd = b.upload(&y).unwrap();
+            for add in [true, false] {
+                let mut x1 = b.upload(&x).unwrap();
+                let mut a = b.zeros::<f32>(rows * dim).unwrap();
+                let mut want = b.zeros::<u16>(rows * dim).unwrap();
+                if add {
+                    b.add(&mut x1, &yd).unwrap();
+                }
+                b.rms_norm(&x1, &w, eps, &mut a).unwrap();
+                b.to_half(&a, kind, &mut want).unwrap();
+                let mut x2 = b.upload(&x).unwrap();
+                let mut got = b.zeros::<u16>(rows * dim).unwrap();
+                b.add_rms_norm_half(&mut x2, add.then_some(&yd), &w, eps, kind, &mut got)
+                    .unwrap();
+                let what = format!("add_rms_norm_half add={add} {rows}x{dim} {kind:?}");
+                assert_eq!(
+                    b.download(&x2).unwrap(),
+                    b.download(&x1).unwrap(),
+                    "{what}: x on {}",
+                    b.name()
+                );
+                assert_eq!(
+                    b.download(&got).unwrap(),
+                    b.download(&want).unwrap(),
+                    "{what}: out on {}",
+                    b.name()
+                );
+            }
+        }
+        for (rows, inter) in [(1usize, 384usize), (9, 1000)] {
+            let gu = b
+                .upload(&randn(rows as u64 + inter as u64, rows * 2 * inter, 3.0))
+                .unwrap();
+            let mut act = b.zeros::<f32>(rows * inter).unwrap();
+            let mut want = b.zeros::<u16>(rows * inter).unwrap();
+            b.silu_mul_fused(&gu, inter, &mut act).unwrap();
+            b.to_half(&act, kind, &mut want).unwrap();
+            let mut got = b.zeros::<u16>(rows * inter).unwrap();
+            b.silu_mul_fused_half(&gu, inter, kind, &mut got).unwrap();
+            assert_eq!(
+                b.download(&got).unwrap(),
+                b.download(&want).unwrap(),
+                "silu_mul_fused_half {rows}x{inter} {kind:?} on {}",
+                b.name()
+            );
+        }
+    }
+    let exact = b.name() == "cpu";
+    for (rows, heads, kv_heads, head_dim, norm) in [
+        (1usize, 4usize, 2usize, 32usize, true),
+        (5, 8, 2, 128, true),
+        (3, 4, 4, 64, false),
+        (2, 28, 4, 128, true),
+    ] {
+        let shape = AttnShape {
+            heads,
+            kv_heads,
+            head_dim,
+            max_len: 8192,
+        };
+        let (qw, kvw) = (shape.q_width(), shape.kv_width());
+        let width = qw + 2 * kvw;
+        let seed = (rows * heads * head_dim) as u64;
+        let qkv = b.upload(&randn(seed, rows * width, 1.5)).unwrap();
+        let mut r = SplitMix64(seed);
+        let pos: Vec<u32> = (0..rows).map(|_| (r.next_u64() % 6000) as u32).collect();
+        let pos = b.upload(&pos).unwrap();
+        let inv_freq = b.upload(&Rope::new(1e6, head_dim).inv_freq).unwrap();
+        let (qn, kn) = (
+            b.upload(&randn(seed + 1, head_dim, 0.5)).unwrap(),
+            b.upload(&randn(seed + 2, head_dim, 0.5)).unwrap(),
+        );
+        let qk_norm = norm.then_some((&qn, &kn));
+        // The unfused ops.
+        let (mut q, mut k, mut v) = (
+            b.zeros::<f32>(rows * qw).unwrap(),
+            b.zeros::<f32>(rows * kvw).unwrap(),
+            b.zeros::<f32>(rows * kvw).unwrap(),
+        );
+        b.split_cols(&qkv, rows, width, 0, &mut q).unwrap();
+        b.split_cols(&qkv, rows, width, qw, &mut k).unwrap();
+        b.split_cols(&qkv, rows, width, qw + kvw, &mut v).unwrap();
+        b.rope(&mut q, &pos, &inv_freq, head_dim).unwrap();
+        b.rope(&mut k, &pos, &inv_freq, head_dim).unwrap();
+        if let Some((qn, kn)) = qk_norm {
+            let (mut q2, mut k2) = (
+                b.zeros::<f32>(rows * qw).unwrap(),
+                b.zeros::<f32>(rows * kvw).unwrap(),
+            );
+            b.rms_norm(&q, qn, eps, &mut q2).unwrap();
+            b.rms_norm(&k, kn, eps, &mut k2).unwrap();
+            (q, k) = (q2, k2);
+        }
+        let (mut fq, mut fk, mut fv) = (
+            b.zeros::<f32>(rows * qw).unwrap(),
+            b.zeros::<f32>(rows * kvw).unwrap(),
+            b.zeros::<f32>(rows * kvw).unwrap(),
+        );
+        b.qkv_rope_norm(
+            &qkv, &pos, &inv_freq, &shape, qk_norm, eps, &mut fq, &mut fk, &mut fv,
+        )
+        .unwrap();
+        let what = format!(
+            "qkv_rope_norm {rows} rows {heads}/{kv_heads} heads of {head_dim}, norm {norm}"
+        );
+        assert_eq!(
+            b.download(&fv).unwrap(),
+            b.download(&v).unwrap(),
+            "{what}: v on {}",
+            b.name()
+        );
+        for (name, got, want) in [("q", &fq, &q), ("k", &fk, &k)] {
+            let (got, want) = (b.download(got).unwrap(), b.download(want).unwrap());
+            if exact {
+                assert_eq!(got, want, "{what}: {name}");
+            } else {
+                let scale = want.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+                let want: Vec<f64> = want.iter().map(|&x| x as f64).collect();
+                let err = max_abs_err(&got, &want) / scale;
+                assert!(
+                    err <= 2e-6,
+                    "{what}: {name} rel err {err:e} on {}",
+                    b.name()
+                );
+            }
+        }
+    }
+    // Shapes that do not fit are errors naming the op.
+    let shape = AttnShape {
+        heads: 2,
+        kv_heads: 1,
+        head_dim: 32,
+        max_len: 16,
+    };
+    let qkv = b.zeros::<f32>(128).unwrap();
+    let pos = b.upload(&[0u32]).unwrap();
+    let inv_freq = b.zeros::<f32>(16).unwrap();
+    let (mut q, mut k, mut v) = (
+        b.zeros::<f32>(64).unwrap(),
+        b.zeros::<f32>(32).unwrap(),
+        b.zeros::<f32>(31).unwrap(),
+    );
+    let err = b
+        .qkv_rope_norm(
+            &qkv, &pos, &inv_freq, &shape, None, eps, &mut q, &mut k, &mut v,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("qkv_rope_norm: v"), "{err}");
+    let odd = AttnShape {
+        head_dim: 31,
+        ..shape
+    };
+    let err = b
+        .qkv_rope_norm(
+            &qkv, &pos, &inv_freq, &odd, None, eps, &mut q, &mut k, &mut v,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("head_dim 31"), "{err}");
+    let mut x = b.zeros::<f32>(10).unwrap();
+    let mut out = b.zeros::<u16>(10).unwrap();
+    let err = b
+        .add_rms_norm_half(
+            &mut x,
+            None,
+            &b.zeros::<f32>(4).unwrap(),
+            eps,
+            HalfKind::BF16,
+            &mut out,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("add_rms_norm_half"), "{err}");
+    report("fused ops vs unfused", b, 0.0, 0.0);
+}
+
 /// `split_cols` copies column blocks exactly (q|k|v widths of a GQA layer, an odd width, one
 /// row and many rows) and rejects blocks past the source's last column.
 fn split_cols_body<B: Backend>(b: &B) {
@@ -1531,6 +1721,7 @@ both! {
     silu_mul_body => silu_mul_cpu, silu_mul_cuda;
     silu_mul_fused_body => silu_mul_fused_cpu, silu_mul_fused_cuda;
     split_cols_body => split_cols_cpu, split_cols_cuda;
+    fused_ops_body => fused_ops_cpu, fused_ops_cuda;
     embedding_body => embedding_cpu, embedding_cuda;
     argmax_body => argmax_cpu, argmax_cuda;
     to_half_body => to_half_cpu, to_half_cuda;

@@ -159,9 +159,14 @@ fn checkpoints(root: &Path) -> Vec<(PathBuf, bool)> {
     ]
 }
 
-/// Fused against separate linears on `b`; `tol` on the first logits relative to their
-/// largest magnitude (0: bit-identical, and identical tokens).
-fn fused_matches_unfused<B: Backend>(b: &B, tol: f64) {
+/// The model loaded with `fused` against separate linears and unfused ops on `b`; `tol` on
+/// the first logits relative to their largest magnitude (0: bit-identical, and identical
+/// tokens).
+fn fused_matches_unfused<B: Backend>(b: &B, fused: LoadOptions, tol: f64) {
+    let plain = LoadOptions {
+        fuse: false,
+        fuse_ops: false,
+    };
     let tmp = tempfile::tempdir().unwrap();
     let mut r = SplitMix64(11);
     let prompts: Vec<Vec<u32>> = [6usize, 1, 9]
@@ -179,14 +184,16 @@ fn fused_matches_unfused<B: Backend>(b: &B, tol: f64) {
         let ckpt = Checkpoint::open(&dir).unwrap();
         let layers = ckpt.arch.num_layers();
         let hidden = ckpt.arch.config.hidden_size;
-        let fused = BackendModel::load_with(b, &ckpt, LoadOptions { fuse: true }).unwrap();
+        let opts_fused = fused;
+        let fused = BackendModel::load_with(b, &ckpt, opts_fused).unwrap();
         let ckpt = Checkpoint::open(&dir).unwrap();
-        let separate = BackendModel::load_with(b, &ckpt, LoadOptions { fuse: false }).unwrap();
-        assert_eq!(fused.fused_layers(), (layers, layers), "{name}");
+        let separate = BackendModel::load_with(b, &ckpt, plain).unwrap();
+        let n = if opts_fused.fuse { layers } else { 0 };
+        assert_eq!(fused.fused_layers(), (n, n), "{name}");
         assert_eq!(separate.fused_layers(), (0, 0), "{name}");
         // One g_idx [hidden] per fused group instead of one per part (q|k|v: 2 fewer,
         // gate|up: 1 fewer) when the g_idx is not sequential; the same bytes otherwise.
-        let saved = if g_idx_on_device {
+        let saved = if g_idx_on_device && opts_fused.fuse {
             (layers * 3 * hidden * 4) as u64
         } else {
             0
@@ -221,7 +228,8 @@ fn fused_matches_unfused<B: Backend>(b: &B, tol: f64) {
             worst = worst.max(err);
         }
         println!(
-            "{name} on {}: fused vs separate first logits max rel err {worst:.3e}, weights {} B",
+            "{name} on {} ({opts_fused:?}): vs separate first logits max rel err {worst:.3e}, \
+             weights {} B",
             b.name(),
             fused.weight_bytes
         );
@@ -229,9 +237,28 @@ fn fused_matches_unfused<B: Backend>(b: &B, tol: f64) {
     }
 }
 
+/// The three fused configurations: linears, linears + small ops, small ops alone (q|k|v
+/// separate, so `qkv_rope_norm` is not used but the fused norms are).
+const FUSED: [LoadOptions; 3] = [
+    LoadOptions {
+        fuse: true,
+        fuse_ops: false,
+    },
+    LoadOptions {
+        fuse: true,
+        fuse_ops: true,
+    },
+    LoadOptions {
+        fuse: false,
+        fuse_ops: true,
+    },
+];
+
 #[test]
 fn fused_linears_match_separate_cpu() {
-    fused_matches_unfused(&CpuBackend::new(), 0.0);
+    for opts in FUSED {
+        fused_matches_unfused(&CpuBackend::new(), opts, 0.0);
+    }
 }
 
 /// The GPU's GEMMs may sum in another order for the wider fused matrices; the 16-bit KV cache
@@ -243,5 +270,7 @@ fn fused_linears_match_separate_cuda() {
         Ok(b) => b,
         Err(e) => panic!("no CUDA backend: {e}\n{}", probe::describe()),
     };
-    fused_matches_unfused(&b, 5e-3);
+    for opts in FUSED {
+        fused_matches_unfused(&b, opts, 5e-3);
+    }
 }

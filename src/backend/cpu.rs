@@ -4,8 +4,9 @@
 use rayon::prelude::*;
 
 use crate::backend::{
-    check_len, check_silu_mul_fused, check_split_cols, rows_of, runner_err, AttnShape, Backend,
-    Elem, GptqWeight, HalfKind, InverseFactor, MemStats,
+    check_add_rms_norm_half, check_len, check_qkv_rope_norm, check_silu_mul_fused,
+    check_split_cols, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind,
+    InverseFactor, MemStats,
 };
 use crate::error::Result;
 use crate::quant::gptq::{
@@ -129,14 +130,7 @@ impl Backend for CpuBackend {
 
     fn silu_mul_fused(&self, gu: &Vec<f32>, inter: usize, out: &mut Vec<f32>) -> Result<()> {
         check_silu_mul_fused(gu.len(), inter, out.len())?;
-        out.par_chunks_mut(inter)
-            .zip(gu.par_chunks(2 * inter))
-            .for_each(|(o, row)| {
-                let (g, u) = row.split_at(inter);
-                for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                    *o = silu(*g) * u;
-                }
-            });
+        silu_mul_rows(gu, inter, out, |v| v);
         Ok(())
     }
 
@@ -533,6 +527,93 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn add_rms_norm_half(
+        &self,
+        x: &mut Vec<f32>,
+        y: Option<&Vec<f32>>,
+        w: &Vec<f32>,
+        eps: f32,
+        half: HalfKind,
+        out: &mut Vec<u16>,
+    ) -> Result<()> {
+        check_add_rms_norm_half(x.len(), y.map(|y| y.len()), w.len(), out.len())?;
+        if let Some(y) = y {
+            self.add(x, y)?;
+        }
+        let dim = w.len();
+        out.par_chunks_mut(dim)
+            .zip(x.par_chunks(dim))
+            .for_each(|(o, xr)| {
+                let mut row = xr.to_vec();
+                rms_norm(&mut row, w, eps);
+                for (o, v) in o.iter_mut().zip(row) {
+                    *o = half.from_f32(v);
+                }
+            });
+        Ok(())
+    }
+
+    fn silu_mul_fused_half(
+        &self,
+        gu: &Vec<f32>,
+        inter: usize,
+        half: HalfKind,
+        out: &mut Vec<u16>,
+    ) -> Result<()> {
+        check_silu_mul_fused(gu.len(), inter, out.len())?;
+        silu_mul_rows(gu, inter, out, |v| half.from_f32(v));
+        Ok(())
+    }
+
+    fn qkv_rope_norm(
+        &self,
+        qkv: &Vec<f32>,
+        positions: &Vec<u32>,
+        inv_freq: &Vec<f32>,
+        shape: &AttnShape,
+        qk_norm: Option<(&Vec<f32>, &Vec<f32>)>,
+        eps: f32,
+        q: &mut Vec<f32>,
+        k: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+    ) -> Result<()> {
+        let rows = positions.len();
+        check_qkv_rope_norm(
+            qkv.len(),
+            rows,
+            inv_freq.len(),
+            shape,
+            qk_norm.map(|(a, b)| (a.len(), b.len())),
+            q.len(),
+            k.len(),
+            v.len(),
+        )?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let (qw, kvw) = (shape.q_width(), shape.kv_width());
+        let rope = Rope {
+            head_dim: shape.head_dim,
+            inv_freq: inv_freq.clone(),
+        };
+        q.par_chunks_mut(qw)
+            .zip(k.par_chunks_mut(kvw))
+            .zip(v.par_chunks_mut(kvw))
+            .zip(qkv.par_chunks(qw + 2 * kvw).zip(positions.par_iter()))
+            .for_each(|(((qr, kr), vr), (src, &p))| {
+                qr.copy_from_slice(&src[..qw]);
+                kr.copy_from_slice(&src[qw..qw + kvw]);
+                vr.copy_from_slice(&src[qw + kvw..]);
+                rope.apply(qr, p as usize);
+                rope.apply(kr, p as usize);
+                if let Some((qn, kn)) = qk_norm {
+                    rms_norm(qr, qn, eps);
+                    rms_norm(kr, kn, eps);
+                }
+            });
+        Ok(())
+    }
+
     fn gather_rows(
         &self,
         x: &Vec<f32>,
@@ -552,6 +633,18 @@ impl Backend for CpuBackend {
         }
         Ok(())
     }
+}
+
+/// `out[r, j] = cast(silu(gu[r, j]) * gu[r, inter + j])` over a fused gate|up output.
+fn silu_mul_rows<T: Send>(gu: &[f32], inter: usize, out: &mut [T], cast: impl Fn(f32) -> T + Sync) {
+    out.par_chunks_mut(inter)
+        .zip(gu.par_chunks(2 * inter))
+        .for_each(|(o, row)| {
+            let (g, u) = row.split_at(inter);
+            for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                *o = cast(silu(*g) * u);
+            }
+        });
 }
 
 #[cfg(test)]

@@ -608,6 +608,49 @@ pub trait Backend: Send + Sync {
         dst: &mut Self::Buf<f32>,
     ) -> Result<()>;
 
+    /// `x += y` (when `y` is given), then `out = half(x * w / sqrt(mean(x^2) + eps))` over
+    /// each row of length `w.len()`: `add`, `rms_norm` and `to_half` in one op (the decoder's
+    /// residual add and the next linear's 16-bit input). Same arithmetic as the three ops.
+    #[allow(clippy::too_many_arguments)]
+    fn add_rms_norm_half(
+        &self,
+        x: &mut Self::Buf<f32>,
+        y: Option<&Self::Buf<f32>>,
+        w: &Self::Buf<f32>,
+        eps: f32,
+        half: HalfKind,
+        out: &mut Self::Buf<u16>,
+    ) -> Result<()>;
+
+    /// `out = half(silu(gu[r, j]) * gu[r, inter + j])`: `silu_mul_fused` and `to_half` in one
+    /// op (the down projection's 16-bit input). Same arithmetic as the two ops.
+    fn silu_mul_fused_half(
+        &self,
+        gu: &Self::Buf<f32>,
+        inter: usize,
+        half: HalfKind,
+        out: &mut Self::Buf<u16>,
+    ) -> Result<()>;
+
+    /// The attention inputs from a fused q|k|v output `qkv` ([rows, q_width + 2 kv_width]):
+    /// q ([rows, q_width]), k and v ([rows, kv_width]) split out, RoPE (`rope`, row r at
+    /// `positions[r]`) applied to q and k, then, with `qk_norm` = (q weight, k weight), each
+    /// head of q and k RMS-normed (`rms_norm` with a head_dim-long weight: HunYuan's QK-norm,
+    /// after RoPE). `split_cols` x3, `rope` x2 and `rms_norm` x2 in one op, same arithmetic.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn qkv_rope_norm(
+        &self,
+        qkv: &Self::Buf<f32>,
+        positions: &Self::Buf<u32>,
+        inv_freq: &Self::Buf<f32>,
+        shape: &AttnShape,
+        qk_norm: Option<(&Self::Buf<f32>, &Self::Buf<f32>)>,
+        eps: f32,
+        q: &mut Self::Buf<f32>,
+        k: &mut Self::Buf<f32>,
+        v: &mut Self::Buf<f32>,
+    ) -> Result<()>;
+
     /// `h ← h·n/(n+m) + 2/(n+m)·XᵀX` for the m = `rows` rows of `x` ([rows, dim]), with
     /// n = `nsamples` rows accumulated before: the running average of gptq.rs
     /// `Hessian::add_batch`. `h` is [dim, dim] f32, exactly symmetric (cuBLAS SSYRK on the
@@ -741,6 +784,53 @@ pub(crate) fn check_silu_mul_fused(gu_len: usize, inter: usize, out_len: usize) 
     }
     let rows = rows_of("silu_mul_fused", "gu", gu_len, 2 * inter)?;
     check_len("silu_mul_fused", "out", out_len, rows * inter)?;
+    Ok(rows)
+}
+
+/// Checks `add_rms_norm_half`'s shapes; returns the rows.
+pub(crate) fn check_add_rms_norm_half(
+    x_len: usize,
+    y_len: Option<usize>,
+    w_len: usize,
+    out_len: usize,
+) -> Result<usize> {
+    let rows = rows_of("add_rms_norm_half", "x", x_len, w_len)?;
+    if let Some(y_len) = y_len {
+        check_len("add_rms_norm_half", "y", y_len, x_len)?;
+    }
+    check_len("add_rms_norm_half", "out", out_len, x_len)?;
+    Ok(rows)
+}
+
+/// Checks `qkv_rope_norm`'s shapes; returns the rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn check_qkv_rope_norm(
+    qkv_len: usize,
+    rows: usize,
+    inv_freq_len: usize,
+    shape: &AttnShape,
+    norm_lens: Option<(usize, usize)>,
+    q_len: usize,
+    k_len: usize,
+    v_len: usize,
+) -> Result<usize> {
+    const OP: &str = "qkv_rope_norm";
+    let hd = shape.head_dim;
+    if hd == 0 || hd % 2 != 0 || hd > 256 {
+        return Err(runner_err(format!(
+            "{OP}: head_dim {hd} is not even and at most 256"
+        )));
+    }
+    let (qw, kvw) = (shape.q_width(), shape.kv_width());
+    check_len(OP, "qkv", qkv_len, rows * (qw + 2 * kvw))?;
+    check_len(OP, "inv_freq", inv_freq_len, hd / 2)?;
+    check_len(OP, "q", q_len, rows * qw)?;
+    check_len(OP, "k", k_len, rows * kvw)?;
+    check_len(OP, "v", v_len, rows * kvw)?;
+    if let Some((qn, kn)) = norm_lens {
+        check_len(OP, "q norm weight", qn, hd)?;
+        check_len(OP, "k norm weight", kn, hd)?;
+    }
     Ok(rows)
 }
 

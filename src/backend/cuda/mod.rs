@@ -23,8 +23,9 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use crate::backend::{
-    check_len, check_silu_mul_fused, check_split_cols, rows_of, runner_err, AttnShape, Backend,
-    Elem, GptqWeight, HalfKind, InverseFactor, LinearJob, MemStats, SolvedLinear,
+    check_add_rms_norm_half, check_len, check_qkv_rope_norm, check_silu_mul_fused,
+    check_split_cols, rows_of, runner_err, AttnShape, Backend, Elem, GptqWeight, HalfKind,
+    InverseFactor, LinearJob, MemStats, SolvedLinear,
 };
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -942,6 +943,133 @@ impl Backend for CudaBackend {
             .arg(&dc);
         // SAFETY: matches split_cols_f32; shapes checked above.
         unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("split_cols_f32"))?;
+        Ok(())
+    }
+
+    fn add_rms_norm_half(
+        &self,
+        x: &mut CudaBuf<f32>,
+        y: Option<&CudaBuf<f32>>,
+        w: &CudaBuf<f32>,
+        eps: f32,
+        half: HalfKind,
+        out: &mut CudaBuf<u16>,
+    ) -> Result<()> {
+        let rows = check_add_rms_norm_half(x.len, y.map(|y| y.len), w.len, out.len)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let (rows_u, dim, kind) = (as_u32("rows", rows)?, as_u32("dim", w.len)?, half.code());
+        let name = if y.is_some() {
+            "add_rms_norm_half"
+        } else {
+            "rms_norm_half"
+        };
+        let f = self.func(&compile::ELEMENTWISE, name)?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows_u, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&mut x.slice);
+        if let Some(y) = y {
+            b.arg(&y.slice);
+        }
+        b.arg(&w.slice)
+            .arg(&mut out.slice)
+            .arg(&rows_u)
+            .arg(&dim)
+            .arg(&eps)
+            .arg(&kind);
+        // SAFETY: argument types and order match add_rms_norm_half (x, y, w, out, rows, dim,
+        // eps, kind) or rms_norm_half (the same without y); lengths checked above.
+        unsafe { b.launch(cfg) }.map_err(Self::launch_err(name))?;
+        Ok(())
+    }
+
+    fn silu_mul_fused_half(
+        &self,
+        gu: &CudaBuf<f32>,
+        inter: usize,
+        half: HalfKind,
+        out: &mut CudaBuf<u16>,
+    ) -> Result<()> {
+        check_silu_mul_fused(gu.len, inter, out.len)?;
+        if out.len == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "silu_mul_fused_half")?;
+        let (n, inter_u, kind) = (out.len as u64, as_u32("inter", inter)?, half.code());
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&gu.slice)
+            .arg(&mut out.slice)
+            .arg(&n)
+            .arg(&inter_u)
+            .arg(&kind);
+        // SAFETY: matches silu_mul_fused_half; shapes checked above.
+        unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("silu_mul_fused_half"))?;
+        Ok(())
+    }
+
+    fn qkv_rope_norm(
+        &self,
+        qkv: &CudaBuf<f32>,
+        positions: &CudaBuf<u32>,
+        inv_freq: &CudaBuf<f32>,
+        shape: &AttnShape,
+        qk_norm: Option<(&CudaBuf<f32>, &CudaBuf<f32>)>,
+        eps: f32,
+        q: &mut CudaBuf<f32>,
+        k: &mut CudaBuf<f32>,
+        v: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        let rows = check_qkv_rope_norm(
+            qkv.len,
+            positions.len,
+            inv_freq.len,
+            shape,
+            qk_norm.map(|(a, b)| (a.len, b.len)),
+            q.len,
+            k.len,
+            v.len,
+        )?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let f = self.func(&compile::ELEMENTWISE, "qkv_rope_norm_f32")?;
+        let (heads, kv_heads, hd) = (
+            as_u32("heads", shape.heads)?,
+            as_u32("kv_heads", shape.kv_heads)?,
+            as_u32("head_dim", shape.head_dim)?,
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (as_u32("rows", rows)?, heads + 2 * kv_heads, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // Without QK-norm the weights are not read; inv_freq stands in for their pointers.
+        let (qn, kn, has_norm) = match qk_norm {
+            Some((a, b)) => (&a.slice, &b.slice, 1u32),
+            None => (&inv_freq.slice, &inv_freq.slice, 0u32),
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&qkv.slice)
+            .arg(&positions.slice)
+            .arg(&inv_freq.slice)
+            .arg(qn)
+            .arg(kn)
+            .arg(&mut q.slice)
+            .arg(&mut k.slice)
+            .arg(&mut v.slice)
+            .arg(&heads)
+            .arg(&kv_heads)
+            .arg(&hd)
+            .arg(&eps)
+            .arg(&has_norm);
+        // SAFETY: matches qkv_rope_norm_f32; shapes checked above (head_dim even, <= 256, the
+        // block size).
+        unsafe { b.launch(cfg) }.map_err(Self::launch_err("qkv_rope_norm_f32"))?;
         Ok(())
     }
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The fused small ops of the GPU runner (LoadOptions::fuse_ops, HYQ_RUNNER_FUSE_OPS=1; issue 4),
+# one device call per part (logs under $OUT):
+#   tests: fused_ops_cuda (each fused op against the ops it replaces), runner_cuda with the
+#          fused ops on (the GPU runner against the CPU reference runner), runner_fused
+#          (fused configurations against separate linears, on the GPU);
+#   e2e:   scripts/bench_decode_e2e.sh as shipped, then with HYQ_RUNNER_FUSE_OPS=1 (same
+#          models, reused): ms per decode step at the 7B shape, batch 1 and 16.
+#   usage: scripts/gpu_fused_ops.sh BINDIR tests|e2e
+# BINDIR: stripped backend_ops, runner_fused and hy-quant built on the dev box.
+set -uo pipefail
+bindir=$1 part=$2
+out=${OUT:-/tmp/out}; mkdir -p "$out"
+export XDG_CACHE_HOME=/tmp/xdg
+case $part in
+  tests)
+    timeout 200 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact fused_ops_cuda \
+      > "$out/fused_ops.log" 2>&1; echo "fused_ops_cuda rc=$?"
+    HYQ_RUNNER_FUSE_OPS=1 timeout 200 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture \
+      --exact runner_cuda > "$out/runner_cuda_fused_ops.log" 2>&1; echo "runner_cuda (fused ops) rc=$?"
+    timeout 200 "$bindir/runner_fused" --ignored --test-threads=1 --nocapture > "$out/runner_fused.log" 2>&1
+    echo "runner_fused rc=$?"
+    grep -hE "^test .*(ok|FAILED)$|panicked|rel err|runner " "$out"/*.log | tail -40
+    ;;
+  e2e)
+    HYQ_BIN=$bindir/hy-quant scripts/bench_decode_e2e.sh /tmp/e2e hy-mt1.5-7b > "$out/e2e-default.txt" 2>&1
+    mkdir -p "$out/fused-ops"
+    HYQ_RUNNER_FUSE_OPS=1 OUT=$out/fused-ops HYQ_BIN=$bindir/hy-quant \
+      scripts/bench_decode_e2e.sh /tmp/e2e hy-mt1.5-7b > "$out/e2e-fused-ops.txt" 2>&1
+    echo "== as shipped"; cat "$out/e2e-default.txt"
+    echo "== HYQ_RUNNER_FUSE_OPS=1"; cat "$out/e2e-fused-ops.txt"
+    ;;
+  *) echo "usage: $0 BINDIR tests|e2e" >&2; exit 2 ;;
+esac
