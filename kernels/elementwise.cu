@@ -82,37 +82,59 @@ extern "C" __global__ void embedding_half(const u16* __restrict__ table, const u
     out[idx] = t < vocab ? half_to_f32(table[(u64)t * hidden + j], kind) : __int_as_float(0x7fc00000);
 }
 
-// One block per row; ties go to the lowest index (torch.argmax), NaNs are never chosen.
-extern "C" __global__ void argmax_f32(const float* __restrict__ x, u32* __restrict__ out, u32 rows,
-                                      u32 cols) {
+// One block per row; ties go to the lowest index (torch.argmax), NaNs are never chosen; margin =
+// the largest value minus the largest of the others (src/runner/generate.rs argmax_with_margin,
+// exactly: every step is a comparison, the one subtraction is the same). Each thread scans its
+// strided elements as the sequential loop does; merging two (top, index, second): the larger top
+// (the lower index on ties) wins and the loser's top joins the seconds.
+extern "C" __global__ void argmax_f32(const float* __restrict__ x, u32* __restrict__ out,
+                                      float* __restrict__ margin, u32 rows, u32 cols) {
     __shared__ float best_v[256];  // launched with exactly 256 threads
+    __shared__ float second_v[256];
     __shared__ u32 best_i[256];
     const u32 row = blockIdx.x;
     if (row >= rows) return;
     const float* xr = x + (u64)row * cols;
-    float bv = -__int_as_float(0x7f800000);
-    u32 bi = 0;
+    const float NEG_INF = -__int_as_float(0x7f800000);
+    const u32 NONE = 0xffffffffu;  // no element above -inf yet
+    float bv = NEG_INF, sv = NEG_INF;
+    u32 bi = NONE;
     for (u32 i = threadIdx.x; i < cols; i += blockDim.x) {
         const float v = xr[i];
-        if (v > bv) { bv = v; bi = i; }
+        if (v > bv) {
+            sv = bv;
+            bv = v;
+            bi = i;
+        } else if (v > sv) {
+            sv = v;
+        }
     }
     best_v[threadIdx.x] = bv;
+    second_v[threadIdx.x] = sv;
     best_i[threadIdx.x] = bi;
     __syncthreads();
     for (u32 s = blockDim.x / 2; s > 0; s >>= 1) {
         if (threadIdx.x < s) {
-            const float ov = best_v[threadIdx.x + s];
+            const float ov = best_v[threadIdx.x + s], os = second_v[threadIdx.x + s];
             const u32 oi = best_i[threadIdx.x + s];
-            const float mv = best_v[threadIdx.x];
+            const float mv = best_v[threadIdx.x], ms = second_v[threadIdx.x];
             const u32 mi = best_i[threadIdx.x];
-            if (ov > mv || (ov == mv && oi < mi)) {
+            const bool take = ov > mv || (ov == mv && oi < mi);
+            float sec = os > ms ? os : ms;
+            const float loser = take ? mv : ov;
+            if (loser > sec) sec = loser;
+            if (take) {
                 best_v[threadIdx.x] = ov;
                 best_i[threadIdx.x] = oi;
             }
+            second_v[threadIdx.x] = sec;
         }
         __syncthreads();
     }
-    if (threadIdx.x == 0) out[row] = best_i[0];
+    if (threadIdx.x == 0) {
+        out[row] = best_i[0] == NONE ? 0u : best_i[0];
+        margin[row] = best_v[0] - second_v[0];
+    }
 }
 
 extern "C" __global__ void to_half_f32(const float* __restrict__ x, u16* __restrict__ out, u64 n, u32 kind) {

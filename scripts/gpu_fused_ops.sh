@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The fused small ops of the GPU runner (LoadOptions::fuse_ops, HYQ_RUNNER_FUSE_OPS=1; issue 4),
 # one device call per part (logs under $OUT):
-#   tests: fused_ops_cuda (each fused op against the ops it replaces), runner_cuda with the
+#   tests: fused_ops_cuda (each fused op against the ops it replaces), argmax_cuda (pick and
+#          margin against the host definition), runner_cuda with the
 #          fused ops on (the GPU runner against the CPU reference runner), runner_fused
 #          (fused configurations against separate linears, on the GPU);
 #   e2e:   scripts/bench_decode_e2e.sh as shipped, then with HYQ_RUNNER_FUSE_OPS=1 (same
@@ -15,7 +16,7 @@ export XDG_CACHE_HOME=/tmp/xdg
 case $part in
   tests)
     timeout 200 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact fused_ops_cuda \
-      > "$out/fused_ops.log" 2>&1; echo "fused_ops_cuda rc=$?"
+      argmax_cuda > "$out/fused_ops.log" 2>&1; echo "fused_ops_cuda argmax_cuda rc=$?"
     HYQ_RUNNER_FUSE_OPS=1 timeout 200 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture \
       --exact runner_cuda > "$out/runner_cuda_fused_ops.log" 2>&1; echo "runner_cuda (fused ops) rc=$?"
     timeout 200 "$bindir/runner_fused" --ignored --test-threads=1 --nocapture > "$out/runner_fused.log" 2>&1

@@ -431,7 +431,7 @@ fn embedding_body<B: Backend>(b: &B) {
 
 fn argmax_body<B: Backend>(b: &B) {
     let cols = 151_936; // Qwen2.5's vocabulary
-    let rows = 4;
+    let rows = 7;
     let mut x = randn(8, rows * cols, 3.0);
     // Row 1: a tie between two maxima; the first wins.
     x[cols + 500] = 100.0;
@@ -440,9 +440,19 @@ fn argmax_body<B: Backend>(b: &B) {
     x[3 * cols - 1] = 1000.0;
     // Row 3: NaNs are never chosen.
     x[3 * cols + 5] = f32::NAN;
-    let want: Vec<u32> = x
+    // Row 4: the runner-up sits in another thread's stride than the maximum, and a NaN.
+    x[4 * cols + 7] = 50.0;
+    x[4 * cols + 8] = 49.5;
+    x[4 * cols + 9] = f32::NAN;
+    // Row 5: nothing above -inf (index 0, margin NaN as on the host).
+    x[5 * cols..6 * cols].fill(f32::NEG_INFINITY);
+    // Row 6: the maximum and runner-up in the same thread's stride (256 apart).
+    x[6 * cols + 1000] = 70.0;
+    x[6 * cols + 1256] = 69.0;
+    let (want, want_margin): (Vec<u32>, Vec<f32>) = x
         .chunks(cols)
         .map(|row| {
+            // The plain definition, written out: first maximum; margin to the best other.
             let (mut best, mut top) = (0usize, f32::NEG_INFINITY);
             for (i, &v) in row.iter().enumerate() {
                 if v > top {
@@ -450,14 +460,33 @@ fn argmax_body<B: Backend>(b: &B) {
                     best = i;
                 }
             }
-            best as u32
+            let second = row
+                .iter()
+                .enumerate()
+                .filter(|&(i, v)| i != best && !v.is_nan())
+                .fold(f32::NEG_INFINITY, |m, (_, &v)| m.max(v));
+            (best as u32, top - second)
         })
-        .collect();
+        .unzip();
     assert_eq!(want[1], 500);
+    assert_eq!(want_margin[1], 0.0);
+    assert_eq!((want[4], want_margin[4]), (7, 0.5));
+    assert_eq!(want[5], 0);
     let xd = b.upload(&x).unwrap();
     let mut out = b.zeros::<u32>(rows).unwrap();
-    b.argmax(&xd, cols, &mut out).unwrap();
+    let mut margin = b.zeros::<f32>(rows).unwrap();
+    b.argmax(&xd, cols, &mut out, &mut margin).unwrap();
     assert_eq!(b.download(&out).unwrap(), want, "on {}", b.name());
+    let got_margin = b.download(&margin).unwrap();
+    for (r, (g, w)) in got_margin.iter().zip(&want_margin).enumerate() {
+        assert!(
+            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+            "row {r}: margin {g} vs {w} on {}",
+            b.name()
+        );
+    }
+    let err = b.argmax(&xd, cols, &mut out, &mut b.zeros::<f32>(3).unwrap());
+    assert!(err.unwrap_err().to_string().contains("argmax: margin"));
     report("argmax (exact)", b, 0.0, 0.0);
 }
 
@@ -2451,12 +2480,13 @@ fn cold_call_us(b: &CudaBackend, samples: usize, f: &mut dyn FnMut()) -> f64 {
     let cols = 1usize << 18;
     let flush = b.zeros::<f32>(256 * cols).unwrap();
     let mut idx = b.zeros::<u32>(256).unwrap();
+    let mut margin = b.zeros::<f32>(256).unwrap();
     for _ in 0..3 {
         f();
     }
     let mut t: Vec<f64> = (0..samples)
         .map(|_| {
-            b.argmax(&flush, cols, &mut idx).unwrap();
+            b.argmax(&flush, cols, &mut idx, &mut margin).unwrap();
             b.time_ms(&mut || {
                 f();
                 Ok(())

@@ -217,6 +217,7 @@ fn fused_matches_unfused<B: Backend>(b: &B, fused: LoadOptions, tol: f64) {
             if tol == 0.0 {
                 assert_eq!(la, lw, "{name} prompt {i} first logits");
                 assert_eq!(a.token_ids, w.token_ids, "{name} prompt {i} tokens");
+                assert_eq!(a.margins, w.margins, "{name} prompt {i} margins");
             }
             let scale = lw.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
             let err = la
@@ -238,7 +239,8 @@ fn fused_matches_unfused<B: Backend>(b: &B, fused: LoadOptions, tol: f64) {
 }
 
 /// The three fused configurations: linears, linears + small ops, small ops alone (q|k|v
-/// separate, so `qkv_rope_norm` is not used but the fused norms are).
+/// separate, so `qkv_rope_norm` is not used but the fused norms are). With the small ops
+/// the greedy picks after the first step come from the device (`Backend::argmax`).
 const FUSED: [LoadOptions; 3] = [
     LoadOptions {
         fuse: true,

@@ -16,6 +16,7 @@ use crate::quant::gptq::{
 use crate::quant::rtn::Rtn;
 use crate::quant::{QuantMethod, QuantScheme, QuantizedLinear, Weight};
 use crate::runner::forward::{attend, kv_head_of, rms_norm, silu, Rope};
+use crate::runner::generate::argmax_with_margin;
 use crate::runner::weights::dot;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -160,21 +161,20 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn argmax(&self, x: &Vec<f32>, cols: usize, out: &mut Vec<u32>) -> Result<()> {
+    fn argmax(
+        &self,
+        x: &Vec<f32>,
+        cols: usize,
+        out: &mut Vec<u32>,
+        margin: &mut Vec<f32>,
+    ) -> Result<()> {
         let rows = rows_of("argmax", "x", x.len(), cols)?;
         check_len("argmax", "out", out.len(), rows)?;
+        check_len("argmax", "margin", margin.len(), rows)?;
         out.par_iter_mut()
+            .zip(margin.par_iter_mut())
             .zip(x.par_chunks(cols))
-            .for_each(|(o, row)| {
-                let (mut best, mut top) = (0usize, f32::NEG_INFINITY);
-                for (i, &v) in row.iter().enumerate() {
-                    if v > top {
-                        top = v;
-                        best = i;
-                    }
-                }
-                *o = best as u32;
-            });
+            .for_each(|((o, m), row)| (*o, *m) = argmax_with_margin(row));
         Ok(())
     }
 

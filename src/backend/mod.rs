@@ -490,8 +490,16 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
 
     /// Index of the largest value of each row of length `cols` (first one on ties, as
-    /// torch.argmax).
-    fn argmax(&self, x: &Self::Buf<f32>, cols: usize, out: &mut Self::Buf<u32>) -> Result<()>;
+    /// torch.argmax; NaNs are never chosen) and, in `margin`, that value minus the largest
+    /// of the others: `runner::generate::argmax_with_margin` per row, exactly (greedy
+    /// decoding's pick and its top-1 margin without downloading the logits).
+    fn argmax(
+        &self,
+        x: &Self::Buf<f32>,
+        cols: usize,
+        out: &mut Self::Buf<u32>,
+        margin: &mut Self::Buf<f32>,
+    ) -> Result<()>;
 
     /// f32 to 16-bit, round to nearest even.
     fn to_half(&self, x: &Self::Buf<f32>, half: HalfKind, out: &mut Self::Buf<u16>) -> Result<()>;

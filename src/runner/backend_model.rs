@@ -477,7 +477,9 @@ pub struct LoadOptions {
     pub fuse: bool,
     /// Run the decoder's small ops fused (`Backend::add_rms_norm_half`, `qkv_rope_norm`,
     /// `silu_mul_fused_half`: about 10 launches fewer per layer on the GPU; the same
-    /// arithmetic). Off by default until the CUDA kernels are verified and timed on a GPU.
+    /// arithmetic), and pick greedy tokens on the device (`Backend::argmax`: two values per
+    /// row come back instead of the logits). Off by default until the CUDA kernels are
+    /// verified and timed on a GPU.
     pub fuse_ops: bool,
 }
 
@@ -745,6 +747,20 @@ impl<B: Backend> BackendModel<B> {
         positions: &[u32],
         last_rows: &[u32],
     ) -> Result<Vec<f32>> {
+        let logits = self.forward_on_device(b, cache, tokens, slots, positions, last_rows)?;
+        b.download(&logits)
+    }
+
+    /// `forward`, leaving the logits on the backend.
+    pub fn forward_on_device(
+        &self,
+        b: &B,
+        cache: &mut BackendCache<B>,
+        tokens: &[u32],
+        slots: &[u32],
+        positions: &[u32],
+        last_rows: &[u32],
+    ) -> Result<B::Buf<f32>> {
         let d = &self.dims;
         let t = tokens.len();
         if slots.len() != t || positions.len() != t {
@@ -780,7 +796,7 @@ impl<B: Backend> BackendModel<B> {
             });
         }
         if t == 0 {
-            return Ok(Vec::new());
+            return b.zeros::<f32>(0);
         }
         let shape = self.attn_shape(cache.max_len);
         let (qd, kvd, hid, inter) = (
@@ -967,7 +983,7 @@ impl<B: Backend> BackendModel<B> {
                 &mut logits,
             )?,
         }
-        b.download(&logits)
+        Ok(logits)
     }
 }
 
@@ -1044,7 +1060,23 @@ pub fn generate_on<B: Backend>(
             }
             last_rows.push(tokens.len() as u32 - 1);
         }
-        let logits = model.forward(b, &mut cache, &tokens, &slots, &positions, &last_rows)?;
+        let logits =
+            model.forward_on_device(b, &mut cache, &tokens, &slots, &positions, &last_rows)?;
+        let vocab = model.dims.vocab;
+        // Greedy pick and margin: on the device (two values per row come back) with the fused
+        // ops, unless some row's first logits are to be kept; else from the downloaded logits.
+        let keep = opts.keep_first_logits && active.iter().any(|a| a.out.first_logits.is_none());
+        let (picks, host_logits) = if model.fuse_ops && !keep {
+            let n = active.len();
+            let (mut idx, mut margin) = (b.zeros::<u32>(n)?, b.zeros::<f32>(n)?);
+            b.argmax(&logits, vocab, &mut idx, &mut margin)?;
+            let picks = b.download(&idx)?.into_iter().zip(b.download(&margin)?);
+            (picks.collect::<Vec<_>>(), None)
+        } else {
+            let host = b.download(&logits)?;
+            let picks = host.chunks(vocab).map(argmax_with_margin).collect();
+            (picks, Some(host))
+        };
         stats.forward_calls += 1;
         let dt = step_start.elapsed().as_secs_f64();
         if prefilling {
@@ -1053,13 +1085,13 @@ pub fn generate_on<B: Backend>(
             stats.decode_step_seconds += dt;
             stats.decode_step_tokens += active.len();
         }
-        let vocab = model.dims.vocab;
         let mut still = Vec::with_capacity(active.len());
         for (j, mut a) in active.drain(..).enumerate() {
-            let lg = &logits[j * vocab..(j + 1) * vocab];
-            let (tok, margin) = argmax_with_margin(lg);
+            let (tok, margin) = picks[j];
             if opts.keep_first_logits && a.out.first_logits.is_none() {
-                a.out.first_logits = Some(lg.to_vec());
+                if let Some(host) = &host_logits {
+                    a.out.first_logits = Some(host[j * vocab..(j + 1) * vocab].to_vec());
+                }
             }
             a.out.margins.push(margin);
             a.len += a.pending.len();

@@ -643,9 +643,16 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn argmax(&self, x: &CudaBuf<f32>, cols: usize, out: &mut CudaBuf<u32>) -> Result<()> {
+    fn argmax(
+        &self,
+        x: &CudaBuf<f32>,
+        cols: usize,
+        out: &mut CudaBuf<u32>,
+        margin: &mut CudaBuf<f32>,
+    ) -> Result<()> {
         let rows = rows_of("argmax", "x", x.len, cols)?;
         check_len("argmax", "out", out.len, rows)?;
+        check_len("argmax", "margin", margin.len, rows)?;
         if rows == 0 {
             return Ok(());
         }
@@ -659,6 +666,7 @@ impl Backend for CudaBackend {
         let mut b = self.stream.launch_builder(&f);
         b.arg(&x.slice)
             .arg(&mut out.slice)
+            .arg(&mut margin.slice)
             .arg(&rows_u)
             .arg(&cols_u);
         // SAFETY: matches argmax_f32, which needs exactly 256 threads.
