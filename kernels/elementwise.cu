@@ -83,8 +83,9 @@ extern "C" __global__ void embedding_half(const u16* __restrict__ table, const u
 }
 
 // One block per row; ties go to the lowest index (torch.argmax), NaNs are never chosen; margin =
-// the largest value minus the largest of the others (src/runner/generate.rs argmax_with_margin,
-// exactly: every step is a comparison, the one subtraction is the same). Each thread scans its
+// the largest value minus the largest of the others (src/runner/generate.rs argmax_with_margin:
+// the same index, and the same margin but for the sign of a zero one when the runners-up are
+// +0 and -0: every step is a comparison, the one subtraction is the same). Each thread scans its
 // strided elements as the sequential loop does; merging two (top, index, second): the larger top
 // (the lower index on ties) wins and the loser's top joins the seconds.
 extern "C" __global__ void argmax_f32(const float* __restrict__ x, u32* __restrict__ out,

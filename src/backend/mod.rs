@@ -491,8 +491,10 @@ pub trait Backend: Send + Sync {
 
     /// Index of the largest value of each row of length `cols` (first one on ties, as
     /// torch.argmax; NaNs are never chosen) and, in `margin`, that value minus the largest
-    /// of the others: `runner::generate::argmax_with_margin` per row, exactly (greedy
-    /// decoding's pick and its top-1 margin without downloading the logits).
+    /// of the others: `runner::generate::argmax_with_margin` per row (the same index; the same
+    /// margin up to the sign of a zero margin, which the GPU's tree merge may pick from
+    /// another of several equal ±0 runners-up); greedy decoding's pick and its top-1 margin
+    /// without downloading the logits.
     fn argmax(
         &self,
         x: &Self::Buf<f32>,

@@ -808,14 +808,21 @@ impl<B: Backend> BackendModel<B> {
         let ids = b.upload(tokens)?;
         let sl = b.upload(slots)?;
         let pos = b.upload(positions)?;
+        let fuse_ops = self.fuse_ops;
+        // Buffers only some paths use are allocated empty when no layer takes those paths.
+        let sized = |needed: bool, len: usize| if needed { len } else { 0 };
+        let unfused_qk_norm = self
+            .layers
+            .iter()
+            .any(|l| l.qk_norm.is_some() && !(fuse_ops && l.qkv.is_fused()));
         let mut h = b.zeros::<f32>(t * hid)?;
         b.embedding(&self.embed, self.half, hid, &ids, &mut h)?;
-        let mut a = b.zeros::<f32>(t * hid)?;
+        let mut a = b.zeros::<f32>(sized(!fuse_ops, t * hid))?;
         let mut a16 = b.zeros::<u16>(t * hid)?;
         let mut q = b.zeros::<f32>(t * qd)?;
-        let mut qn = b.zeros::<f32>(t * qd)?;
+        let mut qn = b.zeros::<f32>(sized(unfused_qk_norm, t * qd))?;
         let mut k = b.zeros::<f32>(t * kvd)?;
-        let mut kn = b.zeros::<f32>(t * kvd)?;
+        let mut kn = b.zeros::<f32>(sized(unfused_qk_norm, t * kvd))?;
         let mut v = b.zeros::<f32>(t * kvd)?;
         let mut attn = b.zeros::<f32>(t * qd)?;
         let mut attn16 = b.zeros::<u16>(t * qd)?;
@@ -823,24 +830,16 @@ impl<B: Backend> BackendModel<B> {
         // The fused linears' outputs, allocated only when some layer has them.
         let any_fused_qkv = self.layers.iter().any(|l| l.qkv.is_fused());
         let any_fused_gu = self.layers.iter().any(|l| l.gate_up.is_fused());
-        let mut qkv = b.zeros::<f32>(if any_fused_qkv { t * (qd + 2 * kvd) } else { 0 })?;
-        let mut gu = b.zeros::<f32>(if any_fused_gu { t * 2 * inter } else { 0 })?;
+        let mut qkv = b.zeros::<f32>(sized(any_fused_qkv, t * (qd + 2 * kvd)))?;
+        let mut gu = b.zeros::<f32>(sized(any_fused_gu, t * 2 * inter))?;
         let all_fused_gu = self.layers.iter().all(|l| l.gate_up.is_fused());
-        let mut gate = b.zeros::<f32>(if all_fused_gu { 0 } else { t * inter })?;
-        let mut up = b.zeros::<f32>(if all_fused_gu { 0 } else { t * inter })?;
-        let mut act = b.zeros::<f32>(t * inter)?;
+        let mut gate = b.zeros::<f32>(sized(!all_fused_gu, t * inter))?;
+        let mut up = b.zeros::<f32>(sized(!all_fused_gu, t * inter))?;
+        let mut act = b.zeros::<f32>(sized(!(fuse_ops && all_fused_gu), t * inter))?;
         let mut act16 = b.zeros::<u16>(t * inter)?;
-        let fuse_ops = self.fuse_ops;
-        if fuse_ops {
+        if let (true, Some(first)) = (fuse_ops, self.layers.first()) {
             // Later layers get their normed input from the previous layer's last add.
-            b.add_rms_norm_half(
-                &mut h,
-                None,
-                &self.layers[0].input_norm,
-                d.eps,
-                self.half,
-                &mut a16,
-            )?;
+            b.add_rms_norm_half(&mut h, None, &first.input_norm, d.eps, self.half, &mut a16)?;
         }
         for (li, layer) in self.layers.iter().enumerate() {
             if !fuse_ops {
@@ -1019,6 +1018,8 @@ pub fn generate_on<B: Backend>(
     let mut queue = (0..prompts.len()).rev().collect::<Vec<_>>();
     let mut free_slots: Vec<u32> = (0..max_batch as u32).rev().collect();
     let mut active: Vec<Active> = Vec::new();
+    // The device picks' outputs, kept while the batch keeps its size.
+    let mut pick_bufs = None;
     loop {
         while let Some(&slot) = free_slots.last() {
             let Some(i) = queue.pop() else { break };
@@ -1068,9 +1069,12 @@ pub fn generate_on<B: Backend>(
         let keep = opts.keep_first_logits && active.iter().any(|a| a.out.first_logits.is_none());
         let (picks, host_logits) = if model.fuse_ops && !keep {
             let n = active.len();
-            let (mut idx, mut margin) = (b.zeros::<u32>(n)?, b.zeros::<f32>(n)?);
-            b.argmax(&logits, vocab, &mut idx, &mut margin)?;
-            let picks = b.download(&idx)?.into_iter().zip(b.download(&margin)?);
+            if pick_bufs.as_ref().is_none_or(|(rows, _, _)| *rows != n) {
+                pick_bufs = Some((n, b.zeros::<u32>(n)?, b.zeros::<f32>(n)?));
+            }
+            let (_, idx, margin) = pick_bufs.as_mut().expect("set just above");
+            b.argmax(&logits, vocab, idx, margin)?;
+            let picks = b.download(idx)?.into_iter().zip(b.download(margin)?);
             (picks.collect::<Vec<_>>(), None)
         } else {
             let host = b.download(&logits)?;
