@@ -68,6 +68,12 @@ impl Backend for CpuBackend {
         Ok(vec![T::default(); len])
     }
 
+    fn write<T: Elem>(&self, dst: &mut Vec<T>, host: &[T]) -> Result<()> {
+        check_len("write", "host data", host.len(), dst.len())?;
+        dst.copy_from_slice(host);
+        Ok(())
+    }
+
     fn download<T: Elem>(&self, buf: &Vec<T>) -> Result<Vec<T>> {
         Ok(buf.clone())
     }

@@ -434,6 +434,8 @@ pub trait Backend: Send + Sync {
     fn upload<T: Elem>(&self, host: &[T]) -> Result<Self::Buf<T>>;
     fn zeros<T: Elem>(&self, len: usize) -> Result<Self::Buf<T>>;
     fn download<T: Elem>(&self, buf: &Self::Buf<T>) -> Result<Vec<T>>;
+    /// Copies `host` into `dst` (the same length): a step's inputs into buffers that stay put.
+    fn write<T: Elem>(&self, dst: &mut Self::Buf<T>, host: &[T]) -> Result<()>;
     fn len_of<T: Elem>(&self, buf: &Self::Buf<T>) -> usize;
     /// Waits for queued work (a no-op on the CPU).
     fn synchronize(&self) -> Result<()>;

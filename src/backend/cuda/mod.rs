@@ -428,19 +428,25 @@ impl Backend for CudaBackend {
 
     fn upload<T: Elem>(&self, host: &[T]) -> Result<CudaBuf<T>> {
         let mut buf = self.alloc::<T>(host.len())?;
+        self.write(&mut buf, host)?;
+        Ok(buf)
+    }
+
+    fn write<T: Elem>(&self, dst: &mut CudaBuf<T>, host: &[T]) -> Result<()> {
+        check_len("write", "host data", host.len(), dst.len)?;
         let bytes = std::mem::size_of_val(host);
         if bytes >= staging::MIN_STAGED {
             // SAFETY: Elem types are plain numbers; the bytes of a live slice.
             let src = unsafe { std::slice::from_raw_parts(host.as_ptr() as *const u8, bytes) };
-            let (dst, _g) = buf.slice.device_ptr_mut(&self.stream);
+            let (ptr, _g) = dst.slice.device_ptr_mut(&self.stream);
             self.with_staging(|st| {
-                drv("copy to device (staged)", st.upload(&self.stream, dst, src))
+                drv("copy to device (staged)", st.upload(&self.stream, ptr, src))
             })?;
         } else if !host.is_empty() {
-            let mut view = buf.slice.slice_mut(0..host.len());
+            let mut view = dst.slice.slice_mut(0..host.len());
             drv("copy to device", self.stream.memcpy_htod(host, &mut view))?;
         }
-        Ok(buf)
+        Ok(())
     }
 
     fn zeros<T: Elem>(&self, len: usize) -> Result<CudaBuf<T>> {

@@ -11,6 +11,10 @@
 //! positions; `generate_on` decodes greedily with continuous refill of finished slots, like
 //! `generate::generate`.
 
+mod step;
+
+pub use step::StepBuffers;
+
 use std::time::Instant;
 
 use crate::backend::{AttnShape, Backend, GptqHost, GptqWeight, HalfKind};
@@ -761,6 +765,26 @@ impl<B: Backend> BackendModel<B> {
         positions: &[u32],
         last_rows: &[u32],
     ) -> Result<B::Buf<f32>> {
+        self.check_step(cache, tokens, slots, positions, last_rows)?;
+        if tokens.is_empty() {
+            return b.zeros::<f32>(0);
+        }
+        let mut step = StepBuffers::new(b, self, tokens.len(), last_rows.len(), cache.max_len)?;
+        step.write_inputs(b, tokens, slots, positions, last_rows)?;
+        self.run_step(b, cache, &mut step)?;
+        Ok(step.logits)
+    }
+
+    /// A step's inputs against the vocabulary and the cache: every token id in range, one slot
+    /// and position per token inside the cache, last rows among the step's rows.
+    fn check_step(
+        &self,
+        cache: &BackendCache<B>,
+        tokens: &[u32],
+        slots: &[u32],
+        positions: &[u32],
+        last_rows: &[u32],
+    ) -> Result<()> {
         let d = &self.dims;
         let t = tokens.len();
         if slots.len() != t || positions.len() != t {
@@ -795,194 +819,7 @@ impl<B: Backend> BackendModel<B> {
                 msg: format!("forward: last row {bad} of a {t}-row step"),
             });
         }
-        if t == 0 {
-            return b.zeros::<f32>(0);
-        }
-        let shape = self.attn_shape(cache.max_len);
-        let (qd, kvd, hid, inter) = (
-            shape.q_width(),
-            shape.kv_width(),
-            d.hidden,
-            self.intermediate,
-        );
-        let ids = b.upload(tokens)?;
-        let sl = b.upload(slots)?;
-        let pos = b.upload(positions)?;
-        let fuse_ops = self.fuse_ops;
-        // Buffers only some paths use are allocated empty when no layer takes those paths.
-        let sized = |needed: bool, len: usize| if needed { len } else { 0 };
-        let unfused_qk_norm = self
-            .layers
-            .iter()
-            .any(|l| l.qk_norm.is_some() && !(fuse_ops && l.qkv.is_fused()));
-        let mut h = b.zeros::<f32>(t * hid)?;
-        b.embedding(&self.embed, self.half, hid, &ids, &mut h)?;
-        let mut a = b.zeros::<f32>(sized(!fuse_ops, t * hid))?;
-        let mut a16 = b.zeros::<u16>(t * hid)?;
-        let mut q = b.zeros::<f32>(t * qd)?;
-        let mut qn = b.zeros::<f32>(sized(unfused_qk_norm, t * qd))?;
-        let mut k = b.zeros::<f32>(t * kvd)?;
-        let mut kn = b.zeros::<f32>(sized(unfused_qk_norm, t * kvd))?;
-        let mut v = b.zeros::<f32>(t * kvd)?;
-        let mut attn = b.zeros::<f32>(t * qd)?;
-        let mut attn16 = b.zeros::<u16>(t * qd)?;
-        let mut o = b.zeros::<f32>(t * hid)?;
-        // The fused linears' outputs, allocated only when some layer has them.
-        let any_fused_qkv = self.layers.iter().any(|l| l.qkv.is_fused());
-        let any_fused_gu = self.layers.iter().any(|l| l.gate_up.is_fused());
-        let mut qkv = b.zeros::<f32>(sized(any_fused_qkv, t * (qd + 2 * kvd)))?;
-        let mut gu = b.zeros::<f32>(sized(any_fused_gu, t * 2 * inter))?;
-        let all_fused_gu = self.layers.iter().all(|l| l.gate_up.is_fused());
-        let mut gate = b.zeros::<f32>(sized(!all_fused_gu, t * inter))?;
-        let mut up = b.zeros::<f32>(sized(!all_fused_gu, t * inter))?;
-        let mut act = b.zeros::<f32>(sized(!(fuse_ops && all_fused_gu), t * inter))?;
-        let mut act16 = b.zeros::<u16>(t * inter)?;
-        if let (true, Some(first)) = (fuse_ops, self.layers.first()) {
-            // Later layers get their normed input from the previous layer's last add.
-            b.add_rms_norm_half(&mut h, None, &first.input_norm, d.eps, self.half, &mut a16)?;
-        }
-        for (li, layer) in self.layers.iter().enumerate() {
-            if !fuse_ops {
-                b.rms_norm(&h, &layer.input_norm, d.eps, &mut a)?;
-                b.to_half(&a, self.half, &mut a16)?;
-            }
-            let qk_norm = layer.qk_norm.as_ref().map(|(qw, kw)| (qw, kw));
-            let (qa, ka) = match &layer.qkv {
-                Group::Fused(lin) if fuse_ops => {
-                    // One launch for q|k|v, one for the split, RoPE and QK-norm.
-                    lin.forward(b, &a16, t, &mut qkv)?;
-                    b.qkv_rope_norm(
-                        &qkv,
-                        &pos,
-                        &self.inv_freq,
-                        &shape,
-                        qk_norm,
-                        d.eps,
-                        &mut q,
-                        &mut k,
-                        &mut v,
-                    )?;
-                    (&q, &k)
-                }
-                group => {
-                    match group {
-                        Group::Fused(lin) => {
-                            // One launch for q|k|v, then each part copied out dense
-                            // ([t, qd + 2 kvd]).
-                            lin.forward(b, &a16, t, &mut qkv)?;
-                            let width = qd + 2 * kvd;
-                            b.split_cols(&qkv, t, width, 0, &mut q)?;
-                            b.split_cols(&qkv, t, width, qd, &mut k)?;
-                            b.split_cols(&qkv, t, width, qd + kvd, &mut v)?;
-                        }
-                        Group::Separate(ls) => {
-                            for (lin, out) in ls.iter().zip([&mut q, &mut k, &mut v]) {
-                                lin.forward(b, &a16, t, out)?;
-                            }
-                        }
-                    }
-                    b.rope(&mut q, &pos, &self.inv_freq, d.head_dim)?;
-                    b.rope(&mut k, &pos, &self.inv_freq, d.head_dim)?;
-                    match qk_norm {
-                        // HunYuan: RMSNorm over each head AFTER RoPE.
-                        Some((qw, kw)) => {
-                            b.rms_norm(&q, qw, d.eps, &mut qn)?;
-                            b.rms_norm(&k, kw, d.eps, &mut kn)?;
-                            (&qn, &kn)
-                        }
-                        None => (&q, &k),
-                    }
-                }
-            };
-            b.kv_append(
-                ka,
-                &v,
-                &sl,
-                &pos,
-                &shape,
-                self.half,
-                &mut cache.k[li],
-                &mut cache.v[li],
-            )?;
-            b.attention(
-                qa,
-                &cache.k[li],
-                &cache.v[li],
-                self.half,
-                &sl,
-                &pos,
-                &shape,
-                &mut attn,
-            )?;
-            b.to_half(&attn, self.half, &mut attn16)?;
-            layer.o.forward(b, &attn16, t, &mut o)?;
-            if fuse_ops {
-                b.add_rms_norm_half(
-                    &mut h,
-                    Some(&o),
-                    &layer.post_norm,
-                    d.eps,
-                    self.half,
-                    &mut a16,
-                )?;
-            } else {
-                b.add(&mut h, &o)?;
-                b.rms_norm(&h, &layer.post_norm, d.eps, &mut a)?;
-                b.to_half(&a, self.half, &mut a16)?;
-            }
-            match &layer.gate_up {
-                Group::Fused(lin) if fuse_ops => {
-                    lin.forward(b, &a16, t, &mut gu)?;
-                    b.silu_mul_fused_half(&gu, inter, self.half, &mut act16)?;
-                }
-                Group::Fused(lin) => {
-                    lin.forward(b, &a16, t, &mut gu)?;
-                    b.silu_mul_fused(&gu, inter, &mut act)?;
-                    b.to_half(&act, self.half, &mut act16)?;
-                }
-                Group::Separate(ls) => {
-                    for (lin, out) in ls.iter().zip([&mut gate, &mut up]) {
-                        lin.forward(b, &a16, t, out)?;
-                    }
-                    b.silu_mul(&gate, &up, &mut act)?;
-                    b.to_half(&act, self.half, &mut act16)?;
-                }
-            }
-            layer.down.forward(b, &act16, t, &mut o)?;
-            match self.layers.get(li + 1) {
-                Some(next) if fuse_ops => b.add_rms_norm_half(
-                    &mut h,
-                    Some(&o),
-                    &next.input_norm,
-                    d.eps,
-                    self.half,
-                    &mut a16,
-                )?,
-                _ => b.add(&mut h, &o)?,
-            }
-        }
-        let n = last_rows.len();
-        let rows = b.upload(last_rows)?;
-        let mut last = b.zeros::<f32>(n * hid)?;
-        b.gather_rows(&h, hid, &rows, &mut last)?;
-        let mut normed = b.zeros::<f32>(n * hid)?;
-        b.rms_norm(&last, &self.final_norm, d.eps, &mut normed)?;
-        let mut normed16 = b.zeros::<u16>(n * hid)?;
-        b.to_half(&normed, self.half, &mut normed16)?;
-        let mut logits = b.zeros::<f32>(n * d.vocab)?;
-        match &self.lm_head {
-            Some(head) => head.forward(b, &normed16, n, &mut logits)?,
-            None => b.gemm(
-                &normed16,
-                &self.embed,
-                self.half,
-                n,
-                d.vocab,
-                hid,
-                &mut logits,
-            )?,
-        }
-        Ok(logits)
+        Ok(())
     }
 }
 
@@ -1018,8 +855,10 @@ pub fn generate_on<B: Backend>(
     let mut queue = (0..prompts.len()).rev().collect::<Vec<_>>();
     let mut free_slots: Vec<u32> = (0..max_batch as u32).rev().collect();
     let mut active: Vec<Active> = Vec::new();
-    // The device picks' outputs, kept while the batch keeps its size.
-    let mut pick_bufs = None;
+    // The buffers of the last decode step (reused while the batch keeps its size) and of a
+    // step with prompt tokens (dropped after it).
+    let mut decode_step: Option<StepBuffers<B>> = None;
+    let mut prompt_step: Option<StepBuffers<B>> = None;
     loop {
         while let Some(&slot) = free_slots.last() {
             let Some(i) = queue.pop() else { break };
@@ -1061,26 +900,48 @@ pub fn generate_on<B: Backend>(
             }
             last_rows.push(tokens.len() as u32 - 1);
         }
-        let logits =
-            model.forward_on_device(b, &mut cache, &tokens, &slots, &positions, &last_rows)?;
+        model.check_step(&cache, &tokens, &slots, &positions, &last_rows)?;
+        // A decode step (one token per row) runs in the buffers of the previous decode step
+        // when the batch kept its size; a step with prompt tokens gets its own.
+        let decode = tokens.len() == active.len();
+        if !decode
+            || decode_step
+                .as_ref()
+                .is_none_or(|s: &StepBuffers<B>| s.rows != tokens.len())
+        {
+            let fresh = StepBuffers::new(b, model, tokens.len(), last_rows.len(), cache.max_len)?;
+            if decode {
+                decode_step = Some(fresh);
+            } else {
+                prompt_step = Some(fresh);
+            }
+        }
+        let step = if decode {
+            &mut decode_step
+        } else {
+            &mut prompt_step
+        }
+        .as_mut()
+        .expect("set just above");
+        step.write_inputs(b, &tokens, &slots, &positions, &last_rows)?;
+        model.run_step(b, &mut cache, step)?;
         let vocab = model.dims.vocab;
-        // Greedy pick and margin: on the device (two values per row come back) with the fused
-        // ops, unless some row's first logits are to be kept; else from the downloaded logits.
+        // Greedy pick and margin: from the device (`run_step` made them: two values per row
+        // come back) with the fused ops, unless some row's first logits are to be kept; else
+        // from the downloaded logits.
         let keep = opts.keep_first_logits && active.iter().any(|a| a.out.first_logits.is_none());
         let (picks, host_logits) = if model.fuse_ops && !keep {
-            let n = active.len();
-            if pick_bufs.as_ref().is_none_or(|(rows, _, _)| *rows != n) {
-                pick_bufs = Some((n, b.zeros::<u32>(n)?, b.zeros::<f32>(n)?));
-            }
-            let (_, idx, margin) = pick_bufs.as_mut().expect("set just above");
-            b.argmax(&logits, vocab, idx, margin)?;
-            let picks = b.download(idx)?.into_iter().zip(b.download(margin)?);
+            let picks = b
+                .download(&step.pick)?
+                .into_iter()
+                .zip(b.download(&step.margin)?);
             (picks.collect::<Vec<_>>(), None)
         } else {
-            let host = b.download(&logits)?;
+            let host = b.download(&step.logits)?;
             let picks = host.chunks(vocab).map(argmax_with_margin).collect();
             (picks, Some(host))
         };
+        prompt_step = None;
         stats.forward_calls += 1;
         let dt = step_start.elapsed().as_secs_f64();
         if prefilling {
