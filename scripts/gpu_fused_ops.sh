@@ -4,9 +4,11 @@
 #   tests: fused_ops_cuda (each fused op against the ops it replaces), argmax_cuda (pick and
 #          margin against the host definition), runner_cuda with the
 #          fused ops on (the GPU runner against the CPU reference runner), runner_fused
-#          (fused configurations against separate linears, on the GPU);
-#   e2e:   scripts/bench_decode_e2e.sh as shipped, then with HYQ_RUNNER_FUSE_OPS=1 (same
-#          models, reused): ms per decode step at the 7B shape, batch 1 and 16.
+#          (fused configurations against separate linears, and graphs_match_eager_cuda:
+#          replayed decode steps against eager ones, on the GPU);
+#   e2e:   scripts/bench_decode_e2e.sh as shipped, then with HYQ_RUNNER_FUSE_OPS=1, then with
+#          HYQ_CUDA_GRAPHS=1 as well (decode steps recorded once, replayed; same models,
+#          reused): ms per decode step at the 7B shape, batch 1 and 16.
 #   usage: scripts/gpu_fused_ops.sh BINDIR tests|e2e
 # BINDIR: stripped backend_ops, runner_fused and hy-quant built on the dev box.
 set -uo pipefail
@@ -15,8 +17,8 @@ out=${OUT:-/tmp/out}; mkdir -p "$out"
 export XDG_CACHE_HOME=/tmp/xdg
 case $part in
   tests)
-    timeout 200 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact fused_ops_cuda \
-      argmax_cuda > "$out/fused_ops.log" 2>&1; echo "fused_ops_cuda argmax_cuda rc=$?"
+    timeout 200 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact fused_ops_cuda graph_replays_cuda \
+      argmax_cuda > "$out/fused_ops.log" 2>&1; echo "fused_ops_cuda graph_replays_cuda argmax_cuda rc=$?"
     HYQ_RUNNER_FUSE_OPS=1 timeout 200 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture \
       --exact runner_cuda > "$out/runner_cuda_fused_ops.log" 2>&1; echo "runner_cuda (fused ops) rc=$?"
     timeout 200 "$bindir/runner_fused" --ignored --test-threads=1 --nocapture > "$out/runner_fused.log" 2>&1
@@ -28,8 +30,13 @@ case $part in
     mkdir -p "$out/fused-ops"
     HYQ_RUNNER_FUSE_OPS=1 OUT=$out/fused-ops HYQ_BIN=$bindir/hy-quant \
       scripts/bench_decode_e2e.sh /tmp/e2e hy-mt1.5-7b > "$out/e2e-fused-ops.txt" 2>&1
+    mkdir -p "$out/graphs"
+    HYQ_RUNNER_FUSE_OPS=1 HYQ_CUDA_GRAPHS=1 OUT=$out/graphs HYQ_BIN=$bindir/hy-quant \
+      scripts/bench_decode_e2e.sh /tmp/e2e hy-mt1.5-7b > "$out/e2e-graphs.txt" 2>&1
     echo "== as shipped"; cat "$out/e2e-default.txt"
     echo "== HYQ_RUNNER_FUSE_OPS=1"; cat "$out/e2e-fused-ops.txt"
+    echo "== HYQ_RUNNER_FUSE_OPS=1 HYQ_CUDA_GRAPHS=1"; cat "$out/e2e-graphs.txt"
+    grep -h "CUDA graphs" "$out"/graphs/*.log | sort | uniq -c
     ;;
   *) echo "usage: $0 BINDIR tests|e2e" >&2; exit 2 ;;
 esac

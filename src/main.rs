@@ -493,6 +493,16 @@ fn run_translate(a: TranslateArgs) -> Result<()> {
         s.decode_tokens_per_second(),
         a.batch_size
     );
+    if s.graph_replays > 0 || s.graph_note.is_some() {
+        eprintln!(
+            "CUDA graphs: {} decode steps replayed{}",
+            s.graph_replays,
+            s.graph_note
+                .as_ref()
+                .map(|n| format!("; not recorded: {n}"))
+                .unwrap_or_default()
+        );
+    }
     if let Some(dir) = &a.dump_logits {
         write_logit_dump(dir, &model, &tr, &prompts, &outputs)?;
         eprintln!("wrote {}", dir.display());

@@ -1772,6 +1772,63 @@ both! {
     output_errors_body => gptq_output_errors_cpu, gptq_output_errors_cuda;
 }
 
+/// `record` queues nothing; each `replay` runs the recorded work again on the buffers'
+/// current contents (the GPU), or nothing was recorded at all (the CPU: `None`).
+fn graph_replays_body<B: Backend>(b: &B) -> bool {
+    let mut x = b.upload(&[1.0f32, 2.0, 3.0]).unwrap();
+    let mut y = b.upload(&[0.5f32, 0.25, 2.0]).unwrap();
+    let graph = b.record(&mut || b.add(&mut x, &y)).unwrap();
+    b.synchronize().unwrap();
+    assert_eq!(
+        b.download(&x).unwrap(),
+        [1.0, 2.0, 3.0],
+        "record ran the work"
+    );
+    let Some(graph) = graph else {
+        return false;
+    };
+    for _ in 0..3 {
+        b.replay(&graph).unwrap();
+    }
+    assert_eq!(b.download(&x).unwrap(), [2.5, 2.75, 9.0]);
+    b.write(&mut y, &[1.0, -1.0, 0.0]).unwrap();
+    b.replay(&graph).unwrap();
+    assert_eq!(b.download(&x).unwrap(), [3.5, 1.75, 9.0]);
+    let err = b.write(&mut y, &[1.0]).unwrap_err();
+    assert!(err.to_string().contains("write"), "{err}");
+    true
+}
+
+#[test]
+fn graph_replays_cpu() {
+    assert!(!graph_replays_body(&CpuBackend::new()));
+}
+
+/// On the legacy default stream recording is a clear error; on the backend's own stream
+/// (`CudaOptions::own_stream`, what HYQ_CUDA_GRAPHS=1 opens) it records and replays.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn graph_replays_cuda() {
+    let legacy = CudaBackend::new(&CudaOptions {
+        own_stream: false,
+        ..CudaOptions::default()
+    })
+    .unwrap();
+    match legacy.record(&mut || Ok(())) {
+        Err(e) => assert!(e.to_string().contains("own stream"), "{e}"),
+        Ok(_) => panic!("recorded on the legacy stream"),
+    }
+    let own = CudaBackend::new(&CudaOptions {
+        own_stream: true,
+        ..CudaOptions::default()
+    })
+    .unwrap();
+    assert!(graph_replays_body(&own));
+    // The rest of the backend works on its own stream too.
+    copies_body(&own);
+    argmax_body(&own);
+}
+
 /// The CPU backend's GPTQ solve is gptq.rs itself (bit-identical); checked here once so the
 /// 1% tolerances of `gptq_solve_body` only ever absorb GPU rounding.
 #[test]

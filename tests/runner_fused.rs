@@ -166,6 +166,7 @@ fn fused_matches_unfused<B: Backend>(b: &B, fused: LoadOptions, tol: f64) {
     let plain = LoadOptions {
         fuse: false,
         fuse_ops: false,
+        graphs: false,
     };
     let tmp = tempfile::tempdir().unwrap();
     let mut r = SplitMix64(11);
@@ -245,14 +246,17 @@ const FUSED: [LoadOptions; 3] = [
     LoadOptions {
         fuse: true,
         fuse_ops: false,
+        graphs: false,
     },
     LoadOptions {
         fuse: true,
         fuse_ops: true,
+        graphs: false,
     },
     LoadOptions {
         fuse: false,
         fuse_ops: true,
+        graphs: false,
     },
 ];
 
@@ -275,4 +279,76 @@ fn fused_linears_match_separate_cuda() {
     for opts in FUSED {
         fused_matches_unfused(&b, opts, 5e-3);
     }
+}
+
+/// Decode steps replayed from a recorded graph against the same steps run one op at a time,
+/// on `b`: the same kernels on the same inputs, so the same tokens and margins bit for bit;
+/// returns the replays and the note of the graphs run (why nothing was recorded, if so).
+fn graphs_match_eager<B: Backend>(b: &B) -> (usize, Option<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = SplitMix64(5);
+    let prompts: Vec<Vec<u32>> = [5usize, 3, 8, 2]
+        .iter()
+        .map(|&n| (0..n).map(|_| 5 + (r.next_u64() % 1000) as u32).collect())
+        .collect();
+    let opts = GenerateOptions {
+        max_new_tokens: 12,
+        max_batch: 3,
+        stop_ids: Vec::new(),
+        keep_first_logits: false,
+    };
+    let (mut replays, mut note) = (0, None);
+    for (dir, _) in checkpoints(tmp.path()).into_iter().take(3) {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let load = |graphs| {
+            let opts = LoadOptions {
+                fuse: true,
+                fuse_ops: true,
+                graphs,
+            };
+            BackendModel::load_with(b, &Checkpoint::open(&dir).unwrap(), opts).unwrap()
+        };
+        let (eager, recorded) = (load(false), load(true));
+        let (want, s0, _) = generate_on(b, &eager, &prompts, &opts).unwrap();
+        let (got, s1, _) = generate_on(b, &recorded, &prompts, &opts).unwrap();
+        assert_eq!(s0.graph_replays, 0, "{name}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.token_ids, w.token_ids, "{name} prompt {i} tokens");
+            assert_eq!(g.margins, w.margins, "{name} prompt {i} margins");
+        }
+        println!(
+            "{name} on {}: {} decode steps replayed, note {:?}",
+            b.name(),
+            s1.graph_replays,
+            s1.graph_note
+        );
+        replays += s1.graph_replays;
+        note = s1.graph_note;
+    }
+    (replays, note)
+}
+
+/// The CPU records nothing: every step runs as usual, and the stats say why.
+#[test]
+fn graphs_fall_back_on_the_cpu() {
+    let (replays, note) = graphs_match_eager(&CpuBackend::new());
+    assert_eq!(replays, 0);
+    assert!(note.unwrap().contains("records no graphs"));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn graphs_match_eager_cuda() {
+    let opts = CudaOptions {
+        own_stream: true,
+        ..CudaOptions::default()
+    };
+    let b = match CudaBackend::new(&opts) {
+        Ok(b) => b,
+        Err(e) => panic!("no CUDA backend: {e}\n{}", probe::describe()),
+    };
+    let (replays, note) = graphs_match_eager(&b);
+    assert!(note.is_none(), "graphs not recorded: {note:?}");
+    // Four prompts, three slots, twelve new tokens: most steps decode only.
+    assert!(replays > 10, "only {replays} replays");
 }

@@ -55,6 +55,7 @@ fn check_gptq_input(op: &str, x_len: usize, w: &GptqWeight<CpuBackend>, m: usize
 
 impl Backend for CpuBackend {
     type Buf<T: Elem> = Vec<T>;
+    type Graph = ();
 
     fn name(&self) -> String {
         "cpu".to_string()
@@ -66,6 +67,14 @@ impl Backend for CpuBackend {
 
     fn zeros<T: Elem>(&self, len: usize) -> Result<Vec<T>> {
         Ok(vec![T::default(); len])
+    }
+
+    fn record(&self, _f: &mut dyn FnMut() -> Result<()>) -> Result<Option<()>> {
+        Ok(None)
+    }
+
+    fn replay(&self, _graph: &()) -> Result<()> {
+        Ok(())
     }
 
     fn write<T: Elem>(&self, dst: &mut Vec<T>, host: &[T]) -> Result<()> {

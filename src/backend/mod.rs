@@ -428,6 +428,8 @@ pub enum PrefillMath {
 
 pub trait Backend: Send + Sync {
     type Buf<T: Elem>: Send + Sync;
+    /// Recorded work (`record`), replayed by `replay`: a CUDA graph; `()` on the CPU.
+    type Graph;
 
     /// "cpu", or "cuda:0 (NVIDIA H200, sm_90)".
     fn name(&self) -> String;
@@ -439,6 +441,15 @@ pub trait Backend: Send + Sync {
     fn len_of<T: Elem>(&self, buf: &Self::Buf<T>) -> usize;
     /// Waits for queued work (a no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
+
+    /// Records the work `f` queues instead of running it, for `replay`: every launch with
+    /// the same buffers and arguments, so what changes between replays must be in buffers
+    /// (written before each replay). `Ok(None)` (and nothing ran) where the backend records
+    /// nothing: the CPU.
+    fn record(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Graph>>;
+
+    /// Queues the recorded work again.
+    fn replay(&self, graph: &Self::Graph) -> Result<()>;
     fn memory(&self) -> MemStats;
 
     /// `out = x * w / sqrt(mean(x^2) + eps)` over each row of length `w.len()` (also used per

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
-    LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DevicePtrMut, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 
@@ -36,12 +36,32 @@ use compile::KernelFile;
 use probe::no_panic;
 
 /// How to open the CUDA backend.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct CudaOptions {
     /// Device ordinal.
     pub ordinal: usize,
     /// Where compiled kernels are cached; `None` = `compile::default_cache_dir()`.
     pub kernel_cache: Option<PathBuf>,
+    /// Queue work on a stream of the backend's own instead of the context's legacy default
+    /// stream, which CUDA cannot record graphs on (`Backend::record`). Default: only when
+    /// the environment sets `HYQ_CUDA_GRAPHS=1`.
+    pub own_stream: bool,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            ordinal: 0,
+            kernel_cache: None,
+            own_stream: graphs_asked(),
+        }
+    }
+}
+
+/// `HYQ_CUDA_GRAPHS=1`: decode steps recorded as CUDA graphs and replayed (not yet run on a
+/// GPU; docs/cuda.md).
+pub fn graphs_asked() -> bool {
+    std::env::var_os("HYQ_CUDA_GRAPHS").is_some_and(|v| v == "1")
 }
 
 /// Bytes held in `CudaBuf`s and the device's free memory, for `MemStats`.
@@ -98,6 +118,8 @@ impl<T: Elem> Drop for CudaBuf<T> {
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// `stream` is the backend's own (`CudaOptions::own_stream`), not the legacy default.
+    own_stream: bool,
     blas: CudaBlas,
     cc: (i32, i32),
     sm_count: u32,
@@ -193,7 +215,11 @@ impl CudaBackend {
                 }
             }
             let (free, total) = drv("cuMemGetInfo", ctx.mem_get_info())?;
-            let stream = ctx.default_stream();
+            let stream = if opts.own_stream {
+                drv("cuStreamCreate", ctx.new_stream())?
+            } else {
+                ctx.default_stream()
+            };
             let blas = CudaBlas::new(stream.clone())
                 .map_err(|e| Error::cuda(format!("cublasCreate: {e:?}")))?;
             // NVRTC must answer before any kernel is needed, so a broken toolkit shows here.
@@ -201,6 +227,7 @@ impl CudaBackend {
             Ok(CudaBackend {
                 ctx,
                 stream,
+                own_stream: opts.own_stream,
                 blas,
                 cc,
                 sm_count,
@@ -414,6 +441,7 @@ impl CudaBackend {
 
 impl Backend for CudaBackend {
     type Buf<T: Elem> = CudaBuf<T>;
+    type Graph = CudaGraph;
 
     fn name(&self) -> String {
         format!(
@@ -424,6 +452,34 @@ impl Backend for CudaBackend {
             self.cc.1,
             self.total_mem as f64 / (1u64 << 30) as f64
         )
+    }
+
+    fn record(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<CudaGraph>> {
+        if !self.own_stream {
+            return Err(Error::cuda(
+                "CUDA graphs need the backend's own stream (opened with HYQ_CUDA_GRAPHS=1)",
+            ));
+        }
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        // Relaxed: kernel lookups and cuMemGetInfo may run while the stream records.
+        drv(
+            "cuStreamBeginCapture",
+            self.stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED),
+        )?;
+        let queued = f();
+        // The capture is ended whatever `f` did, so the stream is usable again.
+        let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        queued?;
+        let graph = drv("cuStreamEndCapture/cuGraphInstantiate", graph)?;
+        if let Some(g) = &graph {
+            drv("cuGraphUpload", g.upload())?;
+        }
+        Ok(graph)
+    }
+
+    fn replay(&self, graph: &CudaGraph) -> Result<()> {
+        drv("cuGraphLaunch", graph.launch())
     }
 
     fn upload<T: Elem>(&self, host: &[T]) -> Result<CudaBuf<T>> {

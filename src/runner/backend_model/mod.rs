@@ -485,15 +485,21 @@ pub struct LoadOptions {
     /// row come back instead of the logits). Off by default until the CUDA kernels are
     /// verified and timed on a GPU.
     pub fuse_ops: bool,
+    /// Record the first decode step of each batch size as a graph and replay it for the next
+    /// ones (`Backend::record`; the CUDA backend must have been opened with its own stream,
+    /// `CudaOptions::own_stream`). Not yet run on a GPU; off by default.
+    pub graphs: bool,
 }
 
 impl Default for LoadOptions {
     /// Fused linears unless the environment sets `HYQ_RUNNER_FUSE=0`; fused small ops only
-    /// when it sets `HYQ_RUNNER_FUSE_OPS=1` (both for A/B timing).
+    /// when it sets `HYQ_RUNNER_FUSE_OPS=1`, graphs only with `HYQ_CUDA_GRAPHS=1` (for A/B
+    /// timing).
     fn default() -> Self {
         LoadOptions {
             fuse: std::env::var_os("HYQ_RUNNER_FUSE").is_none_or(|v| v != "0"),
             fuse_ops: std::env::var_os("HYQ_RUNNER_FUSE_OPS").is_some_and(|v| v == "1"),
+            graphs: crate::backend::cuda::graphs_asked(),
         }
     }
 }
@@ -514,6 +520,8 @@ pub struct BackendModel<B: Backend> {
     inv_freq: B::Buf<f32>,
     /// `LoadOptions::fuse_ops`.
     fuse_ops: bool,
+    /// `LoadOptions::graphs`.
+    graphs: bool,
     /// Bytes of the weights as held on the backend (packed GPTQ tensors, 16-bit dense
     /// weights, f32 norms).
     pub weight_bytes: u64,
@@ -700,6 +708,7 @@ impl<B: Backend> BackendModel<B> {
             lm_head,
             inv_freq,
             fuse_ops: opts.fuse_ops,
+            graphs: opts.graphs,
             weight_bytes,
             allocated_bytes,
         })
@@ -859,6 +868,9 @@ pub fn generate_on<B: Backend>(
     // step with prompt tokens (dropped after it).
     let mut decode_step: Option<StepBuffers<B>> = None;
     let mut prompt_step: Option<StepBuffers<B>> = None;
+    // The recorded decode step (`LoadOptions::graphs`) and the batch size it was recorded for:
+    // it runs in `decode_step`'s buffers.
+    let mut decode_graph: Option<(usize, B::Graph)> = None;
     loop {
         while let Some(&slot) = free_slots.last() {
             let Some(i) = queue.pop() else { break };
@@ -923,8 +935,34 @@ pub fn generate_on<B: Backend>(
         }
         .as_mut()
         .expect("set just above");
+        if decode
+            && decode_graph
+                .as_ref()
+                .is_some_and(|(rows, _)| *rows != step.rows)
+        {
+            decode_graph = None;
+        }
         step.write_inputs(b, &tokens, &slots, &positions, &last_rows)?;
-        model.run_step(b, &mut cache, step)?;
+        match &decode_graph {
+            Some((_, graph)) if decode => {
+                b.replay(graph)?;
+                stats.graph_replays += 1;
+            }
+            _ => {
+                model.run_step(b, &mut cache, step)?;
+                // The first decode step of a batch size runs as usual (loading kernels and
+                // sizing scratch buffers), then is recorded for the next ones.
+                if decode && model.graphs && stats.graph_note.is_none() {
+                    match b.record(&mut || model.run_step(b, &mut cache, step)) {
+                        Ok(Some(graph)) => decode_graph = Some((step.rows, graph)),
+                        Ok(None) => {
+                            stats.graph_note = Some(format!("{} records no graphs", b.name()))
+                        }
+                        Err(e) => stats.graph_note = Some(e.to_string()),
+                    }
+                }
+            }
+        }
         let vocab = model.dims.vocab;
         // Greedy pick and margin: from the device (`run_step` made them: two values per row
         // come back) with the fused ops, unless some row's first logits are to be kept; else
