@@ -200,6 +200,7 @@ impl<B: Backend> GptqWeight<B> {
                 .iter()
                 .enumerate()
                 .all(|(i, &g)| g as usize == i / group_len);
+        backend.reserve_for_gptq(n)?;
         Ok(GptqWeight {
             bits: h.scheme.bits as u32,
             in_features: k,
@@ -448,8 +449,16 @@ pub trait Backend: Send + Sync {
     /// nothing: the CPU.
     fn record(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<Self::Graph>>;
 
-    /// Queues the recorded work again.
+    /// Queues the recorded work again; an error (and nothing queued) when a buffer the
+    /// recording used behind the scenes has been reallocated since: record again.
     fn replay(&self, graph: &Self::Graph) -> Result<()>;
+
+    /// Sizes what `gemm_gptq` keeps between calls for a GPTQ weight with `out_features`
+    /// outputs (the GPU's decode tickets), at load time, so that recorded steps never see it
+    /// reallocated. Nothing to do on the CPU.
+    fn reserve_for_gptq(&self, _out_features: usize) -> Result<()> {
+        Ok(())
+    }
     fn memory(&self) -> MemStats;
 
     /// `out = x * w / sqrt(mean(x^2) + eps)` over each row of length `w.len()` (also used per

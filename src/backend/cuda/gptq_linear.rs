@@ -580,6 +580,8 @@ impl CudaBackend {
 
     /// The per-column-tile tickets of the decode kernel's split-K sums: zeroed once, grown when
     /// a wider weight comes, left zero by every launch.
+    /// Growing them bumps `gemv_counters_generation`: a recorded graph that used the old
+    /// buffer is stale (`Backend::replay` refuses it).
     fn gemv_counters(&self, len: usize) -> Result<MutexGuard<'_, Option<CudaBuf<u32>>>> {
         let mut guard = self
             .gemv_counters
@@ -587,8 +589,17 @@ impl CudaBackend {
             .map_err(|_| Error::cuda("decode counters poisoned by an earlier panic"))?;
         if guard.as_ref().is_none_or(|c| c.len < len) {
             *guard = Some(self.alloc::<u32>(len.max(1024))?);
+            self.gemv_counters_generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(guard)
+    }
+
+    /// The decode tickets any kernel may need for a weight of `n` outputs (one per column
+    /// tile of the narrowest kernel).
+    pub(crate) fn reserve_gemv_counters(&self, n: usize) -> Result<()> {
+        self.gemv_counters(n.div_ceil(GV_COLS.min(GS_COLS)))
+            .map(drop)
     }
 
     /// The column-tiled copy of `w.qweight` that the tiled decode experiments read

@@ -64,6 +64,13 @@ pub fn graphs_asked() -> bool {
     std::env::var_os("HYQ_CUDA_GRAPHS").is_some_and(|v| v == "1")
 }
 
+/// A step recorded on the backend's stream (`Backend::record`), with the generation of the
+/// decode tickets it uses.
+pub struct RecordedGraph {
+    graph: CudaGraph,
+    generation: u64,
+}
+
 /// Bytes held in `CudaBuf`s and the device's free memory, for `MemStats`.
 #[derive(Debug)]
 struct MemTracker {
@@ -137,6 +144,8 @@ pub struct CudaBackend {
     factor_cache: Mutex<Option<(gptq_solve::FactorKey, Arc<InverseFactor<CudaBackend>>)>>,
     /// Tickets of the GPTQ decode kernel's split-K sums (see gptq_linear.rs).
     gemv_counters: Mutex<Option<CudaBuf<u32>>>,
+    /// How often `gemv_counters` was (re)allocated: recorded graphs hold its address.
+    gemv_counters_generation: AtomicU64,
     /// Blocks per multiprocessor of each GPTQ decode kernel.
     gemv_occupancy: Mutex<HashMap<String, usize>>,
     /// Quads of packed rows per K split forced for tuning (0: automatic).
@@ -248,6 +257,7 @@ impl CudaBackend {
                 staging: Mutex::new(None),
                 factor_cache: Mutex::new(None),
                 gemv_counters: Mutex::new(None),
+                gemv_counters_generation: AtomicU64::new(0),
                 gemv_occupancy: Mutex::new(HashMap::new()),
                 gemv_quads_override: AtomicUsize::new(0),
                 gemv_kernel_override: Mutex::new(None),
@@ -441,7 +451,7 @@ impl CudaBackend {
 
 impl Backend for CudaBackend {
     type Buf<T: Elem> = CudaBuf<T>;
-    type Graph = CudaGraph;
+    type Graph = RecordedGraph;
 
     fn name(&self) -> String {
         format!(
@@ -454,13 +464,14 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn record(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<CudaGraph>> {
+    fn record(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<RecordedGraph>> {
         if !self.own_stream {
             return Err(Error::cuda(
                 "CUDA graphs need the backend's own stream (opened with HYQ_CUDA_GRAPHS=1)",
             ));
         }
         use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        let generation = self.gemv_counters_generation.load(Ordering::Relaxed);
         // Relaxed: kernel lookups and cuMemGetInfo may run while the stream records.
         drv(
             "cuStreamBeginCapture",
@@ -468,18 +479,50 @@ impl Backend for CudaBackend {
                 .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED),
         )?;
         let queued = f();
-        // The capture is ended whatever `f` did, so the stream is usable again.
-        let graph = self.stream.end_capture(CUgraphInstantiate_flags(0));
-        queued?;
-        let graph = drv("cuStreamEndCapture/cuGraphInstantiate", graph)?;
-        if let Some(g) = &graph {
-            drv("cuGraphUpload", g.upload())?;
+        // An error a drop stored meanwhile (cudarc keeps those for the next call) would make
+        // cudarc's `end_capture` return before ending the capture: taken out here.
+        let stored = self.ctx.check_err();
+        if queued.is_err() || stored.is_err() {
+            // End the capture with the driver call itself, so the stream is usable again.
+            // SAFETY: the stream is live and capturing (begun above); the graph it returns,
+            // if any, is destroyed at once.
+            unsafe {
+                if let Ok(g) = cudarc::driver::result::stream::end_capture(self.stream.cu_stream())
+                {
+                    if !g.is_null() {
+                        let _ = cudarc::driver::result::graph::destroy(g);
+                    }
+                }
+            }
+            let _ = self.ctx.check_err();
+            queued?;
+            return drv("recording (a freed buffer)", stored).map(|_| None);
         }
-        Ok(graph)
+        let graph = drv(
+            "cuStreamEndCapture/cuGraphInstantiate",
+            self.stream.end_capture(CUgraphInstantiate_flags(0)),
+        )?;
+        let Some(graph) = graph else { return Ok(None) };
+        drv("cuGraphUpload", graph.upload())?;
+        if self.gemv_counters_generation.load(Ordering::Relaxed) != generation {
+            return Err(Error::cuda(
+                "decode tickets were reallocated while recording",
+            ));
+        }
+        Ok(Some(RecordedGraph { graph, generation }))
     }
 
-    fn replay(&self, graph: &CudaGraph) -> Result<()> {
-        drv("cuGraphLaunch", graph.launch())
+    fn replay(&self, graph: &RecordedGraph) -> Result<()> {
+        if self.gemv_counters_generation.load(Ordering::Relaxed) != graph.generation {
+            return Err(Error::cuda(
+                "recorded step is stale: the decode tickets were reallocated since",
+            ));
+        }
+        drv("cuGraphLaunch", graph.graph.launch())
+    }
+
+    fn reserve_for_gptq(&self, out_features: usize) -> Result<()> {
+        self.reserve_gemv_counters(out_features)
     }
 
     fn upload<T: Elem>(&self, host: &[T]) -> Result<CudaBuf<T>> {

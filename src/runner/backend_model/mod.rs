@@ -780,7 +780,7 @@ impl<B: Backend> BackendModel<B> {
         }
         let mut step = StepBuffers::new(b, self, tokens.len(), last_rows.len(), cache.max_len)?;
         step.write_inputs(b, tokens, slots, positions, last_rows)?;
-        self.run_step(b, cache, &mut step)?;
+        self.run_step(b, cache, &mut step, false)?;
         Ok(step.logits)
     }
 
@@ -868,9 +868,8 @@ pub fn generate_on<B: Backend>(
     // step with prompt tokens (dropped after it).
     let mut decode_step: Option<StepBuffers<B>> = None;
     let mut prompt_step: Option<StepBuffers<B>> = None;
-    // The recorded decode step (`LoadOptions::graphs`) and the batch size it was recorded for:
-    // it runs in `decode_step`'s buffers.
-    let mut decode_graph: Option<(usize, B::Graph)> = None;
+    // The recorded decode step (`LoadOptions::graphs`): it runs in `decode_step`'s buffers.
+    let mut decode_graph: Option<B::Graph> = None;
     loop {
         while let Some(&slot) = free_slots.last() {
             let Some(i) = queue.pop() else { break };
@@ -916,14 +915,15 @@ pub fn generate_on<B: Backend>(
         // A decode step (one token per row) runs in the buffers of the previous decode step
         // when the batch kept its size; a step with prompt tokens gets its own.
         let decode = tokens.len() == active.len();
-        if !decode
-            || decode_step
-                .as_ref()
-                .is_none_or(|s: &StepBuffers<B>| s.rows != tokens.len())
-        {
+        // Decode steps of the same batch size in a row share buffers, and from the second on
+        // (one that runs once, as the batch drains at the end, is not worth recording) the
+        // recorded graph.
+        let repeat = decode && decode_step.as_ref().is_some_and(|s| s.rows == tokens.len());
+        if !repeat {
             let fresh = StepBuffers::new(b, model, tokens.len(), last_rows.len(), cache.max_len)?;
             if decode {
                 decode_step = Some(fresh);
+                decode_graph = None;
             } else {
                 prompt_step = Some(fresh);
             }
@@ -935,40 +935,38 @@ pub fn generate_on<B: Backend>(
         }
         .as_mut()
         .expect("set just above");
-        if decode
-            && decode_graph
-                .as_ref()
-                .is_some_and(|(rows, _)| *rows != step.rows)
-        {
-            decode_graph = None;
-        }
         step.write_inputs(b, &tokens, &slots, &positions, &last_rows)?;
-        match &decode_graph {
-            Some((_, graph)) if decode => {
-                b.replay(graph)?;
-                stats.graph_replays += 1;
-            }
-            _ => {
-                model.run_step(b, &mut cache, step)?;
-                // The first decode step of a batch size runs as usual (loading kernels and
-                // sizing scratch buffers), then is recorded for the next ones.
-                if decode && model.graphs && stats.graph_note.is_none() {
-                    match b.record(&mut || model.run_step(b, &mut cache, step)) {
-                        Ok(Some(graph)) => decode_graph = Some((step.rows, graph)),
-                        Ok(None) => {
-                            stats.graph_note = Some(format!("{} records no graphs", b.name()))
-                        }
-                        Err(e) => stats.graph_note = Some(e.to_string()),
-                    }
+        // Picks on the device with the fused ops, unless some row's first logits are to be
+        // kept: then they come from the downloaded logits.
+        let keep = opts.keep_first_logits && active.iter().any(|a| a.out.first_logits.is_none());
+        let device_picks = model.fuse_ops && !keep;
+        let replayed = match &decode_graph {
+            Some(graph) if decode => match b.replay(graph) {
+                Ok(()) => true,
+                Err(e) => {
+                    stats.graph_note = Some(e.to_string());
+                    decode_graph = None;
+                    false
+                }
+            },
+            _ => false,
+        };
+        if replayed {
+            stats.graph_replays += 1;
+        } else {
+            model.run_step(b, &mut cache, step, device_picks)?;
+            if repeat && model.graphs && stats.graph_note.is_none() {
+                // Recorded after running it as usual (kernels loaded, scratch sized), with
+                // the device picks (a decode step never keeps first logits).
+                match b.record(&mut || model.run_step(b, &mut cache, step, model.fuse_ops)) {
+                    Ok(Some(graph)) => decode_graph = Some(graph),
+                    Ok(None) => stats.graph_note = Some(format!("{}: no graph recorded", b.name())),
+                    Err(e) => stats.graph_note = Some(e.to_string()),
                 }
             }
         }
         let vocab = model.dims.vocab;
-        // Greedy pick and margin: from the device (`run_step` made them: two values per row
-        // come back) with the fused ops, unless some row's first logits are to be kept; else
-        // from the downloaded logits.
-        let keep = opts.keep_first_logits && active.iter().any(|a| a.out.first_logits.is_none());
-        let (picks, host_logits) = if model.fuse_ops && !keep {
+        let (picks, host_logits) = if device_picks {
             let picks = b
                 .download(&step.pick)?
                 .into_iter()

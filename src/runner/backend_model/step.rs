@@ -134,12 +134,13 @@ impl<B: Backend> StepBuffers<B> {
 impl<B: Backend> BackendModel<B> {
     /// Queues one forward step over `step`'s inputs: embedding, every layer (writing the
     /// rows' keys and values into `cache`), the final norm and the logits of the last rows,
-    /// and with `LoadOptions::fuse_ops` the greedy picks (`step.pick`, `step.margin`).
+    /// and with `picks` the greedy picks (`step.pick`, `step.margin`).
     pub fn run_step(
         &self,
         b: &B,
         cache: &mut BackendCache<B>,
         step: &mut StepBuffers<B>,
+        picks: bool,
     ) -> Result<()> {
         let d = &self.dims;
         let t = step.rows;
@@ -322,7 +323,7 @@ impl<B: Backend> BackendModel<B> {
             Some(head) => head.forward(b, normed16, n, logits)?,
             None => b.gemm(normed16, &self.embed, self.half, n, d.vocab, hid, logits)?,
         }
-        if fuse_ops {
+        if picks {
             b.argmax(logits, d.vocab, pick, margin)?;
         }
         Ok(())
