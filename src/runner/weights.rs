@@ -73,6 +73,18 @@ fn read_i32(bytes: &[u8]) -> Vec<i32> {
         .collect()
 }
 
+/// The I32 tensor `name` (GPTQ qweight/qzeros/g_idx); any other dtype is an error naming it.
+pub(crate) fn i32_tensor(ckpt: &Checkpoint, name: &str) -> Result<Vec<i32>> {
+    let view = ckpt.tensor(name)?;
+    if view.info.dtype_name != "I32" {
+        return Err(Error::tensor(
+            name,
+            format!("is {}, expected I32", view.info.dtype_name),
+        ));
+    }
+    Ok(read_i32(view.bytes))
+}
+
 fn read_u16(bytes: &[u8]) -> Vec<u16> {
     bytes
         .chunks_exact(2)
@@ -308,17 +320,7 @@ impl Linear {
                 "is GPTQ-packed but config.json has no usable quantization_config (bits, group_size)",
             )
         })?;
-        let int_tensor = |suffix: &str| -> Result<Vec<i32>> {
-            let name = format!("{prefix}.{suffix}");
-            let view = ckpt.tensor(&name)?;
-            if view.info.dtype_name != "I32" {
-                return Err(Error::tensor(
-                    &name,
-                    format!("is {}, expected I32", view.info.dtype_name),
-                ));
-            }
-            Ok(read_i32(view.bytes))
-        };
+        let int_tensor = |suffix: &str| i32_tensor(ckpt, &format!("{prefix}.{suffix}"));
         let qweight = int_tensor("qweight")?;
         let qzeros = int_tensor("qzeros")?;
         let sname = format!("{prefix}.scales");

@@ -27,6 +27,7 @@ use crate::runner::forward::{quant_scheme, Dims, Rope};
 use crate::runner::generate::{
     argmax_with_margin, FinishReason, GenerateOptions, GenerateStats, Generation,
 };
+use crate::runner::weights::i32_tensor;
 
 enum LinearWeight<B: Backend> {
     /// [out, in] 16-bit.
@@ -42,13 +43,6 @@ pub struct BackendLinear<B: Backend> {
     half: HalfKind,
     weight: LinearWeight<B>,
     bias: Option<B::Buf<f32>>,
-}
-
-fn le_i32(bytes: &[u8]) -> Vec<i32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
 }
 
 /// A float tensor as `half` bit patterns (stored bytes as is when they already are `half`).
@@ -155,17 +149,7 @@ impl HostLinear {
                     "is missing, or GPTQ-packed without a usable quantization_config",
                 )
             })?;
-            let ints = |suffix: &str| -> Result<Vec<i32>> {
-                let name = format!("{prefix}.{suffix}");
-                let view = ckpt.tensor(&name)?;
-                if view.info.dtype_name != "I32" {
-                    return Err(Error::tensor(
-                        &name,
-                        format!("is {}, expected I32", view.info.dtype_name),
-                    ));
-                }
-                Ok(le_i32(view.bytes))
-            };
+            let ints = |suffix: &str| i32_tensor(ckpt, &format!("{prefix}.{suffix}"));
             let qweight = ints("qweight")?;
             let qzeros = ints("qzeros")?;
             let scales = half_bits(ckpt, &format!("{prefix}.scales"), half)?;
