@@ -135,6 +135,29 @@ pub struct Dims {
     pub eps: f32,
 }
 
+impl Dims {
+    /// The dimensions `arch`'s config.json gives; an odd head_dim is an error (RoPE rotates
+    /// pairs).
+    pub fn of(arch: &Arch) -> Result<Self> {
+        let c = &arch.config;
+        let dims = Dims {
+            hidden: c.hidden_size,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            vocab: c.vocab_size,
+            eps: c.rms_norm_eps as f32,
+        };
+        if dims.head_dim % 2 != 0 {
+            return Err(Error::config(
+                &c.path,
+                format!("head_dim {} is odd; RoPE needs pairs", dims.head_dim),
+            ));
+        }
+        Ok(dims)
+    }
+}
+
 /// A loaded decoder.
 pub struct Model {
     pub kind: ArchKind,
@@ -208,20 +231,7 @@ impl Model {
         let arch = &ckpt.arch;
         let c = &arch.config;
         let quant = quant_scheme(arch)?;
-        let dims = Dims {
-            hidden: c.hidden_size,
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-            vocab: c.vocab_size,
-            eps: c.rms_norm_eps as f32,
-        };
-        if dims.head_dim % 2 != 0 {
-            return Err(Error::config(
-                &c.path,
-                format!("head_dim {} is odd; RoPE needs pairs", dims.head_dim),
-            ));
-        }
+        let dims = Dims::of(arch)?;
         let embed_spec = arch.embed_tokens();
         let embed = Linear::load(
             ckpt,

@@ -538,20 +538,7 @@ impl<B: Backend> BackendModel<B> {
         let c = &arch.config;
         let quant = quant_scheme(arch)?;
         let half = HalfKind::for_dtype(ckpt.model_dtype()?);
-        let dims = Dims {
-            hidden: c.hidden_size,
-            heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-            vocab: c.vocab_size,
-            eps: c.rms_norm_eps as f32,
-        };
-        if dims.head_dim % 2 != 0 {
-            return Err(Error::config(
-                &c.path,
-                format!("head_dim {} is odd; RoPE needs pairs", dims.head_dim),
-            ));
-        }
+        let dims = Dims::of(arch)?;
         let embed_name = arch.embed_tokens().name;
         let embed_shape = ckpt.tensor(&embed_name)?.info.shape.clone();
         if embed_shape != [dims.vocab, dims.hidden] {
