@@ -51,6 +51,43 @@ pub struct Generation {
     pub margins: Vec<f32>,
 }
 
+impl Generation {
+    /// Nothing generated yet for a prompt of `n_prompt_tokens` tokens.
+    pub(crate) fn start(n_prompt_tokens: usize) -> Self {
+        Generation {
+            token_ids: Vec::new(),
+            n_prompt_tokens,
+            finish: FinishReason::Length,
+            first_logits: None,
+            margins: Vec::new(),
+        }
+    }
+
+    /// Takes a step's greedy pick: its margin is recorded; a stop id ends the generation, any
+    /// other token is appended (counted in `stats`) and ends it at `max_new_tokens`. True when
+    /// the generation is finished.
+    pub(crate) fn accept(
+        &mut self,
+        tok: u32,
+        margin: f32,
+        opts: &GenerateOptions,
+        stats: &mut GenerateStats,
+    ) -> bool {
+        self.margins.push(margin);
+        if opts.stop_ids.contains(&tok) {
+            self.finish = FinishReason::Stop;
+            return true;
+        }
+        self.token_ids.push(tok);
+        stats.generated_tokens += 1;
+        if self.token_ids.len() >= opts.max_new_tokens {
+            self.finish = FinishReason::Length;
+            return true;
+        }
+        false
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct GenerateStats {
     pub prompt_tokens: usize,
@@ -129,13 +166,7 @@ pub fn generate(
                 index: i,
                 cache: model.new_cache(),
                 pending: prompts[i].clone(),
-                out: Generation {
-                    token_ids: Vec::new(),
-                    n_prompt_tokens: prompts[i].len(),
-                    finish: FinishReason::Length,
-                    first_logits: None,
-                    margins: Vec::new(),
-                },
+                out: Generation::start(prompts[i].len()),
             });
         }
         if active.is_empty() {
@@ -173,16 +204,7 @@ pub fn generate(
             if opts.keep_first_logits && a.out.first_logits.is_none() {
                 a.out.first_logits = Some(lg);
             }
-            a.out.margins.push(margin);
-            if opts.stop_ids.contains(&tok) {
-                a.out.finish = FinishReason::Stop;
-                results[a.index] = Some(a.out);
-                continue;
-            }
-            a.out.token_ids.push(tok);
-            stats.generated_tokens += 1;
-            if a.out.token_ids.len() >= opts.max_new_tokens {
-                a.out.finish = FinishReason::Length;
+            if a.out.accept(tok, margin, opts, &mut stats) {
                 results[a.index] = Some(a.out);
                 continue;
             }
@@ -205,6 +227,28 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_stops_on_stop_ids_and_at_the_length_limit() {
+        let opts = GenerateOptions {
+            max_new_tokens: 2,
+            stop_ids: vec![7],
+            ..GenerateOptions::default()
+        };
+        let mut stats = GenerateStats::default();
+        let mut g = Generation::start(5);
+        assert!(!g.accept(3, 0.5, &opts, &mut stats));
+        assert!(g.accept(4, 0.25, &opts, &mut stats));
+        assert_eq!(
+            (g.token_ids.clone(), g.finish),
+            (vec![3, 4], FinishReason::Length)
+        );
+        let mut s = Generation::start(1);
+        assert!(s.accept(7, 1.0, &opts, &mut stats));
+        assert_eq!((s.token_ids.len(), s.finish), (0, FinishReason::Stop));
+        assert_eq!(s.margins, [1.0]);
+        assert_eq!(stats.generated_tokens, 2);
+    }
 
     #[test]
     fn argmax_takes_first_of_ties_and_reports_margin() {

@@ -24,9 +24,7 @@ use crate::model::arch::{ArchKind, LinearKind, LinearSpec};
 use crate::model::{Arch, Checkpoint};
 use crate::quant::QuantScheme;
 use crate::runner::forward::{quant_scheme, Dims, Rope};
-use crate::runner::generate::{
-    argmax_with_margin, FinishReason, GenerateOptions, GenerateStats, Generation,
-};
+use crate::runner::generate::{argmax_with_margin, GenerateOptions, GenerateStats, Generation};
 use crate::runner::weights::i32_tensor;
 
 enum LinearWeight<B: Backend> {
@@ -851,13 +849,7 @@ pub fn generate_on<B: Backend>(
                 slot,
                 len: 0,
                 pending: prompts[i].clone(),
-                out: Generation {
-                    token_ids: Vec::new(),
-                    n_prompt_tokens: prompts[i].len(),
-                    finish: FinishReason::Length,
-                    first_logits: None,
-                    margins: Vec::new(),
-                },
+                out: Generation::start(prompts[i].len()),
             });
         }
         if active.is_empty() {
@@ -965,22 +957,8 @@ pub fn generate_on<B: Backend>(
                     a.out.first_logits = Some(host[j * vocab..(j + 1) * vocab].to_vec());
                 }
             }
-            a.out.margins.push(margin);
             a.len += a.pending.len();
-            let done = if opts.stop_ids.contains(&tok) {
-                a.out.finish = FinishReason::Stop;
-                true
-            } else {
-                a.out.token_ids.push(tok);
-                stats.generated_tokens += 1;
-                if a.out.token_ids.len() >= opts.max_new_tokens {
-                    a.out.finish = FinishReason::Length;
-                    true
-                } else {
-                    false
-                }
-            };
-            if done {
+            if a.out.accept(tok, margin, opts, &mut stats) {
                 free_slots.push(a.slot);
                 results[a.index] = Some(a.out);
             } else {
