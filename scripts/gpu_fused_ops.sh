@@ -9,8 +9,9 @@
 #   e2e:   scripts/bench_decode_e2e.sh as shipped, then with HYQ_RUNNER_FUSE_OPS=1, then with
 #          HYQ_CUDA_GRAPHS=1 as well (decode steps recorded once, replayed; same models,
 #          reused): ms per decode step at the 7B shape, batch 1 and 16.
-#   usage: scripts/gpu_fused_ops.sh BINDIR tests|e2e
-# BINDIR: stripped backend_ops, runner_fused and hy-quant built on the dev box.
+#   usage: scripts/gpu_fused_ops.sh BINDIR tests | BINDIR e2e [shipped|fused|graphs ...]
+# BINDIR: stripped backend_ops, runner_fused and hy-quant (scripts/stage_gpu_bins.sh). HYQ_PRESET
+# (default hy-mt1.5-7b) and HYQ_DEVICE=cpu try the e2e part without a GPU on a small preset.
 set -uo pipefail
 bindir=$1 part=$2
 out=${OUT:-/tmp/out}; mkdir -p "$out"
@@ -26,17 +27,22 @@ case $part in
     grep -hE "^test .*(ok|FAILED)$|panicked|rel err|runner " "$out"/*.log | tail -40
     ;;
   e2e)
-    HYQ_BIN=$bindir/hy-quant scripts/bench_decode_e2e.sh /tmp/e2e hy-mt1.5-7b > "$out/e2e-default.txt" 2>&1
-    mkdir -p "$out/fused-ops"
-    HYQ_RUNNER_FUSE_OPS=1 OUT=$out/fused-ops HYQ_BIN=$bindir/hy-quant \
-      scripts/bench_decode_e2e.sh /tmp/e2e hy-mt1.5-7b > "$out/e2e-fused-ops.txt" 2>&1
-    mkdir -p "$out/graphs"
-    HYQ_RUNNER_FUSE_OPS=1 HYQ_CUDA_GRAPHS=1 OUT=$out/graphs HYQ_BIN=$bindir/hy-quant \
-      scripts/bench_decode_e2e.sh /tmp/e2e hy-mt1.5-7b > "$out/e2e-graphs.txt" 2>&1
-    echo "== as shipped"; cat "$out/e2e-default.txt"
-    echo "== HYQ_RUNNER_FUSE_OPS=1"; cat "$out/e2e-fused-ops.txt"
-    echo "== HYQ_RUNNER_FUSE_OPS=1 HYQ_CUDA_GRAPHS=1"; cat "$out/e2e-graphs.txt"
-    grep -h "CUDA graphs" "$out"/graphs/*.log | sort | uniq -c
+    # Variants to time (default all three; split them over calls if one would run past the
+    # 600 s a call may take: the models under /tmp/e2e stay while the machine is warm).
+    variants=("${@:3}"); [ ${#variants[@]} -gt 0 ] || variants=(shipped fused graphs)
+    for v in "${variants[@]}"; do
+      case $v in
+        shipped) env=() ;;
+        fused) env=(HYQ_RUNNER_FUSE_OPS=1) ;;
+        graphs) env=(HYQ_RUNNER_FUSE_OPS=1 HYQ_CUDA_GRAPHS=1) ;;
+        *) echo "unknown variant $v" >&2; exit 2 ;;
+      esac
+      mkdir -p "$out/$v"
+      env "${env[@]}" OUT="$out/$v" HYQ_BIN="$bindir/hy-quant" \
+        scripts/bench_decode_e2e.sh "${HYQ_E2E_DIR:-/tmp/e2e}" "${HYQ_PRESET:-hy-mt1.5-7b}" > "$out/e2e-$v.txt" 2>&1
+    done
+    for v in "${variants[@]}"; do echo "== $v"; cat "$out/e2e-$v.txt"; done
+    grep -h "CUDA graphs" "$out"/graphs/*.log 2>/dev/null | sort | uniq -c
     ;;
-  *) echo "usage: $0 BINDIR tests|e2e" >&2; exit 2 ;;
+  *) echo "usage: $0 BINDIR tests | BINDIR e2e [shipped|fused|graphs ...]" >&2; exit 2 ;;
 esac
