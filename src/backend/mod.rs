@@ -200,7 +200,6 @@ impl<B: Backend> GptqWeight<B> {
                 .iter()
                 .enumerate()
                 .all(|(i, &g)| g as usize == i / group_len);
-        backend.reserve_for_gptq(n)?;
         Ok(GptqWeight {
             bits: h.scheme.bits as u32,
             in_features: k,
@@ -454,8 +453,8 @@ pub trait Backend: Send + Sync {
     fn replay(&self, graph: &Self::Graph) -> Result<()>;
 
     /// Sizes what `gemm_gptq` keeps between calls for a GPTQ weight with `out_features`
-    /// outputs (the GPU's decode tickets), at load time, so that recorded steps never see it
-    /// reallocated. Nothing to do on the CPU.
+    /// outputs (the GPU's decode tickets, otherwise grown on demand), before a step is
+    /// recorded, so that replays never see it reallocated. Nothing to do on the CPU.
     fn reserve_for_gptq(&self, _out_features: usize) -> Result<()> {
         Ok(())
     }

@@ -683,6 +683,22 @@ impl<B: Backend> BackendModel<B> {
         })
     }
 
+    /// `Backend::reserve_for_gptq` for every GPTQ linear, before a step is recorded.
+    fn reserve_for_recording(&self, b: &B) -> Result<()> {
+        let linears = self.layers.iter().flat_map(|l| {
+            let mut v = l.qkv.linears();
+            v.extend(l.gate_up.linears());
+            v.extend([&l.o, &l.down]);
+            v
+        });
+        for lin in linears.chain(self.lm_head.as_ref()) {
+            if let LinearWeight::Gptq(w) = &lin.weight {
+                b.reserve_for_gptq(w.out_features)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Layers whose q|k|v, and whose gate|up, were loaded fused.
     pub fn fused_layers(&self) -> (usize, usize) {
         (
@@ -921,7 +937,10 @@ pub fn generate_on<B: Backend>(
             if repeat && model.graphs && stats.graph_note.is_none() {
                 // Recorded after running it as usual (kernels loaded, scratch sized), with
                 // the device picks (a decode step never keeps first logits).
-                match b.record(&mut || model.run_step(b, &mut cache, step, model.fuse_ops)) {
+                let recorded = model.reserve_for_recording(b).and_then(|()| {
+                    b.record(&mut || model.run_step(b, &mut cache, step, model.fuse_ops))
+                });
+                match recorded {
                     Ok(Some(graph)) => decode_graph = Some(graph),
                     Ok(None) => stats.graph_note = Some(format!("{}: no graph recorded", b.name())),
                     Err(e) => stats.graph_note = Some(e.to_string()),
