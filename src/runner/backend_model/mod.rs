@@ -467,9 +467,9 @@ pub struct LoadOptions {
     /// row come back instead of the logits). Off by default until the CUDA kernels are
     /// verified and timed on a GPU.
     pub fuse_ops: bool,
-    /// Record the first decode step of each batch size as a graph and replay it for the next
-    /// ones (`Backend::record`; the CUDA backend must have been opened with its own stream,
-    /// `CudaOptions::own_stream`). Not yet run on a GPU; off by default.
+    /// Record the second decode step in a row at one batch size as a graph and replay it for
+    /// the next ones (`Backend::record`; the CUDA backend must have been opened with its own
+    /// stream, `CudaOptions::own_stream`). Not yet run on a GPU; off by default.
     pub graphs: bool,
 }
 
