@@ -713,6 +713,252 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
     GEMV_STREAM_KERNEL(BITS, 2, 1, 8, true, gptq_gemv_ffma, bf16)               \
     GEMV_STREAM_KERNEL(BITS, 4, 0, 4, true, gptq_gemv_ffma, f16)                \
     GEMV_STREAM_KERNEL(BITS, 4, 1, 4, true, gptq_gemv_ffma, bf16)
+// ------------------------------------------------------------------------------------------
+// Decode, asynchronous variant (`gptq_gemv_async_w4_m8_d<D>[_fold]_{f16,bf16}`), int4 and up to
+// 8 rows of x: the streaming kernel's lane mapping, block shape, grid and split-K sums, changed
+// where the Nsight Compute profile (docs/cuda.md, "Profiled") showed the streaming kernel
+// losing time: too few bytes in flight per SM (its register ring costs 122 registers, so only
+// 16 warps fit) and ~3 instructions per weight on a long dependency chain.
+// - The ring lives in shared memory, filled by cp.async: per lane and quad 16 bytes of qweight,
+//   and in a second ring the 8 bytes of scales and the zero word of a group, in the slot of the
+//   group's first quad. D quads are in flight per lane without costing registers. Each lane
+//   reads back only what it copied itself, so cp.async.wait_group alone orders it (no barrier).
+// - Scales are applied once per group, not per weight: the tensor cores sum (q - z) * x over
+//   one group in f32 (q - z an exact small integer as a half), then the lane adds s * that sum
+//   to its running total. One multiply per weight less, and the weight is never rounded to
+//   half(s * (q - z)), so the result equals dequantize-then-multiply up to rounding (f32
+//   order and the weight's half rounding), not bit for bit.
+// - FOLD: the zero leaves the loop too. The mma sums (bias + q) * x, with (bias + q) the exact
+//   half that the magic-number trick makes from a nibble (bias = 1024 for f16, 128 for bf16),
+//   and a second mma with all-ones A sums x over the same k slots; at the end of a group
+//   (bias + z) * sum(x) is subtracted. Per pair of weights: a shift and a lop3, nothing else.
+//   Cost: the cancellation of the bias term, ~bias * 2^-24 relative to sum |x| (f32, exact
+//   products), well under the half rounding of a dequantized weight (2^-9 for bf16).
+// - x is staged with every 8 k permuted to the half pairs (k_i, k_{i+4}) the A fragments hold,
+//   so B comes straight from one ld.shared.v4 (no prmt per mma).
+// Sums: per lane in k order within a group (mma), groups in order, then as `gptq_gemv_stream`:
+// deterministic.
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async8(u32 dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async4(u32 dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <u32 N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ U32x4 lds_v4(u32 addr) {
+    U32x4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr));
+    return v;
+}
+
+// The dynamic shared memory of `gptq_gemv_async` (the host mirrors it, `async_smem_bytes`):
+// two rings of D x threads x 16 bytes, then x [m][xstride] halves. The per-warp sums reuse the
+// rings at the end.
+template <u32 KIND, u32 D, bool FOLD>
+__device__ __forceinline__ void gptq_gemv_async(const u16* __restrict__ x, const int* __restrict__ qweight,
+                                                const int* __restrict__ qzeros, const u16* __restrict__ scales,
+                                                float* __restrict__ out, float* __restrict__ part,
+                                                u32* __restrict__ counters, u32 m, u32 n_out, u32 k_in,
+                                                u32 group_len, u32 quads_per_split) {
+    constexpr u32 PF = 8u, KQ = 32u;
+    extern __shared__ __align__(16) unsigned char ga_smem[];
+    __shared__ u32 is_last;
+
+    const u32 lane = threadIdx.x & 31u, tile = threadIdx.x >> 5, kw = threadIdx.y, n_kw = blockDim.y;
+    const u32 gid = lane >> 2, tig = lane & 3u;
+    const u32 threads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
+    const u32 quads = k_in / KQ;
+    const u32 q_lo = min(quads, blockIdx.y * quads_per_split);
+    const u32 q_hi = min(quads, q_lo + quads_per_split);
+    const u32 per_warp = (q_hi - q_lo + n_kw - 1u) / n_kw;
+    const u32 n0 = (blockIdx.x * GS_TILES + tile) * GV_COLS, n = n0 + 4u * gid;
+    const bool active = n0 < n_out;  // warp-uniform
+    const u32 qb = min(q_hi, q_lo + kw * per_warp), qe = active ? min(q_hi, qb + per_warp) : qb;
+    const u32 quads_per_group = group_len / KQ;
+    const u32 zshift = (n % 8u) * 4u;
+    const u32 k_base = q_lo * KQ, k_len = (q_hi - q_lo) * KQ;
+    const u32 xstride = ((k_len + 63u) & ~63u) + KQ;  // bank spread as in gptq_gemv
+
+    const u32 slot_step = threads * 16u;
+    const u32 ring_w = (u32)__cvta_generic_to_shared(ga_smem) + tid * 16u;
+    const u32 ring_s = ring_w + D * slot_step;
+    u16* xs = reinterpret_cast<u16*>(ga_smem + 2u * D * slot_step);
+    float* red = reinterpret_cast<float*>(ga_smem);  // [KW][8][GS_COLS], after the loop
+
+    // Load side: as the streaming kernel's, each quad one commit group (empty past the end, so
+    // that wait_group<D - 1> always means "the oldest slot has landed").
+    const u64 w_step = 4ull * n_out;
+    const int* wp = qweight + (active ? (u64)(4u * qb + tig) * n_out + n : 0ull);
+    const u16* sp = scales + (u64)(qb / quads_per_group) * n_out + n;
+    const int* zp = qzeros + (u64)(qb / quads_per_group) * (n_out / PF) + n / PF;
+    u32 loads_left = qe - qb;
+    u32 group_left = quads_per_group - qb % quads_per_group;
+    u32 fresh = 0u;  // bit u: the quad in slot u starts a group (or the warp's range)
+    auto issue = [&](u32 u, bool first) {
+        if (loads_left != 0u) {
+            --loads_left;
+            if (group_left == 0u) {
+                group_left = quads_per_group;
+                sp += n_out;
+                zp += n_out / PF;
+                first = true;
+            }
+            --group_left;
+            cp_async16(ring_w + u * slot_step, wp);
+            wp += w_step;
+            if (first) {
+                cp_async8(ring_s + u * slot_step, sp);
+                cp_async4(ring_s + u * slot_step + 8u, zp);
+            }
+            fresh = first ? (fresh | (1u << u)) : (fresh & ~(1u << u));
+        }
+        cp_async_commit();
+    };
+#pragma unroll
+    for (u32 u = 0; u < D; ++u) issue(u, u == 0u);
+
+    // x rows 0..m-1 of the block's K slice, each 8 k as the pairs (k_i, k_{i+4}).
+    {
+        const u32 per_row = k_len / 8u;
+        for (u32 i = tid; i < m * per_row; i += threads) {
+            const u32 b = i / per_row, c = i % per_row;
+            const U32x4 v = *reinterpret_cast<const U32x4*>(x + (u64)b * k_in + k_base + c * 8u);
+            *reinterpret_cast<U32x4*>(xs + b * xstride + c * 8u) =
+                U32x4{__byte_perm(v.x, v.z, 0x5410u), __byte_perm(v.x, v.z, 0x7632u), __byte_perm(v.y, v.w, 0x5410u),
+                      __byte_perm(v.y, v.w, 0x7632u)};
+        }
+    }
+    __syncthreads();
+    u32 x_addr = (u32)__cvta_generic_to_shared(xs) + 2u * (min(gid, m - 1u) * xstride + (4u * qb + tig) * PF - k_base);
+
+    // acc: this group's sums; tot: the scaled sums of the groups before. C fragment element
+    // [t][e]: x row 2*tig + (e & 1), column 4*gid + 2*t + (e >> 1). FOLD: ax[e & 1] sums x.
+    float acc[2][4], tot[2][4], ax[4];
+    float sf[4] = {0.0f, 0.0f, 0.0f, 0.0f}, zf[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // the group's s, bias + z
+    u32 cb[4] = {0u, 0u, 0u, 0u};  // !FOLD: -(bias + z) as a half pair per column
+#pragma unroll
+    for (u32 t = 0; t < 2; ++t)
+#pragma unroll
+        for (u32 e = 0; e < 4; ++e) acc[t][e] = tot[t][e] = 0.0f;
+#pragma unroll
+    for (u32 e = 0; e < 4; ++e) ax[e] = 0.0f;
+    const u32 bias2 = (KIND == 1u ? 0x43004300u : 0x64006400u) | (group_len >> 31);
+    const u32 one2 = (KIND == 1u ? 0x3f803f80u : 0x3c003c00u) | (group_len >> 31);
+    const float bias = KIND == 1u ? 128.0f : 1024.0f;
+
+    // The finished group into the totals (harmless before the first: everything is zero).
+    auto flush = [&]() {
+#pragma unroll
+        for (u32 t = 0; t < 2; ++t)
+#pragma unroll
+            for (u32 e = 0; e < 4; ++e) {
+                const u32 c = 2u * t + (e >> 1);
+                const float v = FOLD ? fmaf(-zf[c], ax[e & 1u], acc[t][e]) : acc[t][e];
+                tot[t][e] = fmaf(sf[c], v, tot[t][e]);
+                acc[t][e] = 0.0f;
+            }
+        if constexpr (FOLD) {
+#pragma unroll
+            for (u32 e = 0; e < 4; ++e) ax[e] = 0.0f;
+        }
+    };
+
+    auto consume = [&](u32 u) {
+        cp_async_wait<D - 1u>();
+        const U32x4 w = lds_v4(ring_w + u * slot_step);
+        if (fresh & (1u << u)) {
+            flush();
+            const U32x4 sz = lds_v4(ring_s + u * slot_step);  // 4 scales, then the zero word
+            sf[0] = half_to_f32((u16)(sz.x & 0xffffu), KIND);
+            sf[1] = half_to_f32((u16)(sz.x >> 16), KIND);
+            sf[2] = half_to_f32((u16)(sz.y & 0xffffu), KIND);
+            sf[3] = half_to_f32((u16)(sz.y >> 16), KIND);
+            const u32 z4 = sz.z >> zshift;  // the lane's 4 stored zeros (z - 1)
+            if constexpr (FOLD) {
+#pragma unroll
+                for (u32 c = 0; c < 4; ++c) zf[c] = bias + (float)(((z4 >> (4u * c)) & 15u) + 1u);
+            } else {
+                // -(bias + z): the bit pattern of -bias plus z (as gemv_group_consts).
+                const u32 neg_bias = KIND == 1u ? 0xC301C301u : 0xE401E401u;
+                const u32 z2 = __byte_perm(z4, 0u, 0x1010u);
+#pragma unroll
+                for (u32 c = 0; c < 4; ++c) cb[c] = ((z2 >> (4u * c)) & 0x000f000fu) + neg_bias;
+            }
+        }
+        // h[c][i]: column c, the half pair (k_i, k_{i+4}) of the lane's packed row.
+        u32 h[4][4];
+        const u32 words[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (u32 c = 0; c < 4; ++c)
+#pragma unroll
+            for (u32 i = 0; i < 4; ++i) {
+                const u32 t = ((words[c] >> (4u * i)) & 0x000f000fu) | bias2;
+                h[c][i] = FOLD ? t : hfma2<KIND>(t, one2, cb[c]);
+            }
+        issue(u, false);  // the slot is free once its words are in registers (used above)
+        const U32x4 xv = lds_v4(x_addr);
+        x_addr += 2u * KQ;
+        const u32 xr[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+        for (u32 s = 0; s < 2; ++s) {
+#pragma unroll
+            for (u32 t = 0; t < 2; ++t)
+                mma_16816<KIND>(acc[t], h[2 * t][2 * s], h[2 * t + 1][2 * s], h[2 * t][2 * s + 1],
+                                h[2 * t + 1][2 * s + 1], xr[2 * s], xr[2 * s + 1]);
+            if constexpr (FOLD) mma_16816<KIND>(ax, one2, one2, one2, one2, xr[2 * s], xr[2 * s + 1]);
+        }
+    };
+
+    u32 q0 = qb;
+    for (; q0 + D <= qe; q0 += D) {
+#pragma unroll
+        for (u32 u = 0; u < D; ++u) consume(u);
+    }
+#pragma unroll
+    for (u32 u = 0; u < D; ++u)
+        if (q0 + u < qe) consume(u);
+    flush();
+    cp_async_wait<0>();
+    __syncthreads();  // every ring slot and xs are done: the rings take the per-warp sums
+
+#pragma unroll
+    for (u32 t = 0; t < 2; ++t)
+#pragma unroll
+        for (u32 e = 0; e < 4; ++e)
+            red[(kw * 8u + 2u * tig + (e & 1u)) * GS_COLS + tile * GV_COLS + 4u * gid + 2u * t + (e >> 1)] = tot[t][e];
+    __syncthreads();
+    const u32 nb0 = blockIdx.x * GS_COLS;
+    gemv_store_sums<8>(red, n_kw, GS_COLS, m, nb0, min(GS_COLS, n_out - nb0), n_out, out, part, counters, &is_last,
+                       tid, threads);
+}
+
+#define GEMV_ASYNC_KERNEL(KIND, D, FOLD, NAME)                                                            \
+    extern "C" __global__ void __launch_bounds__(256) gptq_gemv_async_w4_m8_d##D##NAME(                   \
+        const u16* x, const int* qweight, const int* qzeros, const u16* scales, float* out, float* part,  \
+        u32* counters, u32 m, u32 n_out, u32 k_in, u32 group_len, u32 quads_per_split) {                  \
+        gptq_gemv_async<KIND, D, FOLD>(x, qweight, qzeros, scales, out, part, counters, m, n_out, k_in,   \
+                                       group_len, quads_per_split);                                       \
+    }
+#define GEMV_ASYNC_DEPTH(D)                       \
+    GEMV_ASYNC_KERNEL(0, D, false, _f16)          \
+    GEMV_ASYNC_KERNEL(1, D, false, _bf16)         \
+    GEMV_ASYNC_KERNEL(0, D, true, _fold_f16)      \
+    GEMV_ASYNC_KERNEL(1, D, true, _fold_bf16)
+#ifndef GPTQ_EXPERIMENTS
+GEMV_ASYNC_DEPTH(4)
+GEMV_ASYNC_DEPTH(8)
+GEMV_ASYNC_DEPTH(16)
+#endif
+
 #ifndef GPTQ_EXPERIMENTS
 GEMV_STREAM_BITS(4)
 GEMV_STREAM_BITS(8)

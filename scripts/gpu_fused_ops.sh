@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The fused small ops of the GPU runner (LoadOptions::fuse_ops, HYQ_RUNNER_FUSE_OPS=1; issue 4),
-# one device call per part (logs under $OUT):
-#   tests: fused_ops_cuda (each fused op against the ops it replaces), argmax_cuda (pick and
-#          margin against the host definition), runner_cuda with the
-#          fused ops on (the GPU runner against the CPU reference runner), runner_fused
-#          (fused configurations against separate linears, and graphs_match_eager_cuda:
-#          replayed decode steps against eager ones, on the GPU);
-#   e2e:   scripts/bench_decode_e2e.sh as shipped, then with HYQ_RUNNER_FUSE_OPS=1, then with
-#          HYQ_CUDA_GRAPHS=1 as well (decode steps recorded once, replayed; same models,
-#          reused): ms per decode step at the 7B shape, batch 1 and 16.
-#   usage: scripts/gpu_fused_ops.sh BINDIR tests | BINDIR e2e [shipped|fused|graphs ...]
+# GPU checks and timings of the runner's decode path (issue 4), one device call per part (logs
+# under $OUT):
+#   tests:   every GPU op test of backend_ops (among them fused_ops_cuda, argmax_cuda,
+#            graph_replays_cuda, gptq_gemv_async_cuda: the asynchronous decode kernels against
+#            the exact product), then runner_cuda with the fused small ops off (HYQ_RUNNER_FUSE_OPS=0;
+#            on is the default the suite ran), runner_fused (fused configurations against
+#            separate linears, and graphs_match_eager_cuda: replayed decode steps against eager ones);
+#   kernels: decode_async_sweep (the asynchronous decode kernels against the streaming one and
+#            cuBLAS on the 7B shapes); the fastest asynchronous variant on the fused layer at
+#            m = 1 goes to /tmp/best_gemv for the e2e part;
+#   e2e:     scripts/bench_decode_e2e.sh (ms per decode step at the 7B shape, batch 1 and 16) per
+#            variant: shipped (the defaults: fused linears and small ops, device picks, CUDA
+#            graphs), plain (HYQ_RUNNER_FUSE_OPS=0 HYQ_CUDA_GRAPHS=0: the defaults before
+#            2026-12-01), fused (HYQ_CUDA_GRAPHS=0), async (the defaults with
+#            HYQ_GEMV_KERNEL=<label>: HYQ_ASYNC_LABEL, else /tmp/best_gemv).
+#   usage: scripts/gpu_fused_ops.sh BINDIR tests | BINDIR kernels | BINDIR e2e [shipped|plain|fused|async ...]
 # BINDIR: stripped backend_ops, runner_fused and hy-quant (scripts/stage_gpu_bins.sh). HYQ_PRESET
 # (default hy-mt1.5-7b) and HYQ_DEVICE=cpu try the e2e part without a GPU on a small preset.
 set -uo pipefail
@@ -18,31 +23,43 @@ out=${OUT:-/tmp/out}; mkdir -p "$out"
 export XDG_CACHE_HOME=/tmp/xdg
 case $part in
   tests)
-    timeout 200 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact fused_ops_cuda graph_replays_cuda \
-      argmax_cuda > "$out/fused_ops.log" 2>&1; echo "fused_ops_cuda graph_replays_cuda argmax_cuda rc=$?"
-    HYQ_RUNNER_FUSE_OPS=1 timeout 200 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture \
-      --exact runner_cuda > "$out/runner_cuda_fused_ops.log" 2>&1; echo "runner_cuda (fused ops) rc=$?"
+    # Every GPU op test of backend_ops (the benches, sweeps and the experiments module left out).
+    timeout 300 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --skip bench --skip sweep \
+      --skip timings --skip experiments > "$out/backend_ops.log" 2>&1; echo "backend_ops GPU tests rc=$?"
+    HYQ_RUNNER_FUSE_OPS=0 timeout 200 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture \
+      --exact runner_cuda > "$out/runner_cuda_plain_ops.log" 2>&1; echo "runner_cuda (separate small ops) rc=$?"
     timeout 200 "$bindir/runner_fused" --ignored --test-threads=1 --nocapture > "$out/runner_fused.log" 2>&1
     echo "runner_fused rc=$?"
-    grep -hE "^test .*(ok|FAILED)$|panicked|rel err|runner " "$out"/*.log | tail -40
+    grep -hE "^test .*(ok|FAILED)$|panicked|rel err|runner " "$out"/*.log | tail -70
+    ;;
+  kernels)
+    timeout 400 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact decode_async_sweep \
+      > "$out/decode_async_sweep.log" 2>&1; echo "decode_async_sweep rc=$?"
+    grep -E "^decode_async|^\|" "$out/decode_async_sweep.log"
+    # The fastest asynchronous variant on the fused layer at m = 1 (column 4 of the table).
+    awk -F'|' '$2 ~ /^ 1 $/ && $3 ~ /^ a/ {split($5, t, " "); print t[1], $3}' "$out/decode_async_sweep.log" |
+      sort -n | head -1 | awk '{print $2}' > /tmp/best_gemv
+    echo "best asynchronous variant at m = 1 (fused layer): $(cat /tmp/best_gemv)"
     ;;
   e2e)
-    # Variants to time (default all three; split them over calls if one would run past the
+    # Variants to time (default shipped and plain; split them over calls if one would run past the
     # 600 s a call may take: the models under /tmp/e2e stay while the machine is warm).
-    variants=("${@:3}"); [ ${#variants[@]} -gt 0 ] || variants=(shipped fused graphs)
+    variants=("${@:3}"); [ ${#variants[@]} -gt 0 ] || variants=(shipped plain)
     for v in "${variants[@]}"; do
       case $v in
         shipped) env=() ;;
-        fused) env=(HYQ_RUNNER_FUSE_OPS=1) ;;
-        graphs) env=(HYQ_RUNNER_FUSE_OPS=1 HYQ_CUDA_GRAPHS=1) ;;
+        plain) env=(HYQ_RUNNER_FUSE_OPS=0 HYQ_CUDA_GRAPHS=0) ;;
+        fused) env=(HYQ_CUDA_GRAPHS=0) ;;
+        async) env=(HYQ_GEMV_KERNEL="${HYQ_ASYNC_LABEL:-$(cat /tmp/best_gemv)}") ;;
         *) echo "unknown variant $v" >&2; exit 2 ;;
       esac
+      echo "== $v: ${env[*]}" >&2
       mkdir -p "$out/$v"
       env "${env[@]}" OUT="$out/$v" HYQ_BIN="$bindir/hy-quant" \
         scripts/bench_decode_e2e.sh "${HYQ_E2E_DIR:-/tmp/e2e}" "${HYQ_PRESET:-hy-mt1.5-7b}" > "$out/e2e-$v.txt" 2>&1
     done
     for v in "${variants[@]}"; do echo "== $v"; cat "$out/e2e-$v.txt"; done
-    grep -h "CUDA graphs" "$out"/graphs/*.log 2>/dev/null | sort | uniq -c
+    grep -h "CUDA graphs" "$out"/*/*.log 2>/dev/null | sort | uniq -c
     ;;
-  *) echo "usage: $0 BINDIR tests | BINDIR e2e [shipped|fused|graphs ...]" >&2; exit 2 ;;
+  *) echo "usage: $0 BINDIR tests | BINDIR kernels | BINDIR e2e [shipped|plain|fused|async ...]" >&2; exit 2 ;;
 esac

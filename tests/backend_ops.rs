@@ -1805,7 +1805,7 @@ fn graph_replays_cpu() {
 }
 
 /// On the legacy default stream recording is a clear error; on the backend's own stream
-/// (`CudaOptions::own_stream`, what HYQ_CUDA_GRAPHS=1 opens) it records and replays.
+/// (`CudaOptions::own_stream`, the default unless HYQ_CUDA_GRAPHS=0) it records and replays.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn graph_replays_cuda() {
@@ -2625,14 +2625,7 @@ fn decode_step_bench() {
     let b = cuda();
     let kind = HalfKind::BF16;
     let samples = 30;
-    // Copy bandwidth, counting bytes read and written (as KINDS.md's 4.3 TB/s does).
-    let copy_bytes = 1usize << 30;
-    let copy_bw = {
-        let src = b.zeros::<u8>(copy_bytes).unwrap();
-        let mut dst = b.zeros::<u8>(copy_bytes).unwrap();
-        let us = cold_call_us(&b, 20, &mut || b.copy_device(&src, &mut dst).unwrap());
-        2.0 * copy_bytes as f64 / (us * 1e-6)
-    };
+    let copy_bw = copy_bandwidth(&b);
     println!(
         "decode_step on {}: device-to-device copy of 1 GiB: {:.0} GB/s (read + written)",
         b.name(),
@@ -3014,4 +3007,252 @@ fn gptq_cuda_timings() {
         );
     }
     println!("memory: {:?}", b.memory());
+}
+
+/// The asynchronous decode variants the tests and the sweep run (`GemvKernel::Async`).
+fn async_kernels() -> Vec<GemvKernel> {
+    let mut v = Vec::new();
+    for fold in [false, true] {
+        for (depth, k_warps, waves) in [
+            (4, 2, 1),
+            (8, 1, 1),
+            (8, 2, 1),
+            (16, 1, 1),
+            (16, 2, 1),
+            (8, 2, 2),
+        ] {
+            v.push(GemvKernel::Async {
+                depth,
+                k_warps,
+                waves,
+                fold,
+            });
+        }
+    }
+    v
+}
+
+#[test]
+fn gemv_kernel_labels_parse_back() {
+    let mut all = gemv_kernels();
+    all.extend(async_kernels());
+    for k in all {
+        assert_eq!(GemvKernel::parse(&k.label()).unwrap(), k, "{}", k.label());
+    }
+    assert_eq!(
+        GemvKernel::parse("a8k2w1f").unwrap(),
+        GemvKernel::Async {
+            depth: 8,
+            k_warps: 2,
+            waves: 1,
+            fold: true
+        }
+    );
+    for bad in [
+        "", "x4k1w1", "s4k1", "s4w1", "a8k2w1ff", "sfk1w1", "s4k2w1f", "step2",
+    ] {
+        let e = GemvKernel::parse(bad).unwrap_err().to_string();
+        assert!(
+            e.contains("HYQ_GEMV_KERNEL") && e.contains(bad),
+            "{bad}: {e}"
+        );
+    }
+}
+
+/// The asynchronous decode kernels (`GemvKernel::Async`: int4, up to 8 rows; scales applied
+/// per group, so the weights are not rounded to half first), each at several K splits, for
+/// g32/g64/g128/per-channel, f16/bf16, 1 to 8 rows, N a multiple of the 128-column block or
+/// not, K an odd number of quads: against the f64 product with the exact weights
+/// s * (q - z) (tolerance 1e-5 of sum |w x|, as the other decode kernels against theirs;
+/// folded kernels 5e-5, see `fold_fits`), and bit-identical when run twice. Rows above 8 and
+/// int8 fall back to the automatic kernel (checked against its own reference elsewhere).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gptq_gemv_async_cuda() {
+    let b = cuda();
+    let (mut worst, mut worst_fold) = (0f64, 0f64);
+    for (gs, kind, n, k) in [
+        (128i64, HalfKind::BF16, 96usize, 2048usize),
+        (128, HalfKind::F16, 256, 2048),
+        (32, HalfKind::F16, 96, 2048),
+        (64, HalfKind::BF16, 96, 2048),
+        (-1, HalfKind::F16, 96, 2048),
+        (-1, HalfKind::BF16, 128, 2048),
+        (32, HalfKind::BF16, 160, 1056),
+    ] {
+        let ql = sample_linear(4, gs, false, false, n, k, kind, 77);
+        let w = upload_sample(&b, &ql, kind);
+        let exact = ql.dequantize();
+        for m in 1usize..=8 {
+            let xh = halves(kind, &randn(500 + m as u64, m * k, 1.0));
+            let xf: Vec<f32> = xh.iter().map(|&h| kind.to_f32(h)).collect();
+            let (want, mag) = matmul_ref(&xf, &exact, m, n, k);
+            let xd = b.upload(&xh).unwrap();
+            for kernel in async_kernels() {
+                b.set_gemv_kernel(Some(kernel)).unwrap();
+                let plan = b.describe_gemv(&w, m).unwrap().unwrap();
+                assert!(plan.starts_with("gptq_gemv_async_w4_m8_"), "{plan}");
+                let folded = plan.contains("_fold_");
+                for qps in [
+                    None,
+                    Some(1usize),
+                    Some(3),
+                    Some(4),
+                    Some(8),
+                    Some(32),
+                    Some(128),
+                ] {
+                    b.set_gemv_quads_per_split(qps);
+                    let mut out = b.zeros::<f32>(m * n).unwrap();
+                    b.gemm_gptq(&xd, &w, m, &mut out).unwrap();
+                    let first = b.download(&out).unwrap();
+                    b.gemm_gptq(&xd, &w, m, &mut out).unwrap();
+                    let again = b.download(&out).unwrap();
+                    b.set_gemv_quads_per_split(None);
+                    let what = format!("g{gs} {kind:?} {n}x{k} m={m} {plan} split {qps:?}");
+                    assert!(
+                        first
+                            .iter()
+                            .zip(&again)
+                            .all(|(a, c)| a.to_bits() == c.to_bits()),
+                        "{what}: two runs differ"
+                    );
+                    let e = rel_err(&first, &want, &mag);
+                    let tol = if folded { 5e-5 } else { 1e-5 };
+                    assert!(e <= tol, "{what}: max rel err {e:e} (tol {tol:e})");
+                    if folded {
+                        worst_fold = worst_fold.max(e);
+                    } else {
+                        worst = worst.max(e);
+                    }
+                }
+            }
+        }
+        // 9 rows and more take the automatic kernel.
+        b.set_gemv_kernel(Some(async_kernels()[0])).unwrap();
+        let plan = b.describe_gemv(&w, 12).unwrap().unwrap();
+        assert!(!plan.contains("async"), "{plan}");
+        b.set_gemv_kernel(None).unwrap();
+    }
+    // f16 per-channel groups are too long to fold: the unfolded kernel runs.
+    report("gptq async decode kernels", &b, worst, 1e-5);
+    report("gptq async decode, folded", &b, worst_fold, 5e-5);
+}
+
+/// The device-to-device copy bandwidth (bytes read + written per second, as KINDS.md's
+/// 4.3 TB/s counts): the roofline divisor of the decode benches.
+fn copy_bandwidth(b: &CudaBackend) -> f64 {
+    let copy_bytes = 1usize << 30;
+    let src = b.zeros::<u8>(copy_bytes).unwrap();
+    let mut dst = b.zeros::<u8>(copy_bytes).unwrap();
+    let us = cold_call_us(b, 20, &mut || b.copy_device(&src, &mut dst).unwrap());
+    2.0 * copy_bytes as f64 / (us * 1e-6)
+}
+
+/// The asynchronous decode kernels against the production streaming one and cuBLAS bf16 on
+/// the 7B layer's shapes, W4A16 g128, m = 1, 4, 8, cold L2, median of 20: per linear (us,
+/// GB/s) and per layer, both with separate linears (q, k, v, o, gate, up, down) and with the
+/// runner's fused ones (q|k|v, o, gate|up, down), as % of the copy roofline and x bf16. Each
+/// variant's output is checked against cuBLAS on the dequantized weight (fp16-rounding
+/// level: 1e-3 of the largest output). Run alone:
+/// `./backend_ops --ignored --nocapture --test-threads=1 --exact decode_async_sweep`
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn decode_async_sweep() {
+    let b = cuda();
+    let kind = HalfKind::BF16;
+    let copy_bw = copy_bandwidth(&b);
+    println!(
+        "decode_async_sweep on {}: copy {:.0} GB/s",
+        b.name(),
+        copy_bw / 1e9
+    );
+    // (name, n, k, launches in a separate layer, launches in a fused layer)
+    let shapes: [(&str, usize, usize, usize, usize); 6] = [
+        ("q/o", 4096, 4096, 2, 1),
+        ("k/v", 1024, 4096, 2, 0),
+        ("gate/up", 14336, 4096, 2, 0),
+        ("down", 4096, 14336, 1, 1),
+        ("q|k|v", 6144, 4096, 0, 1),
+        ("gate|up", 28672, 4096, 0, 1),
+    ];
+    let mut variants = vec![GemvKernel::parse("s4k2w1").unwrap()];
+    variants.extend(async_kernels());
+    // totals[(m, label)] = (separate us, fused us, separate bytes, fused bytes)
+    let mut totals: Vec<(usize, String, [f64; 4])> = Vec::new();
+    for (si, &(name, n, k, sep, fused)) in shapes.iter().enumerate() {
+        let w = random_gptq(&b, 4, n, k, 40 + si as u64);
+        let bytes = w.bytes() as f64;
+        let mut dense = b.zeros::<u16>(n * k).unwrap();
+        b.dequantize_gptq(&w, &mut dense).unwrap();
+        for m in [1usize, 4, 8] {
+            let x = b
+                .upload(&halves(kind, &randn(9 + m as u64, m * k, 1.0)))
+                .unwrap();
+            let mut out = b.zeros::<f32>(m * n).unwrap();
+            let mut reference = b.zeros::<f32>(m * n).unwrap();
+            b.gemm(&x, &dense, kind, m, n, k, &mut reference).unwrap();
+            let want = b.download(&reference).unwrap();
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let mut add = |label: &str, t: f64, bytes: f64| {
+                let i = match totals.iter().position(|(mm, l, _)| *mm == m && l == label) {
+                    Some(i) => i,
+                    None => {
+                        totals.push((m, label.to_string(), [0.0; 4]));
+                        totals.len() - 1
+                    }
+                };
+                let e = &mut totals[i].2;
+                e[0] += sep as f64 * t;
+                e[1] += fused as f64 * t;
+                e[2] += sep as f64 * bytes;
+                e[3] += fused as f64 * bytes;
+            };
+            let t16 = cold_call_us(&b, 20, &mut || {
+                b.gemm(&x, &dense, kind, m, n, k, &mut out).unwrap()
+            });
+            add("bf16", t16, (n * k * 2) as f64);
+            let mut line = format!("{name} {n}x{k} m={m}: bf16 {t16:.1}");
+            for &v in &variants {
+                b.set_gemv_kernel(Some(v)).unwrap();
+                b.gemm_gptq(&x, &w, m, &mut out).unwrap();
+                let got = b.download(&out).unwrap();
+                let err = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, c)| (a - c).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    err <= 1e-3 * scale,
+                    "{name} m={m} {}: err {err} (scale {scale})",
+                    v.label()
+                );
+                let t = cold_call_us(&b, 20, &mut || b.gemm_gptq(&x, &w, m, &mut out).unwrap());
+                line += &format!(" | {} {t:.1} ({:.0})", v.label(), bytes / (t * 1e-6) / 1e9);
+                add(&v.label(), t, bytes);
+            }
+            b.set_gemv_kernel(None).unwrap();
+            println!("{line}");
+        }
+    }
+    let bf16 = |m: usize| {
+        totals
+            .iter()
+            .find(|(mm, l, _)| *mm == m && l == "bf16")
+            .unwrap()
+            .2
+    };
+    println!("\n| m | kernel | separate layer us (% roofline, x bf16) | fused layer us (% roofline, x bf16) |");
+    println!("|---|---|---|---|");
+    for (m, label, [ts, tf, bs, bf]) in &totals {
+        let base = bf16(*m);
+        let roof = |bytes: f64, us: f64| 100.0 * bytes / copy_bw / (us * 1e-6);
+        println!(
+            "| {m} | {label} | {ts:.1} ({:.0}%, {:.2}x) | {tf:.1} ({:.0}%, {:.2}x) |",
+            roof(*bs, *ts),
+            base[0] / ts,
+            roof(*bf, *tf),
+            base[1] / tf
+        );
+    }
 }

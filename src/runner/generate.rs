@@ -99,7 +99,7 @@ pub struct GenerateStats {
     /// Wall time and tokens of steps that only decoded.
     pub decode_step_seconds: f64,
     pub decode_step_tokens: usize,
-    /// Decode steps replayed from a recorded CUDA graph (`HYQ_CUDA_GRAPHS=1`).
+    /// Decode steps replayed from a recorded CUDA graph (`LoadOptions::graphs`).
     pub graph_replays: usize,
     /// Why decode steps were not recorded although graphs were asked for.
     pub graph_note: Option<String>,

@@ -67,6 +67,10 @@ const STREAM_WAVES: usize = 1;
 /// 0 = always the tensor cores (fewer instructions per weight, see kernels/gptq.cu).
 const STREAM_CUDA_CORE_MAX_ROWS: usize = 0;
 
+/// The asynchronous kernel int4 launches of up to 8 rows use by default (`None`: the
+/// streaming kernel, as `GemvKernel::auto` picks). `decode_gemv_variant_sweep` decides.
+const ASYNC_AUTO: Option<GemvKernel> = None;
+
 /// Which decode kernel a launch uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemvKernel {
@@ -89,6 +93,18 @@ pub enum GemvKernel {
         tiled: bool,
         reg_cap: u8,
     },
+    /// `gptq_gemv_async_w4_m8_d<depth>[_fold]_*` (int4, up to 8 rows; other launches take
+    /// the automatic choice): the streaming kernel's layout with its ring in shared memory
+    /// (`depth` quads per lane in flight through cp.async: 4, 8 or 16), scales applied per
+    /// group, and with `fold` the zeros too (only where the group is short enough for the
+    /// folded sum to stay accurate, see `fold_fits`; otherwise the unfolded kernel runs).
+    /// `k_warps` and `waves` as for `Stream`.
+    Async {
+        depth: usize,
+        k_warps: usize,
+        waves: usize,
+        fold: bool,
+    },
 }
 
 impl GemvKernel {
@@ -107,6 +123,15 @@ impl GemvKernel {
             }
         } else {
             GemvKernel::Step
+        }
+    }
+
+    /// The automatic choice for a launch of `rows` rows of a `bits`-bit weight:
+    /// `ASYNC_AUTO` for int4 up to 8 rows where it is set, else `auto`.
+    fn auto_for(bits: u32, rows: usize) -> Self {
+        match ASYNC_AUTO {
+            Some(k) if bits == 4 && rows <= 8 => k,
+            _ => GemvKernel::auto(rows),
         }
     }
 
@@ -135,6 +160,53 @@ impl GemvKernel {
                 }
                 label
             }
+            GemvKernel::Async {
+                depth,
+                k_warps,
+                waves,
+                fold,
+            } => format!("a{depth}k{k_warps}w{waves}{}", if fold { "f" } else { "" }),
+        }
+    }
+
+    /// The kernel a label names (`label`'s inverse for the production variants: `step`,
+    /// `s4k2w1`, `c4k1w1`, `a8k2w1`, `a8k2w1f`; the tiled and capped experiments are not
+    /// parsed). For `HYQ_GEMV_KERNEL`.
+    pub fn parse(label: &str) -> Result<Self> {
+        let bad = || {
+            Error::cuda(format!(
+                "HYQ_GEMV_KERNEL={label}: not a decode kernel (step, s<unroll>k<k_warps>w<waves>, \
+                 c<unroll>k<k_warps>w<waves>, a<depth>k<k_warps>w<waves>[f], e.g. s4k2w1, a8k2w1f)"
+            ))
+        };
+        if label == "step" {
+            return Ok(GemvKernel::Step);
+        }
+        let (head, rest) = label.split_at(label.len().min(1));
+        let (rest, fold) = match rest.strip_suffix('f') {
+            Some(r) if head == "a" => (r, true),
+            _ => (rest, false),
+        };
+        let (first, rest) = rest.split_once('k').ok_or_else(bad)?;
+        let (k_warps, waves) = rest.split_once('w').ok_or_else(bad)?;
+        let num = |v: &str| v.parse::<usize>().map_err(|_| bad());
+        let (first, k_warps, waves) = (num(first)?, num(k_warps)?, num(waves)?);
+        match head {
+            "s" | "c" => Ok(GemvKernel::Stream {
+                unroll: first,
+                k_warps,
+                waves,
+                cuda_cores: head == "c",
+                tiled: false,
+                reg_cap: 0,
+            }),
+            "a" => Ok(GemvKernel::Async {
+                depth: first,
+                k_warps,
+                waves,
+                fold,
+            }),
+            _ => Err(bad()),
         }
     }
 
@@ -219,6 +291,26 @@ fn stream_smem_bytes(rows: usize, mb: usize, qps: usize, kq: usize, k_warps: usi
     (rows * x_pitch(qps, kq) * 2).max(k_warps * mb * GS_COLS * 4)
 }
 
+/// The asynchronous decode kernel's shared memory (kernels/gptq.cu, `gptq_gemv_async`): two
+/// rings of `depth` x threads x 16 bytes (weights; scales and zeros), then the x slice of
+/// `rows` rows with the streaming kernel's row pitch. The per-warp sums reuse the rings.
+fn async_smem_bytes(rows: usize, qps: usize, depth: usize, k_warps: usize) -> usize {
+    2 * depth * GS_COLS * k_warps * 16 + rows * x_pitch(qps, 32) * 2
+}
+
+/// Whether the folded asynchronous kernel (zeros out of the loop) keeps its accuracy for
+/// groups of `group_len`: it sums (bias + q) * x over a group in f32 and subtracts
+/// (bias + z) * sum(x), which costs about bias * group_len * 2^-24 relative to the group's
+/// sum of |x| (bias 1024 for f16, 128 for bf16). Allowed up to 2^17 (f16: g128, bf16:
+/// g1024), an error under 1% of a half's rounding; longer groups run unfolded.
+fn fold_fits(group_len: usize, half: HalfKind) -> bool {
+    let bias = match half {
+        HalfKind::F16 => 1024,
+        HalfKind::BF16 => 128,
+    };
+    group_len * bias <= 1 << 17
+}
+
 /// One decode launch, planned: kernel (module and name), grid, threads per block, shared
 /// memory, K slice, and whether it reads the column-tiled weight.
 struct GemvPlan {
@@ -275,6 +367,19 @@ impl CudaBackend {
                 )));
             }
         }
+        if let Some(GemvKernel::Async {
+            depth,
+            k_warps,
+            waves,
+            ..
+        }) = kernel
+        {
+            if !matches!(depth, 4 | 8 | 16) || !matches!(k_warps, 1 | 2) || waves == 0 {
+                return Err(Error::cuda(format!(
+                    "no asynchronous decode kernel with depth {depth}, {k_warps} K warps, {waves} waves"
+                )));
+            }
+        }
         if let Some(k) = kernel {
             k.experiment_suffix()?;
         }
@@ -287,12 +392,12 @@ impl CudaBackend {
     }
 
     /// The decode kernel for a launch of `rows` rows: the forced one, else `GemvKernel::auto`.
-    fn gemv_kernel(&self, rows: usize) -> Result<GemvKernel> {
+    fn gemv_kernel(&self, bits: u32, rows: usize) -> Result<GemvKernel> {
         let forced = *self
             .gemv_kernel_override
             .lock()
             .map_err(|_| Error::cuda("decode kernel override poisoned by an earlier panic"))?;
-        Ok(forced.unwrap_or_else(|| GemvKernel::auto(rows)))
+        Ok(forced.unwrap_or_else(|| GemvKernel::auto_for(bits, rows)))
     }
 
     /// Blocks of `name` that fit on one multiprocessor with `smem` bytes of dynamic shared
@@ -321,6 +426,41 @@ impl CudaBackend {
             .map_or(2, |b| b.max(1) as usize);
         cache.insert(key, b);
         Ok(b)
+    }
+
+    /// The dynamic shared memory `name` may use: the device's opt-in maximum per block (set
+    /// on the function once, so launches above 48 KiB are allowed), less what the kernel
+    /// declares statically.
+    fn opt_in_smem(&self, f: &cudarc::driver::CudaFunction, name: &str) -> Result<usize> {
+        use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+        let mut cache = self
+            .gemv_occupancy
+            .lock()
+            .map_err(|_| Error::cuda("occupancy cache poisoned by an earlier panic"))?;
+        let key = format!("smem/{name}");
+        if let Some(&b) = cache.get(&key) {
+            return Ok(b);
+        }
+        let optin = drv(
+            "max shared memory per block (opt-in)",
+            self.ctx.attribute(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            ),
+        )?;
+        let fixed = drv(
+            "kernel static shared memory",
+            f.get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES),
+        )?;
+        let limit = (optin - fixed).max(0);
+        drv(
+            "cuFuncSetAttribute (max dynamic shared memory)",
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                limit,
+            ),
+        )?;
+        cache.insert(key, limit as usize);
+        Ok(limit as usize)
     }
 
     /// Quads of packed rows per K slice (one block's share of K). One step of 4 quads per warp
@@ -374,10 +514,11 @@ impl CudaBackend {
         name: &str,
         col_blocks: usize,
         quads: usize,
-        (rows, mb, kq): (usize, usize, usize),
+        smem: &dyn Fn(usize) -> usize,
+        smem_limit: usize,
         (k_warps, waves): (usize, usize),
     ) -> Result<usize> {
-        let fits = |qps: usize| stream_smem_bytes(rows, mb, qps, kq, k_warps) <= GV_SMEM_LIMIT;
+        let fits = |qps: usize| smem(qps) <= smem_limit;
         let mut max_qps = 1;
         while max_qps < quads && fits(2 * max_qps) {
             max_qps *= 2;
@@ -391,8 +532,8 @@ impl CudaBackend {
         // Registers bound the residency; the shared memory of a 64-quad slice stands in for
         // the final one.
         let threads = (GS_COLS * k_warps) as u32;
-        let smem = stream_smem_bytes(rows, mb, 64.min(max_qps), kq, k_warps);
-        let resident = self.gemv_blocks_per_sm(f, name, threads, smem)? * self.sm_count as usize;
+        let resident = self.gemv_blocks_per_sm(f, name, threads, smem(64.min(max_qps)))?
+            * self.sm_count as usize;
         let splits = (waves * resident / col_blocks).clamp(1, quads.max(1));
         Ok(clamp(quads.div_ceil(splits)))
     }
@@ -405,6 +546,49 @@ impl CudaBackend {
         let mb = if rows <= 8 { 8 } else { 16 };
         let kind = kind_name(w.half);
         match kernel {
+            // `auto` is never `Async`, so these fall back at most once.
+            GemvKernel::Async { .. } if w.bits != 4 || rows > 8 => {
+                self.gemv_plan(w, rows, GemvKernel::auto(rows))
+            }
+            GemvKernel::Async {
+                depth,
+                k_warps,
+                waves,
+                fold,
+            } => {
+                let fold = fold && fold_fits(w.group_len, w.half);
+                let name = format!(
+                    "gptq_gemv_async_w4_m8_d{depth}{}_{kind}",
+                    if fold { "_fold" } else { "" }
+                );
+                let f = self.func(&compile::GPTQ, &name)?;
+                let limit = self.opt_in_smem(&f, &name)?;
+                let smem = |qps: usize| async_smem_bytes(rows, qps, depth, k_warps);
+                if smem(1) > limit {
+                    // The rings alone do not fit this device's shared memory.
+                    return self.gemv_plan(w, rows, GemvKernel::auto(rows));
+                }
+                let col_blocks = n.div_ceil(GS_COLS);
+                let qps = self.stream_quads_per_split(
+                    &f,
+                    &name,
+                    col_blocks,
+                    quads,
+                    &smem,
+                    limit,
+                    (k_warps, waves),
+                )?;
+                Ok(GemvPlan {
+                    file: compile::GPTQ,
+                    tiled: false,
+                    grid: (col_blocks, quads.div_ceil(qps)),
+                    block: (GS_COLS as u32, k_warps as u32),
+                    smem: smem(qps.min(quads)),
+                    qps,
+                    counters: col_blocks,
+                    name,
+                })
+            }
             GemvKernel::Step => {
                 let name = format!("gptq_gemv_w{}_m{mb}_{kind}", w.bits);
                 let f = self.func(&compile::GPTQ, &name)?;
@@ -464,7 +648,8 @@ impl CudaBackend {
                     &name,
                     col_blocks,
                     quads,
-                    (rows, mb, kq),
+                    &|qps| stream_smem_bytes(rows, mb, qps, kq, k_warps),
+                    GV_SMEM_LIMIT,
                     (k_warps, waves),
                 )?;
                 Ok(GemvPlan {
@@ -487,7 +672,7 @@ impl CudaBackend {
         if !self.gemv_fits(w) || rows == 0 || rows > 16 {
             return Ok(None);
         }
-        let p = self.gemv_plan(w, rows, self.gemv_kernel(rows)?)?;
+        let p = self.gemv_plan(w, rows, self.gemv_kernel(w.bits, rows)?)?;
         Ok(Some(format!(
             "{} grid {}x{} block {}x{} qps {} smem {}",
             p.name, p.grid.0, p.grid.1, p.block.0, p.block.1, p.qps, p.smem
@@ -505,7 +690,7 @@ impl CudaBackend {
         out: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
         let (n, k) = (w.out_features, w.in_features);
-        let plan = self.gemv_plan(w, rows, self.gemv_kernel(rows)?)?;
+        let plan = self.gemv_plan(w, rows, self.gemv_kernel(w.bits, rows)?)?;
         let qweight = match (plan.tiled, tiled) {
             (false, None) => &w.qweight,
             (true, Some(t)) => t,

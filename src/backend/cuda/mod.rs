@@ -43,8 +43,8 @@ pub struct CudaOptions {
     /// Where compiled kernels are cached; `None` = `compile::default_cache_dir()`.
     pub kernel_cache: Option<PathBuf>,
     /// Queue work on a stream of the backend's own instead of the context's legacy default
-    /// stream, which CUDA cannot record graphs on (`Backend::record`). Default: only when
-    /// the environment sets `HYQ_CUDA_GRAPHS=1`.
+    /// stream, which CUDA cannot record graphs on (`Backend::record`). Default: on, unless
+    /// the environment sets `HYQ_CUDA_GRAPHS=0`.
     pub own_stream: bool,
 }
 
@@ -58,10 +58,19 @@ impl Default for CudaOptions {
     }
 }
 
-/// `HYQ_CUDA_GRAPHS=1`: decode steps recorded as CUDA graphs and replayed (not yet run on a
-/// GPU; docs/cuda.md).
+/// Decode steps recorded as CUDA graphs and replayed (docs/cuda.md), unless the environment
+/// sets `HYQ_CUDA_GRAPHS=0` (for A/B timing; the backend then keeps the legacy stream).
 pub fn graphs_asked() -> bool {
-    std::env::var_os("HYQ_CUDA_GRAPHS").is_some_and(|v| v == "1")
+    std::env::var_os("HYQ_CUDA_GRAPHS").is_none_or(|v| v != "0")
+}
+
+/// `HYQ_GEMV_KERNEL=<label>` forces one decode kernel for every launch (A/B timing of whole
+/// runs; `GemvKernel::parse` lists the labels). Unset or empty: the automatic choice.
+fn env_gemv_kernel() -> Result<Option<GemvKernel>> {
+    match std::env::var("HYQ_GEMV_KERNEL") {
+        Ok(v) if !v.is_empty() => GemvKernel::parse(&v).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// A step recorded on the backend's stream (`Backend::record`), with the generation of the
@@ -260,7 +269,7 @@ impl CudaBackend {
                 gemv_counters_generation: AtomicU64::new(0),
                 gemv_occupancy: Mutex::new(HashMap::new()),
                 gemv_quads_override: AtomicUsize::new(0),
-                gemv_kernel_override: Mutex::new(None),
+                gemv_kernel_override: Mutex::new(env_gemv_kernel()?),
             })
         })
     }
@@ -467,7 +476,7 @@ impl Backend for CudaBackend {
     fn record(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<RecordedGraph>> {
         if !self.own_stream {
             return Err(Error::cuda(
-                "CUDA graphs need the backend's own stream (opened with HYQ_CUDA_GRAPHS=1)",
+                "CUDA graphs need the backend's own stream (CudaOptions::own_stream; off with HYQ_CUDA_GRAPHS=0)",
             ));
         }
         use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};

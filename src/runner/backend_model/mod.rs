@@ -464,23 +464,22 @@ pub struct LoadOptions {
     /// Run the decoder's small ops fused (`Backend::add_rms_norm_half`, `qkv_rope_norm`,
     /// `silu_mul_fused_half`: about 10 launches fewer per layer on the GPU; the same
     /// arithmetic), and pick greedy tokens on the device (`Backend::argmax`: two values per
-    /// row come back instead of the logits). Off by default until the CUDA kernels are
-    /// verified and timed on a GPU.
+    /// row come back instead of the logits).
     pub fuse_ops: bool,
     /// Record the second decode step in a row at one batch size as a graph and replay it for
     /// the next ones (`Backend::record`; the CUDA backend must have been opened with its own
-    /// stream, `CudaOptions::own_stream`). Not yet run on a GPU; off by default.
+    /// stream, `CudaOptions::own_stream`; other backends record nothing).
     pub graphs: bool,
 }
 
 impl Default for LoadOptions {
-    /// Fused linears unless the environment sets `HYQ_RUNNER_FUSE=0`; fused small ops only
-    /// when it sets `HYQ_RUNNER_FUSE_OPS=1`, graphs only with `HYQ_CUDA_GRAPHS=1` (for A/B
-    /// timing).
+    /// Everything on (measured on an H200, docs/perf.md); for A/B timing the environment
+    /// turns each off: `HYQ_RUNNER_FUSE=0` (separate linears), `HYQ_RUNNER_FUSE_OPS=0`
+    /// (separate small ops, logits to the host), `HYQ_CUDA_GRAPHS=0` (no graphs).
     fn default() -> Self {
         LoadOptions {
             fuse: std::env::var_os("HYQ_RUNNER_FUSE").is_none_or(|v| v != "0"),
-            fuse_ops: std::env::var_os("HYQ_RUNNER_FUSE_OPS").is_some_and(|v| v == "1"),
+            fuse_ops: std::env::var_os("HYQ_RUNNER_FUSE_OPS").is_none_or(|v| v != "0"),
             graphs: crate::backend::cuda::graphs_asked(),
         }
     }
