@@ -514,8 +514,7 @@ impl CudaBackend {
         name: &str,
         col_blocks: usize,
         quads: usize,
-        smem: &dyn Fn(usize) -> usize,
-        smem_limit: usize,
+        (smem, smem_limit): (&dyn Fn(usize) -> usize, usize),
         (k_warps, waves): (usize, usize),
     ) -> Result<usize> {
         let fits = |qps: usize| smem(qps) <= smem_limit;
@@ -574,8 +573,7 @@ impl CudaBackend {
                     &name,
                     col_blocks,
                     quads,
-                    &smem,
-                    limit,
+                    (&smem, limit),
                     (k_warps, waves),
                 )?;
                 Ok(GemvPlan {
@@ -648,8 +646,10 @@ impl CudaBackend {
                     &name,
                     col_blocks,
                     quads,
-                    &|qps| stream_smem_bytes(rows, mb, qps, kq, k_warps),
-                    GV_SMEM_LIMIT,
+                    (
+                        &|qps| stream_smem_bytes(rows, mb, qps, kq, k_warps),
+                        GV_SMEM_LIMIT,
+                    ),
                     (k_warps, waves),
                 )?;
                 Ok(GemvPlan {
