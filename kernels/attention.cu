@@ -10,7 +10,9 @@
 // widened to f32 as they are loaded; all arithmetic is f32.
 // head_dim is a multiple of 32 up to 256: lane l holds dimensions l, l+32, ...
 
-#define ATT_WARPS 4
+// 16 warps: a decode row's few dozen keys take 2-3 steps per warp instead of 8 (each step
+// waits a memory latency; 4 warps took ~16 us per layer at ~30 keys on an H200, docs/cuda.md).
+#define ATT_WARPS 16
 #define ATT_MAX_CHUNKS 8
 
 // Keys [split * chunk, (split + 1) * chunk) of the row's context, split = blockIdx.z. With one

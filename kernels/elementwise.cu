@@ -2,20 +2,68 @@
 // src/runner/forward.rs for the CPU numerics they mirror).
 
 // One block per row.
+// Row loops of the norms: thread t takes elements t, t + blockDim, ... of the row, in that
+// order, as a plain strided loop would, but loads ROW_BATCH of them at once before using any.
+// The one-at-a-time loop waited a full memory latency per element (a 4096-wide row took ~11 us
+// on an H200, Nsight Compute, docs/cuda.md); the sums and values are bit-identical to it.
+#define ROW_BATCH 8
+
+// Sum of squares of the thread's elements of row xr (after xr += yr when ADD; the sum is over
+// the new values).
+template <bool ADD>
+__device__ __forceinline__ float row_sum_squares(float* __restrict__ xr, const float* __restrict__ yr, u32 dim) {
+    float ss = 0.0f;
+    for (u32 i0 = threadIdx.x; i0 < dim; i0 += ROW_BATCH * blockDim.x) {
+        float v[ROW_BATCH];
+#pragma unroll
+        for (u32 j = 0; j < ROW_BATCH; ++j) {
+            const u32 i = i0 + j * blockDim.x;
+            v[j] = i < dim ? xr[i] : 0.0f;
+            if (ADD && i < dim) v[j] += yr[i];
+        }
+#pragma unroll
+        for (u32 j = 0; j < ROW_BATCH; ++j) {
+            const u32 i = i0 + j * blockDim.x;
+            if (i < dim) {
+                if (ADD) xr[i] = v[j];
+                ss += v[j] * v[j];
+            }
+        }
+    }
+    return ss;
+}
+
+// out[i] = store((xr[i] * inv) * w[i]) for the thread's elements, ROW_BATCH loads at a time.
+template <typename Store>
+__device__ __forceinline__ void row_scale(const float* __restrict__ xr, const float* __restrict__ w, float inv,
+                                          u32 dim, Store store) {
+    for (u32 i0 = threadIdx.x; i0 < dim; i0 += ROW_BATCH * blockDim.x) {
+        float a[ROW_BATCH], b[ROW_BATCH];
+#pragma unroll
+        for (u32 j = 0; j < ROW_BATCH; ++j) {
+            const u32 i = i0 + j * blockDim.x;
+            a[j] = i < dim ? xr[i] : 0.0f;
+            b[j] = i < dim ? w[i] : 0.0f;
+        }
+#pragma unroll
+        for (u32 j = 0; j < ROW_BATCH; ++j) {
+            const u32 i = i0 + j * blockDim.x;
+            if (i < dim) store(i, (a[j] * inv) * b[j]);
+        }
+    }
+}
+
 extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float* __restrict__ w,
                                         float* __restrict__ out, u32 rows, u32 dim, float eps) {
     const u32 row = blockIdx.x;
     if (row >= rows) return;
-    const float* xr = x + (u64)row * dim;
-    float ss = 0.0f;
-    for (u32 i = threadIdx.x; i < dim; i += blockDim.x) {
-        const float v = xr[i];
-        ss += v * v;
-    }
+    // Not written (ADD = false): the cast only satisfies the shared helper's signature.
+    float* xr = const_cast<float*>(x) + (u64)row * dim;
+    float ss = row_sum_squares<false>(xr, nullptr, dim);
     ss = block_sum(ss);
     const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
     float* o = out + (u64)row * dim;
-    for (u32 i = threadIdx.x; i < dim; i += blockDim.x) o[i] = (xr[i] * inv) * w[i];
+    row_scale(xr, w, inv, dim, [&](u32 i, float v) { o[i] = v; });
 }
 
 // NeoX rotate-half: dimension i pairs with i + head_dim/2. The angle is an f32 product
@@ -88,11 +136,17 @@ extern "C" __global__ void embedding_half(const u16* __restrict__ table, const u
 // +0 and -0: every step is a comparison, the one subtraction is the same). Each thread scans its
 // strided elements as the sequential loop does; merging two (top, index, second): the larger top
 // (the lower index on ties) wins and the loser's top joins the seconds.
-extern "C" __global__ void argmax_f32(const float* __restrict__ x, u32* __restrict__ out,
-                                      float* __restrict__ margin, u32 rows, u32 cols) {
-    __shared__ float best_v[256];  // launched with exactly 256 threads
-    __shared__ float second_v[256];
-    __shared__ u32 best_i[256];
+// 1024 threads, each loading ROW_BATCH elements at a time (with 256 threads and one load at a
+// time a 120k-entry vocabulary took 184 us on an H200, Nsight Compute, docs/cuda.md). The
+// result does not depend on how the row is partitioned among threads.
+#define ARGMAX_THREADS 1024
+extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_f32(const float* __restrict__ x,
+                                                                        u32* __restrict__ out,
+                                                                        float* __restrict__ margin, u32 rows,
+                                                                        u32 cols) {
+    __shared__ float best_v[ARGMAX_THREADS];  // launched with exactly ARGMAX_THREADS threads
+    __shared__ float second_v[ARGMAX_THREADS];
+    __shared__ u32 best_i[ARGMAX_THREADS];
     const u32 row = blockIdx.x;
     if (row >= rows) return;
     const float* xr = x + (u64)row * cols;
@@ -100,14 +154,23 @@ extern "C" __global__ void argmax_f32(const float* __restrict__ x, u32* __restri
     const u32 NONE = 0xffffffffu;  // no element above -inf yet
     float bv = NEG_INF, sv = NEG_INF;
     u32 bi = NONE;
-    for (u32 i = threadIdx.x; i < cols; i += blockDim.x) {
-        const float v = xr[i];
-        if (v > bv) {
-            sv = bv;
-            bv = v;
-            bi = i;
-        } else if (v > sv) {
-            sv = v;
+    for (u32 i0 = threadIdx.x; i0 < cols; i0 += ROW_BATCH * blockDim.x) {
+        float vs[ROW_BATCH];
+#pragma unroll
+        for (u32 j = 0; j < ROW_BATCH; ++j) {
+            const u32 i = i0 + j * blockDim.x;
+            vs[j] = i < cols ? xr[i] : NEG_INF;
+        }
+#pragma unroll
+        for (u32 j = 0; j < ROW_BATCH; ++j) {
+            const float v = vs[j];
+            if (v > bv) {
+                sv = bv;
+                bv = v;
+                bi = i0 + j * blockDim.x;
+            } else if (v > sv) {
+                sv = v;
+            }
         }
     }
     best_v[threadIdx.x] = bv;
@@ -200,19 +263,11 @@ __device__ __forceinline__ void add_rms_norm_half_row(float* __restrict__ x, con
     const u32 row = blockIdx.x;
     if (row >= rows) return;
     float* xr = x + (u64)row * dim;
-    float ss = 0.0f;
-    for (u32 i = threadIdx.x; i < dim; i += blockDim.x) {
-        float v = xr[i];
-        if (ADD) {
-            v += y[(u64)row * dim + i];
-            xr[i] = v;
-        }
-        ss += v * v;
-    }
+    float ss = row_sum_squares<ADD>(xr, ADD ? y + (u64)row * dim : nullptr, dim);
     ss = block_sum(ss);
     const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
     u16* o = out + (u64)row * dim;
-    for (u32 i = threadIdx.x; i < dim; i += blockDim.x) o[i] = f32_to_half((xr[i] * inv) * w[i], kind);
+    row_scale(xr, w, inv, dim, [&](u32 i, float v) { o[i] = f32_to_half(v, kind); });
 }
 
 extern "C" __global__ void add_rms_norm_half(float* __restrict__ x, const float* __restrict__ y,

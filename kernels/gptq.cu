@@ -714,8 +714,8 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
     GEMV_STREAM_KERNEL(BITS, 4, 0, 4, true, gptq_gemv_ffma, f16)                \
     GEMV_STREAM_KERNEL(BITS, 4, 1, 4, true, gptq_gemv_ffma, bf16)
 // ------------------------------------------------------------------------------------------
-// Decode, asynchronous variant (`gptq_gemv_async_w4_m8_d<D>[_fold]_{f16,bf16}`), int4 and up to
-// 8 rows of x: the streaming kernel's lane mapping, block shape, grid and split-K sums, changed
+// Decode, asynchronous variant (`gptq_gemv_async_w4_m8_d<D>[_fold]_{f16,bf16}`, an experiment:
+// in the `gptq_experiments` module only), int4 and up to 8 rows of x: the streaming kernel's lane mapping, block shape, grid and split-K sums, changed
 // where the Nsight Compute profile (docs/cuda.md, "Profiled") showed the streaming kernel
 // losing time: too few bytes in flight per SM (its register ring costs 122 registers, so only
 // 16 warps fit) and ~3 instructions per weight on a long dependency chain.
@@ -953,7 +953,9 @@ __device__ __forceinline__ void gptq_gemv_async(const u16* __restrict__ x, const
     GEMV_ASYNC_KERNEL(1, D, false, _bf16)         \
     GEMV_ASYNC_KERNEL(0, D, true, _fold_f16)      \
     GEMV_ASYNC_KERNEL(1, D, true, _fold_bf16)
-#ifndef GPTQ_EXPERIMENTS
+// Measured slower than the streaming kernel on the H200 (docs/cuda.md, "Asynchronous
+// variant"), so only in the experiments module.
+#ifdef GPTQ_EXPERIMENTS
 GEMV_ASYNC_DEPTH(4)
 GEMV_ASYNC_DEPTH(8)
 GEMV_ASYNC_DEPTH(16)

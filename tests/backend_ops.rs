@@ -3153,8 +3153,8 @@ fn copy_bandwidth(b: &CudaBackend) -> f64 {
 /// the 7B layer's shapes, W4A16 g128, m = 1, 4, 8, cold L2, median of 20: per linear (us,
 /// GB/s) and per layer, both with separate linears (q, k, v, o, gate, up, down) and with the
 /// runner's fused ones (q|k|v, o, gate|up, down), as % of the copy roofline and x bf16. Each
-/// variant's output is checked against cuBLAS on the dequantized weight (fp16-rounding
-/// level: 1e-3 of the largest output). Run alone:
+/// variant's output is checked against cuBLAS on the dequantized weight (to 1% of the largest
+/// output: a sanity bound, the weights' bf16 rounding differs). Run alone:
 /// `./backend_ops --ignored --nocapture --test-threads=1 --exact decode_async_sweep`
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -3222,8 +3222,11 @@ fn decode_async_sweep() {
                     .zip(&want)
                     .map(|(a, c)| (a - c).abs())
                     .fold(0f32, f32::max);
+                // A sanity bound: the asynchronous kernels do not round the weights to bf16
+                // first (~2^-9 each), so they differ from cuBLAS on the dequantized weight by
+                // more than f32 rounding; gptq_gemv_async_cuda checks them exactly.
                 assert!(
-                    err <= 1e-3 * scale,
+                    err <= 1e-2 * scale,
                     "{name} m={m} {}: err {err} (scale {scale})",
                     v.label()
                 );

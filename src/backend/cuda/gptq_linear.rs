@@ -11,8 +11,10 @@
 //!   packed weight once and add their split sums in a fixed order inside the same launch.
 //! - Decode experiments, only through `set_gemv_kernel` (`GemvKernel::Stream`'s `tiled` and
 //!   `reg_cap`): register-capped streaming kernels and ones that read a column-tiled copy of
-//!   the packed weight (`tiled_qweight`, `gemm_gptq_tiled`), from the `gptq_experiments`
-//!   module (compile.rs; docs/cuda.md, "Profiled").
+//!   the packed weight (`tiled_qweight`, `gemm_gptq_tiled`), and `GemvKernel::Async` (a
+//!   cp.async ring in shared memory, per-group scales), from the `gptq_experiments` module
+//!   (compile.rs; docs/cuda.md, "Profiled" and "Asynchronous variant"). `HYQ_GEMV_KERNEL`
+//!   forces one for whole runs.
 //! - Everything else (prefill, act-order `g_idx`, odd shapes): `gptq_dequantize_w{4,8}` writes
 //!   the 16-bit weight for a chunk of output columns into a scratch buffer and cuBLAS
 //!   multiplies it. The dequantization reads the packed weight once and writes 4x (int4) its
@@ -67,10 +69,6 @@ const STREAM_WAVES: usize = 1;
 /// 0 = always the tensor cores (fewer instructions per weight, see kernels/gptq.cu).
 const STREAM_CUDA_CORE_MAX_ROWS: usize = 0;
 
-/// The asynchronous kernel int4 launches of up to 8 rows use by default (`None`: the
-/// streaming kernel, as `GemvKernel::auto` picks). `decode_gemv_variant_sweep` decides.
-const ASYNC_AUTO: Option<GemvKernel> = None;
-
 /// Which decode kernel a launch uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemvKernel {
@@ -93,6 +91,7 @@ pub enum GemvKernel {
         tiled: bool,
         reg_cap: u8,
     },
+    /// An experiment (`gptq_experiments` module; measured slower than `Stream`, docs/cuda.md):
     /// `gptq_gemv_async_w4_m8_d<depth>[_fold]_*` (int4, up to 8 rows; other launches take
     /// the automatic choice): the streaming kernel's layout with its ring in shared memory
     /// (`depth` quads per lane in flight through cp.async: 4, 8 or 16), scales applied per
@@ -123,15 +122,6 @@ impl GemvKernel {
             }
         } else {
             GemvKernel::Step
-        }
-    }
-
-    /// The automatic choice for a launch of `rows` rows of a `bits`-bit weight:
-    /// `ASYNC_AUTO` for int4 up to 8 rows where it is set, else `auto`.
-    fn auto_for(bits: u32, rows: usize) -> Self {
-        match ASYNC_AUTO {
-            Some(k) if bits == 4 && rows <= 8 => k,
-            _ => GemvKernel::auto(rows),
         }
     }
 
@@ -392,12 +382,12 @@ impl CudaBackend {
     }
 
     /// The decode kernel for a launch of `rows` rows: the forced one, else `GemvKernel::auto`.
-    fn gemv_kernel(&self, bits: u32, rows: usize) -> Result<GemvKernel> {
+    fn gemv_kernel(&self, rows: usize) -> Result<GemvKernel> {
         let forced = *self
             .gemv_kernel_override
             .lock()
             .map_err(|_| Error::cuda("decode kernel override poisoned by an earlier panic"))?;
-        Ok(forced.unwrap_or_else(|| GemvKernel::auto_for(bits, rows)))
+        Ok(forced.unwrap_or_else(|| GemvKernel::auto(rows)))
     }
 
     /// Blocks of `name` that fit on one multiprocessor with `smem` bytes of dynamic shared
@@ -560,7 +550,7 @@ impl CudaBackend {
                     "gptq_gemv_async_w4_m8_d{depth}{}_{kind}",
                     if fold { "_fold" } else { "" }
                 );
-                let f = self.func(&compile::GPTQ, &name)?;
+                let f = self.func(&compile::GPTQ_EXPERIMENTS, &name)?;
                 let limit = self.opt_in_smem(&f, &name)?;
                 let smem = |qps: usize| async_smem_bytes(rows, qps, depth, k_warps);
                 if smem(1) > limit {
@@ -577,7 +567,7 @@ impl CudaBackend {
                     (k_warps, waves),
                 )?;
                 Ok(GemvPlan {
-                    file: compile::GPTQ,
+                    file: compile::GPTQ_EXPERIMENTS,
                     tiled: false,
                     grid: (col_blocks, quads.div_ceil(qps)),
                     block: (GS_COLS as u32, k_warps as u32),
@@ -672,7 +662,7 @@ impl CudaBackend {
         if !self.gemv_fits(w) || rows == 0 || rows > 16 {
             return Ok(None);
         }
-        let p = self.gemv_plan(w, rows, self.gemv_kernel(w.bits, rows)?)?;
+        let p = self.gemv_plan(w, rows, self.gemv_kernel(rows)?)?;
         Ok(Some(format!(
             "{} grid {}x{} block {}x{} qps {} smem {}",
             p.name, p.grid.0, p.grid.1, p.block.0, p.block.1, p.qps, p.smem
@@ -690,7 +680,7 @@ impl CudaBackend {
         out: &mut CudaViewMut<'_, f32>,
     ) -> Result<()> {
         let (n, k) = (w.out_features, w.in_features);
-        let plan = self.gemv_plan(w, rows, self.gemv_kernel(w.bits, rows)?)?;
+        let plan = self.gemv_plan(w, rows, self.gemv_kernel(rows)?)?;
         let qweight = match (plan.tiled, tiled) {
             (false, None) => &w.qweight,
             (true, Some(t)) => t,

@@ -35,6 +35,9 @@ use crate::quant::{QuantMethod, QuantScheme, QuantizedLinear, Weight};
 use compile::KernelFile;
 use probe::no_panic;
 
+/// Threads per attention block (ATT_WARPS x 32 in kernels/attention.cu).
+const ATT_THREADS: u32 = 16 * 32;
+
 /// How to open the CUDA backend.
 #[derive(Clone, Debug)]
 pub struct CudaOptions {
@@ -774,7 +777,7 @@ impl Backend for CudaBackend {
         let (rows_u, cols_u) = (as_u32("rows", rows)?, as_u32("cols", cols)?);
         let cfg = LaunchConfig {
             grid_dim: (rows_u, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (1024, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(&f);
@@ -783,7 +786,7 @@ impl Backend for CudaBackend {
             .arg(&mut margin.slice)
             .arg(&rows_u)
             .arg(&cols_u);
-        // SAFETY: matches argmax_f32, which needs exactly 256 threads.
+        // SAFETY: matches argmax_f32, which needs exactly ARGMAX_THREADS = 1024 threads.
         unsafe { b.launch(cfg) }.map_err(Self::launch_err("argmax_f32"))?;
         Ok(())
     }
@@ -963,7 +966,7 @@ impl Backend for CudaBackend {
         };
         let cfg = LaunchConfig {
             grid_dim: (heads, rows as u32, as_u32("splits", splits)?),
-            block_dim: (4 * 32, 1, 1),
+            block_dim: (ATT_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         let null: u64 = 0;
