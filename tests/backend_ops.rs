@@ -17,6 +17,15 @@ use hy_quant::quant::{QuantScheme, QuantizedLinear, Weight};
 use hy_quant::rng::SplitMix64;
 use hy_quant::runner::forward::Rope;
 
+/// The largest |a - b| over two equally long outputs.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 fn randn(seed: u64, n: usize, scale: f32) -> Vec<f32> {
     let mut r = SplitMix64(seed);
     (0..n).map(|_| r.normal() as f32 * scale).collect()
@@ -923,11 +932,7 @@ fn attention_cuda_matches_cpu_backend() {
         let (ck, cv, co) = run(&cpu, kind, &shape, kv, query);
         let (gk, gv, go) = run(&gpu, kind, &shape, kv, query);
         assert!(ck == gk && cv == gv, "{kind:?}: kv_append caches differ");
-        let err = co
-            .iter()
-            .zip(&go)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let err = max_abs_diff(&co, &go);
         println!("cuda vs cpu attention {kind:?}: max err {err:e}");
         assert!(
             err <= 2e-5,
@@ -1976,6 +1981,33 @@ fn gemv_kernels() -> Vec<GemvKernel> {
     ]
 }
 
+/// `gemm_gptq` of `m` rows of `x` through `w` with the K slice forced to `qps` (None: the
+/// automatic one), run twice: the first output, after checking the second is bit-identical.
+fn gemv_twice(
+    b: &CudaBackend,
+    x: &<CudaBackend as Backend>::Buf<u16>,
+    w: &GptqWeight<CudaBackend>,
+    m: usize,
+    qps: Option<usize>,
+    what: &str,
+) -> Vec<f32> {
+    b.set_gemv_quads_per_split(qps);
+    let mut out = b.zeros::<f32>(m * w.out_features).unwrap();
+    b.gemm_gptq(x, w, m, &mut out).unwrap();
+    let first = b.download(&out).unwrap();
+    b.gemm_gptq(x, w, m, &mut out).unwrap();
+    let again = b.download(&out).unwrap();
+    b.set_gemv_quads_per_split(None);
+    assert!(
+        first
+            .iter()
+            .zip(&again)
+            .all(|(a, c)| a.to_bits() == c.to_bits()),
+        "{what}: two runs differ"
+    );
+    first
+}
+
 /// A random GPTQ v1 linear (`sample_linear`: asymmetric, sequential groups of `gs`) on `b`
 /// that the decode kernels take, and its dequantized weight (the `kind`-rounded values) for
 /// host references.
@@ -2042,24 +2074,11 @@ fn gptq_gemv_splits_cuda() {
                     Some(64),
                     Some(128),
                 ] {
-                    b.set_gemv_quads_per_split(qps);
-                    let mut out = b.zeros::<f32>(m * n).unwrap();
-                    b.gemm_gptq(&xd, &w, m, &mut out).unwrap();
-                    let first = b.download(&out).unwrap();
-                    b.gemm_gptq(&xd, &w, m, &mut out).unwrap();
-                    let again = b.download(&out).unwrap();
-                    b.set_gemv_quads_per_split(None);
                     let what = format!(
                         "w{bits} g{gs} {kind:?} {n}x{k} m={m} {} split {qps:?}",
                         kernel.label()
                     );
-                    assert!(
-                        first
-                            .iter()
-                            .zip(&again)
-                            .all(|(a, c)| a.to_bits() == c.to_bits()),
-                        "{what}: two runs differ"
-                    );
+                    let first = gemv_twice(&b, &xd, &w, m, qps, &what);
                     let e = rel_err(&first, &want, &mag);
                     assert!(e <= 1e-5, "{what}: max rel err {e:e}");
                     worst = worst.max(e);
@@ -2306,11 +2325,7 @@ fn cuda_matches_cpu_backend() {
         gpu.download(&o).unwrap()
     };
     let scale = c.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let err = c
-        .iter()
-        .zip(&g)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let err = max_abs_diff(&c, &g);
     println!("cuda vs cpu gemm_gptq: max err {err:e} (scale {scale})");
     assert!(err <= 1e-5 * scale);
 }
@@ -2444,11 +2459,7 @@ fn cuda_timings() {
             // Full-size shapes are checked too: fused vs dequantize-then-cuBLAS.
             let (f, d) = (b.download(&out).unwrap(), b.download(&out2).unwrap());
             let scale = d.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let err = f
-                .iter()
-                .zip(&d)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let err = max_abs_diff(&f, &d);
             assert!(
                 err <= 1e-4 * scale,
                 "w{bits} m={m}: fused vs cuBLAS max err {err} (scale {scale})"
@@ -2662,11 +2673,7 @@ fn decode_step_bench() {
             b.gemm_gptq(&x, &w4, m, &mut out).unwrap();
             let (f, d) = (b.download(&out).unwrap(), b.download(&reference).unwrap());
             let scale = d.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let err = f
-                .iter()
-                .zip(&d)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let err = max_abs_diff(&f, &d);
             assert!(
                 err <= 1e-4 * scale,
                 "{name} m={m}: W4A16 vs cuBLAS max err {err} (scale {scale})"
@@ -3102,21 +3109,8 @@ fn gptq_gemv_async_cuda() {
                     Some(32),
                     Some(128),
                 ] {
-                    b.set_gemv_quads_per_split(qps);
-                    let mut out = b.zeros::<f32>(m * n).unwrap();
-                    b.gemm_gptq(&xd, &w, m, &mut out).unwrap();
-                    let first = b.download(&out).unwrap();
-                    b.gemm_gptq(&xd, &w, m, &mut out).unwrap();
-                    let again = b.download(&out).unwrap();
-                    b.set_gemv_quads_per_split(None);
                     let what = format!("g{gs} {kind:?} {n}x{k} m={m} {plan} split {qps:?}");
-                    assert!(
-                        first
-                            .iter()
-                            .zip(&again)
-                            .all(|(a, c)| a.to_bits() == c.to_bits()),
-                        "{what}: two runs differ"
-                    );
+                    let first = gemv_twice(&b, &xd, &w, m, qps, &what);
                     let e = rel_err(&first, &want, &mag);
                     let tol = if folded { 5e-5 } else { 1e-5 };
                     assert!(e <= tol, "{what}: max rel err {e:e} (tol {tol:e})");
@@ -3217,11 +3211,7 @@ fn decode_async_sweep() {
                 b.set_gemv_kernel(Some(v)).unwrap();
                 b.gemm_gptq(&x, &w, m, &mut out).unwrap();
                 let got = b.download(&out).unwrap();
-                let err = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, c)| (a - c).abs())
-                    .fold(0f32, f32::max);
+                let err = max_abs_diff(&got, &want);
                 // A sanity bound: the asynchronous kernels do not round the weights to bf16
                 // first (~2^-9 each), so they differ from cuBLAS on the dequantized weight by
                 // more than f32 rounding; gptq_gemv_async_cuda checks them exactly.

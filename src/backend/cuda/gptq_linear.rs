@@ -399,23 +399,32 @@ impl CudaBackend {
         threads: u32,
         smem: usize,
     ) -> Result<usize> {
+        self.gemv_cached(format!("{name}/{threads}"), || {
+            // The driver answers for the current context; a failed query only costs the guess
+            // of two blocks (what the register count of the m16 kernels allows).
+            Ok(self
+                .ctx
+                .bind_to_thread()
+                .and_then(|()| {
+                    f.occupancy_max_active_blocks_per_multiprocessor(threads, smem, None)
+                })
+                .map_or(2, |b| b.max(1) as usize))
+        })
+    }
+
+    /// `key`'s entry of the per-kernel launch facts cache (`gemv_occupancy`), computed by
+    /// `compute` the first time (under the lock, so once).
+    fn gemv_cached(&self, key: String, compute: impl FnOnce() -> Result<usize>) -> Result<usize> {
         let mut cache = self
             .gemv_occupancy
             .lock()
             .map_err(|_| Error::cuda("occupancy cache poisoned by an earlier panic"))?;
-        let key = format!("{name}/{threads}");
-        if let Some(&b) = cache.get(&key) {
-            return Ok(b);
+        if let Some(&v) = cache.get(&key) {
+            return Ok(v);
         }
-        // The driver answers for the current context; a failed query only costs the guess of
-        // two blocks (what the register count of the m16 kernels allows).
-        let b = self
-            .ctx
-            .bind_to_thread()
-            .and_then(|()| f.occupancy_max_active_blocks_per_multiprocessor(threads, smem, None))
-            .map_or(2, |b| b.max(1) as usize);
-        cache.insert(key, b);
-        Ok(b)
+        let v = compute()?;
+        cache.insert(key, v);
+        Ok(v)
     }
 
     /// The dynamic shared memory `name` may use: the device's opt-in maximum per block (set
@@ -423,34 +432,27 @@ impl CudaBackend {
     /// declares statically.
     fn opt_in_smem(&self, f: &cudarc::driver::CudaFunction, name: &str) -> Result<usize> {
         use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
-        let mut cache = self
-            .gemv_occupancy
-            .lock()
-            .map_err(|_| Error::cuda("occupancy cache poisoned by an earlier panic"))?;
-        let key = format!("smem/{name}");
-        if let Some(&b) = cache.get(&key) {
-            return Ok(b);
-        }
-        let optin = drv(
-            "max shared memory per block (opt-in)",
-            self.ctx.attribute(
-                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-            ),
-        )?;
-        let fixed = drv(
-            "kernel static shared memory",
-            f.get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES),
-        )?;
-        let limit = (optin - fixed).max(0);
-        drv(
-            "cuFuncSetAttribute (max dynamic shared memory)",
-            f.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                limit,
-            ),
-        )?;
-        cache.insert(key, limit as usize);
-        Ok(limit as usize)
+        self.gemv_cached(format!("smem/{name}"), || {
+            let optin = drv(
+                "max shared memory per block (opt-in)",
+                self.ctx.attribute(
+                    CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+                ),
+            )?;
+            let fixed = drv(
+                "kernel static shared memory",
+                f.get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES),
+            )?;
+            let limit = (optin - fixed).max(0);
+            drv(
+                "cuFuncSetAttribute (max dynamic shared memory)",
+                f.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    limit,
+                ),
+            )?;
+            Ok(limit as usize)
+        })
     }
 
     /// Quads of packed rows per K slice (one block's share of K). One step of 4 quads per warp
