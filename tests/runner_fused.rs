@@ -328,12 +328,13 @@ fn graphs_match_eager<B: Backend>(b: &B) -> (usize, Option<String>) {
     (replays, note)
 }
 
-/// The CPU records nothing: every step runs as usual, and the stats say why.
+/// The CPU records nothing: every step runs as usual, and with graphs on by default the
+/// stats stay silent (`translate` prints no graph line for CPU runs).
 #[test]
 fn graphs_fall_back_on_the_cpu() {
     let (replays, note) = graphs_match_eager(&CpuBackend::new());
     assert_eq!(replays, 0);
-    assert!(note.unwrap().contains("no graph recorded"));
+    assert_eq!(note, None);
 }
 
 #[test]

@@ -854,6 +854,8 @@ pub fn generate_on<B: Backend>(
     let mut prompt_step: Option<StepBuffers<B>> = None;
     // The recorded decode step (`LoadOptions::graphs`): it runs in `decode_step`'s buffers.
     let mut decode_graph: Option<B::Graph> = None;
+    // Off once the backend records nothing (the CPU): nothing to replay, nothing to report.
+    let mut graphs_on = model.graphs;
     loop {
         while let Some(&slot) = free_slots.last() {
             let Some(i) = queue.pop() else { break };
@@ -933,7 +935,7 @@ pub fn generate_on<B: Backend>(
             stats.graph_replays += 1;
         } else {
             model.run_step(b, &mut cache, step, device_picks)?;
-            if repeat && model.graphs && stats.graph_note.is_none() {
+            if repeat && graphs_on && stats.graph_note.is_none() {
                 // Recorded after running it as usual (kernels loaded, scratch sized), with
                 // the device picks (a decode step never keeps first logits).
                 let recorded = model.reserve_for_recording(b).and_then(|()| {
@@ -941,7 +943,7 @@ pub fn generate_on<B: Backend>(
                 });
                 match recorded {
                     Ok(Some(graph)) => decode_graph = Some(graph),
-                    Ok(None) => stats.graph_note = Some(format!("{}: no graph recorded", b.name())),
+                    Ok(None) => graphs_on = false,
                     Err(e) => stats.graph_note = Some(e.to_string()),
                 }
             }
