@@ -52,9 +52,10 @@ impl KernelFile {
 }
 
 /// The decode-kernel experiments (register caps, the column-tiled weight layout, the
-/// asynchronous kernel; docs/cuda.md, "Profiled"): gptq.cu again with GPTQ_EXPERIMENTS defined, which instantiates only those
-/// kernels. A module of its own, so the production one neither compiles nor carries them; built
-/// at its first use (a forced experimental `GemvKernel`), not by `warm_up`.
+/// asynchronous kernel; docs/cuda.md, "Profiled"): gptq.cu again with GPTQ_EXPERIMENTS
+/// defined, which instantiates only those kernels. A module of its own, so the production one
+/// neither compiles nor carries them; built at its first use (a forced experimental
+/// `GemvKernel`), not by `warm_up`.
 pub(crate) const GPTQ_EXPERIMENTS: KernelFile = KernelFile {
     name: "gptq_experiments",
     source: concat!(
