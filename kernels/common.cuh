@@ -42,6 +42,24 @@ __device__ __forceinline__ float round_half(float x, u32 kind) {
     return half_to_f32(f32_to_half(x, kind), kind);
 }
 
+// Programmatic dependent launch (sm_90+; no-ops below and when the launch did not ask for it,
+// PTX ISA "griddepcontrol"). A kernel the host launches with programmatic stream serialization
+// (src/backend/cuda/launch.rs) may start while the kernel before it still runs: it must call
+// `pdl_wait` before it reads anything an earlier kernel wrote or writes anything an earlier
+// kernel reads; what it does before (loading weights) overlaps the earlier kernel's tail.
+// `pdl_launch_dependents` lets such a next kernel start now instead of when this one exits.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -202,6 +202,7 @@ extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_f32(const fl
 }
 
 extern "C" __global__ void to_half_f32(const float* __restrict__ x, u16* __restrict__ out, u64 n, u32 kind) {
+    pdl_launch_dependents();
     const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = f32_to_half(x[i], kind);
 }
@@ -260,6 +261,7 @@ template <bool ADD>
 __device__ __forceinline__ void add_rms_norm_half_row(float* __restrict__ x, const float* __restrict__ y,
                                                       const float* __restrict__ w, u16* __restrict__ out,
                                                       u32 rows, u32 dim, float eps, u32 kind) {
+    pdl_launch_dependents();  // a decode GEMV launched next may start loading its weights
     const u32 row = blockIdx.x;
     if (row >= rows) return;
     float* xr = x + (u64)row * dim;
@@ -284,6 +286,7 @@ extern "C" __global__ void rms_norm_half(float* __restrict__ x, const float* __r
 // silu_mul_fused_f32 with a 16-bit output (n = rows * inter).
 extern "C" __global__ void silu_mul_fused_half(const float* __restrict__ gu, u16* __restrict__ out, u64 n,
                                                u32 inter, u32 kind) {
+    pdl_launch_dependents();
     const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = f32_to_half(silu_mul_fused_at(gu, i, inter), kind);
 }

@@ -323,6 +323,7 @@ __device__ __forceinline__ void gptq_gemv(const u16* __restrict__ x, const int* 
         }
     };
     load_step(qb);
+    pdl_wait();  // x, part and counters belong to the kernels before (see common.cuh)
 
     // Stage x rows 0..m-1 of the block's k range while the first weights are on their way:
     // thread t copies the 16-byte chunks t, t + 256, ... of the [m][k_len / 8] chunks, four
@@ -523,8 +524,16 @@ __device__ __forceinline__ u64 stream_weight_offset(u32 qb, u32 tig, u32 n, u32 
     }
 }
 
+// L2 prefetch of one lane's 16 bytes of a later quad (a hint: nothing comes back to the lane).
+__device__ __forceinline__ void prefetch_l2(const int* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
 // TILED: qweight is the column-tiled copy (stream_weight_offset); the math is unchanged.
-template <u32 BITS, u32 MB, u32 KIND, u32 U, bool FFMA, bool TILED>
+// PFD > 0 (an experiment): each lane also prefetches into L2 the quad PFD ahead of the one it
+// loads (the first PFD before anything else), so up to PFD quads per lane are in flight
+// between DRAM and L2 without costing registers; the ring's loads then mostly hit L2.
+// READONLY (a benchmark, never a result): the same grid, lanes, loads and sums, but the math
+// is an XOR of the loaded words, so its time is what the loads alone cost this layout.
+template <u32 BITS, u32 MB, u32 KIND, u32 U, bool FFMA, bool TILED, u32 PFD = 0u, bool READONLY = false>
 __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, const int* __restrict__ qweight,
                                                  const int* __restrict__ qzeros, const u16* __restrict__ scales,
                                                  float* __restrict__ out, float* __restrict__ part,
@@ -594,6 +603,9 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
         }
         --group_left;
         wq[u] = ld_stream_v4(wp);
+        if constexpr (PFD > 0u) {
+            if (loads_left >= PFD) prefetch_l2(wp + PFD * w_step);
+        }
         wp += w_step;
         if (first) {
             sr[u] = *reinterpret_cast<const U32x2*>(sp);
@@ -601,8 +613,13 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
         }
         fresh[u] = first;
     };
+    if constexpr (PFD > U) {
+        // The quads the ring's first loads do not prefetch (they prefetch U .. U + PFD - 1).
+        for (u32 j = U; j < min(PFD, loads_left); ++j) prefetch_l2(wp + j * w_step);
+    }
 #pragma unroll
     for (u32 u = 0; u < U; ++u) load_slot(u, u == 0u, true);
+    pdl_wait();  // x, part and counters belong to the kernels before (see common.cuh)
 
     // x rows 0..m-1 of the block's K slice into shared memory while the ring fills.
     {
@@ -625,7 +642,13 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
 
     // One quad from slot u; the slot is refilled (with the quad U further) as soon as its
     // words are dequantized.
+    u32 xor_sum = 0u;  // READONLY
     auto consume = [&](u32 u, bool refill_checked) {
+        if constexpr (READONLY) {
+            xor_sum ^= wq[u].x ^ wq[u].y ^ wq[u].z ^ wq[u].w ^ (fresh[u] ? sr[u].x ^ zr[u] : 0u);
+            load_slot(u, false, refill_checked);
+            return;
+        }
         if (fresh[u]) gemv_group_consts<BITS, KIND>(sr[u], zr[u], zshift, ca, cb);
         u32 h[4][HP];
         gemv_dequant_quad<BITS, KIND>(wq[u], ca, cb, bias2, h);
@@ -657,6 +680,7 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
         }
     }
     __syncthreads();  // xs is free: the same memory takes the per-warp sums
+    if constexpr (READONLY) acc[0][0][0] = accf[0][0] = __uint_as_float(xor_sum);
 
     if constexpr (FFMA) {
         // The 4 lanes of a column group hold different packed rows of the same columns.
@@ -825,6 +849,7 @@ __device__ __forceinline__ void gptq_gemv_async(const u16* __restrict__ x, const
     };
 #pragma unroll
     for (u32 u = 0; u < D; ++u) issue(u, u == 0u);
+    pdl_wait();
 
     // x rows 0..m-1 of the block's K slice, each 8 k as the pairs (k_i, k_{i+4}).
     {
@@ -973,21 +998,32 @@ GEMV_STREAM_BITS(8)
 //   load latency better than the spill costs?
 // - `_tiled`: reads the column-tiled copy of qweight: does one contiguous stream per block
 //   (DRAM page locality) beat 512-byte pieces of rows 4N bytes apart?
-// For ring 4 every combination of the two, for ring 8 the tiled one only.
-#define GEMV_STREAM_EXPERIMENT(BITS, KIND, U, TILED, BOUNDS, NAME)                                       \
+// - `_pf<D>` (ring 4, D = 8, 16, 32): L2 prefetch D quads ahead (`gptq_gemv_stream`'s PFD):
+//   do more bytes in flight between DRAM and L2, at no register cost, speed the stream up?
+// - `_readonly` (ring 4): the loads without the math (READONLY; its output is meaningless),
+//   the ceiling of this grid and lane layout. Reached only through `gemm_gptq_read_only`.
+// For ring 4 every combination of the first two, for ring 8 the tiled one only.
+#define GEMV_STREAM_EXPERIMENT_X(BITS, KIND, U, TILED, PFD, RO, BOUNDS, NAME)                           \
     extern "C" __global__ void BOUNDS gptq_gemv_stream_w##BITS##_m8_u##U##_##NAME(                      \
         const u16* x, const int* qweight, const int* qzeros, const u16* scales, float* out,             \
         float* part, u32* counters, u32 m, u32 n_out, u32 k_in, u32 group_len, u32 quads_per_split) {    \
-        gptq_gemv_stream<BITS, 8, KIND, U, false, TILED>(x, qweight, qzeros, scales, out, part, counters, \
-                                                         m, n_out, k_in, group_len, quads_per_split);       \
+        gptq_gemv_stream<BITS, 8, KIND, U, false, TILED, PFD, RO>(x, qweight, qzeros, scales, out, part,  \
+                                                                  counters, m, n_out, k_in, group_len,    \
+                                                                  quads_per_split);                       \
     }
+#define GEMV_STREAM_EXPERIMENT(BITS, KIND, U, TILED, BOUNDS, NAME) \
+    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, U, TILED, 0u, false, BOUNDS, NAME)
 #define GEMV_STREAM_EXPERIMENTS(BITS, KIND, NAME)                                         \
     GEMV_STREAM_EXPERIMENT(BITS, KIND, 4, false, __launch_bounds__(256, 3), NAME##_cap3)   \
     GEMV_STREAM_EXPERIMENT(BITS, KIND, 4, false, __launch_bounds__(256, 4), NAME##_cap4)   \
     GEMV_STREAM_EXPERIMENT(BITS, KIND, 4, true, __launch_bounds__(256), NAME##_tiled)      \
     GEMV_STREAM_EXPERIMENT(BITS, KIND, 4, true, __launch_bounds__(256, 3), NAME##_tiled_cap3) \
     GEMV_STREAM_EXPERIMENT(BITS, KIND, 4, true, __launch_bounds__(256, 4), NAME##_tiled_cap4) \
-    GEMV_STREAM_EXPERIMENT(BITS, KIND, 8, true, __launch_bounds__(256), NAME##_tiled)
+    GEMV_STREAM_EXPERIMENT(BITS, KIND, 8, true, __launch_bounds__(256), NAME##_tiled)      \
+    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, 4, false, 8u, false, __launch_bounds__(256), NAME##_pf8)   \
+    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, 4, false, 16u, false, __launch_bounds__(256), NAME##_pf16) \
+    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, 4, false, 32u, false, __launch_bounds__(256), NAME##_pf32) \
+    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, 4, false, 0u, true, __launch_bounds__(256), NAME##_readonly)
 GEMV_STREAM_EXPERIMENTS(4, 0, f16)
 GEMV_STREAM_EXPERIMENTS(4, 1, bf16)
 GEMV_STREAM_EXPERIMENTS(8, 0, f16)

@@ -9,12 +9,18 @@
 #   kernels: decode_async_sweep (the asynchronous decode kernels against the streaming one and
 #            cuBLAS on the 7B shapes); the fastest asynchronous variant on the fused layer at
 #            m = 1 goes to /tmp/best_gemv for the e2e part;
+#   prefetch: pdl_chain_matches_cuda (decode GEMVs as programmatic dependent launches against
+#            plain ones), gptq_gemv_experiments_cuda (the prefetching kernels bit-identical to
+#            production), decode_prefetch_sweep (prefetch distances and the loads-only ceiling
+#            on the fused 7B layer);
 #   e2e:     scripts/bench_decode_e2e.sh (ms per decode step at the 7B shape, batch 1 and 16) per
 #            variant: shipped (the defaults: fused linears and small ops, device picks, CUDA
 #            graphs), plain (HYQ_RUNNER_FUSE_OPS=0 HYQ_CUDA_GRAPHS=0: the defaults before
 #            2026-12-01), fused (HYQ_CUDA_GRAPHS=0), async (the defaults with
-#            HYQ_GEMV_KERNEL=<label>: HYQ_ASYNC_LABEL, else /tmp/best_gemv).
-#   usage: scripts/gpu_fused_ops.sh BINDIR tests | BINDIR kernels | BINDIR e2e [shipped|plain|fused|async ...]
+#            HYQ_GEMV_KERNEL=<label>: HYQ_ASYNC_LABEL, else /tmp/best_gemv), nopdl (HYQ_PDL=0),
+#            pf<D> (HYQ_GEMV_KERNEL=s4k2w1p<D>: the L2-prefetching decode kernel).
+#   usage: scripts/gpu_fused_ops.sh BINDIR tests | BINDIR kernels | BINDIR prefetch |
+#          BINDIR e2e [shipped|plain|fused|async|nopdl|pf<D> ...]
 # BINDIR: stripped backend_ops, runner_fused and hy-quant (scripts/stage_gpu_bins.sh). HYQ_PRESET
 # (default hy-mt1.5-7b) and HYQ_DEVICE=cpu try the e2e part without a GPU on a small preset.
 set -uo pipefail
@@ -41,6 +47,14 @@ case $part in
       sort -n | head -1 | awk '{print $2}' > /tmp/best_gemv
     echo "best asynchronous variant at m = 1 (fused layer): $(cat /tmp/best_gemv)"
     ;;
+  prefetch)
+    timeout 200 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact pdl_chain_matches_cuda \
+      gptq_gemv_experiments_cuda > "$out/prefetch_tests.log" 2>&1; echo "PDL and prefetch tests rc=$?"
+    timeout 300 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact decode_prefetch_sweep \
+      > "$out/decode_prefetch_sweep.log" 2>&1; echo "decode_prefetch_sweep rc=$?"
+    grep -hE "^test .*(ok|FAILED)$|panicked|bit-identical|rel err" "$out/prefetch_tests.log"
+    grep -E "^decode_prefetch|^\||^\(|m=1:" "$out/decode_prefetch_sweep.log"
+    ;;
   e2e)
     # Variants to time (default shipped and plain; split them over calls if one would run past the
     # 600 s a call may take: the models under /tmp/e2e stay while the machine is warm).
@@ -51,6 +65,8 @@ case $part in
         plain) env=(HYQ_RUNNER_FUSE_OPS=0 HYQ_CUDA_GRAPHS=0) ;;
         fused) env=(HYQ_CUDA_GRAPHS=0) ;;
         async) env=(HYQ_GEMV_KERNEL="${HYQ_ASYNC_LABEL:-$(cat /tmp/best_gemv)}") ;;
+        nopdl) env=(HYQ_PDL=0) ;;
+        pf*) env=(HYQ_GEMV_KERNEL="s4k2w1p${v#pf}") ;;
         *) echo "unknown variant $v" >&2; exit 2 ;;
       esac
       echo "== $v: ${env[*]}" >&2
@@ -61,5 +77,5 @@ case $part in
     for v in "${variants[@]}"; do echo "== $v"; cat "$out/e2e-$v.txt"; done
     grep -h "CUDA graphs" "$out"/*/*.log 2>/dev/null | sort | uniq -c
     ;;
-  *) echo "usage: $0 BINDIR tests | BINDIR kernels | BINDIR e2e [shipped|plain|fused|async ...]" >&2; exit 2 ;;
+  *) echo "usage: $0 BINDIR tests | BINDIR kernels | BINDIR prefetch | BINDIR e2e [VARIANT ...]" >&2; exit 2 ;;
 esac

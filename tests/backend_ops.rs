@@ -1968,6 +1968,7 @@ fn gemv_kernels() -> Vec<GemvKernel> {
         cuda_cores,
         tiled: false,
         reg_cap: 0,
+        prefetch: 0,
     };
     vec![
         GemvKernel::Step,
@@ -2105,6 +2106,20 @@ fn stream_variant(unroll: usize, k_warps: usize, tiled: bool, reg_cap: u8) -> Ge
         cuda_cores: false,
         tiled,
         reg_cap,
+        prefetch: 0,
+    }
+}
+
+/// The ring-4 tensor-core streaming kernel with an L2 prefetch `d` quads ahead (an experiment).
+fn prefetch_variant(k_warps: usize, d: u8) -> GemvKernel {
+    GemvKernel::Stream {
+        unroll: 4,
+        k_warps,
+        waves: 1,
+        cuda_cores: false,
+        tiled: false,
+        reg_cap: 0,
+        prefetch: d,
     }
 }
 
@@ -2170,7 +2185,7 @@ fn gptq_tile_qweight_cuda() {
 
 /// The decode experiments (kernels/gptq.cu, GEMV_STREAM_EXPERIMENTS) compute exactly what the
 /// production streaming kernel computes: at every forced K split size (so the same K slices
-/// and the same summation order) each register-capped and column-tiled variant gives output
+/// and the same summation order) each register-capped, column-tiled and prefetching variant gives output
 /// bit-identical to its base variant (same ring and K warps), for int4/int8, f16/bf16, g16 to
 /// per-channel, 1 to 8 rows, 1 to 3 column blocks (and N = 96: capped only), K an odd number
 /// of quads; at the automatic split (which follows each variant's occupancy) all within 1e-5 of
@@ -2181,9 +2196,29 @@ fn gptq_tile_qweight_cuda() {
 fn gptq_gemv_experiments_cuda() {
     let b = cuda();
     let s = stream_variant;
+    let pf = prefetch_variant;
     let missing = [
         s(8, 2, false, 3),
         s(4, 2, true, 2),
+        pf(2, 12),
+        GemvKernel::Stream {
+            unroll: 8,
+            k_warps: 2,
+            waves: 1,
+            cuda_cores: false,
+            tiled: false,
+            reg_cap: 0,
+            prefetch: 16,
+        },
+        GemvKernel::Stream {
+            unroll: 4,
+            k_warps: 2,
+            waves: 1,
+            cuda_cores: false,
+            tiled: true,
+            reg_cap: 0,
+            prefetch: 16,
+        },
         GemvKernel::Stream {
             unroll: 4,
             k_warps: 1,
@@ -2191,6 +2226,7 @@ fn gptq_gemv_experiments_cuda() {
             cuda_cores: true,
             tiled: true,
             reg_cap: 0,
+            prefetch: 0,
         },
     ];
     for v in missing {
@@ -2210,9 +2246,15 @@ fn gptq_gemv_experiments_cuda() {
                 s(4, 2, true, 0),
                 s(4, 2, true, 3),
                 s(4, 2, true, 4),
+                pf(2, 8),
+                pf(2, 16),
+                pf(2, 32),
             ],
         ),
-        (s(4, 1, false, 0), vec![s(4, 1, false, 3), s(4, 1, true, 0)]),
+        (
+            s(4, 1, false, 0),
+            vec![s(4, 1, false, 3), s(4, 1, true, 0), pf(1, 16)],
+        ),
         (s(8, 2, false, 0), vec![s(8, 2, true, 0)]),
         (s(8, 1, false, 0), vec![s(8, 1, true, 0)]),
     ];
@@ -2293,7 +2335,7 @@ fn gptq_gemv_experiments_cuda() {
         "decode experiments: {identical} forced-split runs bit-identical to their base variant"
     );
     report(
-        "gptq decode experiments (capped, tiled), all K splits",
+        "gptq decode experiments (capped, tiled, prefetching), all K splits",
         &b,
         worst,
         1e-5,
@@ -2772,6 +2814,7 @@ fn decode_gemv_variant_sweep() {
         cuda_cores,
         tiled: false,
         reg_cap: 0,
+        prefetch: 0,
     };
     let variants = [
         GemvKernel::Step,
@@ -3043,6 +3086,7 @@ fn async_kernels() -> Vec<GemvKernel> {
 fn gemv_kernel_labels_parse_back() {
     let mut all = gemv_kernels();
     all.extend(async_kernels());
+    all.extend([prefetch_variant(2, 8), prefetch_variant(1, 32)]);
     for k in all {
         assert_eq!(GemvKernel::parse(&k.label()).unwrap(), k, "{}", k.label());
     }
@@ -3056,7 +3100,17 @@ fn gemv_kernel_labels_parse_back() {
         }
     );
     for bad in [
-        "", "x4k1w1", "s4k1", "s4w1", "a8k2w1ff", "sfk1w1", "s4k2w1f", "step2",
+        "",
+        "x4k1w1",
+        "s4k1",
+        "s4w1",
+        "a8k2w1ff",
+        "sfk1w1",
+        "s4k2w1f",
+        "step2",
+        "s4k2w1p",
+        "c4k1w1p8",
+        "s4k2w1p999",
     ] {
         let e = GemvKernel::parse(bad).unwrap_err().to_string();
         assert!(
@@ -3248,4 +3302,204 @@ fn decode_async_sweep() {
             base[1] / tf
         );
     }
+}
+
+/// Decode GEMVs launched as programmatic dependent launches (`CudaOptions::pdl`, the default
+/// on sm_90) wait for the kernel before them: a decoder-like chain with no synchronization in
+/// between (x += y, RMS norm to 16 bits, GEMV into y; then y to 16 bits, GEMV again; 12
+/// rounds, each GEMV's input written by the kernel just before it) ends bit-identical with PDL
+/// on and off, for the ring-4 streaming kernel (1 and 8 rows), the step kernel (12 rows), a
+/// prefetching experiment, int4 and int8.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn pdl_chain_matches_cuda() {
+    let open = |pdl: bool| {
+        CudaBackend::new(&CudaOptions {
+            pdl,
+            ..CudaOptions::default()
+        })
+        .unwrap()
+    };
+    let (on, off) = (open(true), open(false));
+    assert!(!off.pdl());
+    if on.compute_capability().0 >= 9 {
+        assert!(
+            on.pdl(),
+            "sm_90 device without programmatic dependent launch"
+        );
+    } else {
+        println!("pdl_chain_matches_cuda: no PDL below sm_90, both runs launch plainly");
+    }
+    let kind = HalfKind::BF16;
+    let d = 2048usize;
+    let chain =
+        |b: &CudaBackend, w: &GptqWeight<CudaBackend>, m: usize, kernel: Option<GemvKernel>| {
+            b.set_gemv_kernel(kernel).unwrap();
+            let mut x = b.upload(&randn(90 + m as u64, m * d, 1.0)).unwrap();
+            let norm = b.upload(&randn(91, d, 0.2)).unwrap();
+            let mut y = b.zeros::<f32>(m * d).unwrap();
+            let mut h = b.zeros::<u16>(m * d).unwrap();
+            for round in 0..12 {
+                b.add_rms_norm_half(&mut x, (round > 0).then_some(&y), &norm, 1e-6, kind, &mut h)
+                    .unwrap();
+                b.gemm_gptq(&h, w, m, &mut y).unwrap();
+                b.to_half(&y, kind, &mut h).unwrap();
+                b.gemm_gptq(&h, w, m, &mut y).unwrap();
+            }
+            let out = (b.download(&x).unwrap(), b.download(&y).unwrap());
+            b.set_gemv_kernel(None).unwrap();
+            out
+        };
+    let mut runs = 0;
+    for bits in [4u8, 8] {
+        let ql = sample_linear(bits, 128, true, false, d, d, kind, 92);
+        let (w_on, w_off) = (
+            upload_sample(&on, &ql, kind),
+            upload_sample(&off, &ql, kind),
+        );
+        for m in [1usize, 8, 12] {
+            let mut kernels = vec![None];
+            if bits == 4 && m <= 8 {
+                kernels.push(Some(prefetch_variant(2, 16)));
+            }
+            for kernel in kernels {
+                let what = format!(
+                    "int{bits} m={m} {}",
+                    on.describe_gemv(&w_on, m).unwrap().unwrap_or_default()
+                );
+                let (xa, ya) = chain(&on, &w_on, m, kernel);
+                let (xb, yb) = chain(&off, &w_off, m, kernel);
+                assert!(ya.iter().all(|v| v.is_finite()), "{what}: not finite");
+                let same =
+                    |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
+                assert!(
+                    same(&xa, &xb) && same(&ya, &yb),
+                    "{what}: PDL on and off differ"
+                );
+                runs += 1;
+            }
+        }
+    }
+    println!("pdl_chain_matches_cuda: {runs} chains bit-identical with PDL on and off");
+}
+
+/// The decode stream's ceiling and the L2 prefetch experiment on the fused 7B layer
+/// (q|k|v, o, gate|up, down), W4A16 g128, m = 1 and 8, cold L2, median of 20: cuBLAS bf16,
+/// the production kernel (`s4k2w1`), its prefetching variants (`s4k2w1p8`, `p16`, `p32`) and
+/// its loads-only twin (`gemm_gptq_read_only`: the same grid and loads, no math), with a plain
+/// read of the same bytes (`copy_device` of the packed weight, read + write counted) for scale.
+/// Each real variant's output is checked against cuBLAS on the dequantized weight. Run alone:
+/// `./backend_ops --ignored --nocapture --test-threads=1 --exact decode_prefetch_sweep`
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn decode_prefetch_sweep() {
+    let b = cuda();
+    let kind = HalfKind::BF16;
+    let copy_bw = copy_bandwidth(&b);
+    println!(
+        "decode_prefetch_sweep on {}: copy {:.0} GB/s",
+        b.name(),
+        copy_bw / 1e9
+    );
+    let shapes: [(&str, usize, usize); 4] = [
+        ("q|k|v", 6144, 4096),
+        ("o", 4096, 4096),
+        ("gate|up", 28672, 4096),
+        ("down", 4096, 14336),
+    ];
+    let variants: Vec<GemvKernel> = [None, Some(8u8), Some(16), Some(32)]
+        .into_iter()
+        .map(|p| {
+            p.map_or_else(
+                || GemvKernel::parse("s4k2w1").unwrap(),
+                |d| prefetch_variant(2, d),
+            )
+        })
+        .collect();
+    let labels: Vec<String> = ["bf16".to_string()]
+        .into_iter()
+        .chain(variants.iter().map(|v| v.label()))
+        .chain(["readonly".to_string(), "copy".to_string()])
+        .collect();
+    // totals[m index][label index] = (us, bytes)
+    let ms = [1usize, 8];
+    let mut totals = vec![vec![(0f64, 0f64); labels.len()]; ms.len()];
+    for (si, &(name, n, k)) in shapes.iter().enumerate() {
+        let w = random_gptq(&b, 4, n, k, 70 + si as u64);
+        let bytes = w.bytes() as f64;
+        let mut dense = b.zeros::<u16>(n * k).unwrap();
+        b.dequantize_gptq(&w, &mut dense).unwrap();
+        let mut copy_dst = b.zeros::<i32>(w.qweight.len()).unwrap();
+        for (mi, &m) in ms.iter().enumerate() {
+            let x = b
+                .upload(&halves(kind, &randn(19 + m as u64, m * k, 1.0)))
+                .unwrap();
+            let mut out = b.zeros::<f32>(m * n).unwrap();
+            let mut reference = b.zeros::<f32>(m * n).unwrap();
+            b.gemm(&x, &dense, kind, m, n, k, &mut reference).unwrap();
+            let want = b.download(&reference).unwrap();
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let mut times = Vec::new();
+            times.push((
+                cold_call_us(&b, 20, &mut || {
+                    b.gemm(&x, &dense, kind, m, n, k, &mut out).unwrap()
+                }),
+                (n * k * 2) as f64,
+            ));
+            for &v in &variants {
+                b.set_gemv_kernel(Some(v)).unwrap();
+                b.gemm_gptq(&x, &w, m, &mut out).unwrap();
+                let err = max_abs_diff(&b.download(&out).unwrap(), &want);
+                assert!(
+                    err <= 1e-4 * scale,
+                    "{name} m={m} {}: err {err} (scale {scale})",
+                    v.label()
+                );
+                times.push((
+                    cold_call_us(&b, 20, &mut || b.gemm_gptq(&x, &w, m, &mut out).unwrap()),
+                    bytes,
+                ));
+            }
+            b.set_gemv_kernel(None).unwrap();
+            times.push((
+                cold_call_us(&b, 20, &mut || {
+                    b.gemm_gptq_read_only(&x, &w, m, &mut out).unwrap()
+                }),
+                bytes,
+            ));
+            let qbytes = (w.qweight.len() * 4 * 2) as f64; // read + written
+            times.push((
+                cold_call_us(&b, 20, &mut || {
+                    b.copy_device(&w.qweight, &mut copy_dst).unwrap()
+                }),
+                qbytes,
+            ));
+            let mut line = format!("{name} {n}x{k} m={m}:");
+            for (li, &(t, by)) in times.iter().enumerate() {
+                line += &format!(
+                    " | {} {t:.1} us ({:.0} GB/s)",
+                    labels[li],
+                    by / (t * 1e-6) / 1e9
+                );
+                totals[mi][li].0 += t;
+                totals[mi][li].1 += by;
+            }
+            println!("{line}");
+        }
+    }
+    println!("\n| m | kernel | fused layer us | GB/s | % copy roofline | x bf16 |");
+    println!("|---|---|---|---|---|---|");
+    for (mi, &m) in ms.iter().enumerate() {
+        let base = totals[mi][0].0;
+        for (li, label) in labels.iter().enumerate() {
+            let (t, by) = totals[mi][li];
+            println!(
+                "| {m} | {label} | {t:.1} | {:.0} | {:.0}% | {:.2}x |",
+                by / (t * 1e-6) / 1e9,
+                100.0 * by / copy_bw / (t * 1e-6),
+                base / t
+            );
+        }
+    }
+    println!("(copy: copy_device of qweight alone, bytes read + written; % roofline = bytes / copy bandwidth)");
 }

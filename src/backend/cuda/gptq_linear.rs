@@ -29,7 +29,7 @@ use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::compile::{self, KernelFile};
-use super::{as_u32, drv, grid_1d, CudaBackend, CudaBuf};
+use super::{as_u32, drv, grid_1d, launch, CudaBackend, CudaBuf};
 use crate::backend::{check_len, runner_err, GptqWeight, HalfKind};
 use crate::error::{Error, Result};
 
@@ -82,7 +82,9 @@ pub enum GemvKernel {
     /// Experiments (tensor cores, up to 8 rows; `GemvKernel::experiment_suffix` lists what
     /// exists): `tiled` reads the column-tiled copy of the weight (`gemm_gptq_tiled`);
     /// `reg_cap` > 0 caps the registers so that `reg_cap` blocks of 256 threads fit per
-    /// multiprocessor (`__launch_bounds__(256, reg_cap)`). Production: false, 0.
+    /// multiprocessor (`__launch_bounds__(256, reg_cap)`); `prefetch` > 0 (8, 16 or 32, ring 4,
+    /// neither tiled nor capped) has each lane prefetch into L2 the quad that many ahead of
+    /// the one it loads. Production: false, 0, 0.
     Stream {
         unroll: usize,
         k_warps: usize,
@@ -90,6 +92,7 @@ pub enum GemvKernel {
         cuda_cores: bool,
         tiled: bool,
         reg_cap: u8,
+        prefetch: u8,
     },
     /// An experiment (`gptq_experiments` module; measured slower than `Stream`, docs/cuda.md):
     /// `gptq_gemv_async_w4_m8_d<depth>[_fold]_*` (int4, up to 8 rows; other launches take
@@ -119,6 +122,7 @@ impl GemvKernel {
                 cuda_cores: rows <= STREAM_CUDA_CORE_MAX_ROWS,
                 tiled: false,
                 reg_cap: 0,
+                prefetch: 0,
             }
         } else {
             GemvKernel::Step
@@ -126,7 +130,8 @@ impl GemvKernel {
     }
 
     /// The sweep's column name: `step`, or `s<unroll>k<k_warps>w<waves>` (`c...` on CUDA
-    /// cores), then `t` when tiled and `c<reg_cap>` when capped (`s4k2w1tc3`).
+    /// cores), then `t` when tiled, `c<reg_cap>` when capped (`s4k2w1tc3`) and `p<prefetch>`
+    /// with an L2 prefetch (`s4k2w1p16`).
     pub fn label(&self) -> String {
         match *self {
             GemvKernel::Step => "step".to_string(),
@@ -137,6 +142,7 @@ impl GemvKernel {
                 cuda_cores,
                 tiled,
                 reg_cap,
+                prefetch,
             } => {
                 let mut label = format!(
                     "{}{unroll}k{k_warps}w{waves}",
@@ -147,6 +153,9 @@ impl GemvKernel {
                 }
                 if reg_cap > 0 {
                     label += &format!("c{reg_cap}");
+                }
+                if prefetch > 0 {
+                    label += &format!("p{prefetch}");
                 }
                 label
             }
@@ -159,14 +168,16 @@ impl GemvKernel {
         }
     }
 
-    /// The kernel a label names (`label`'s inverse for the production variants: `step`,
-    /// `s4k2w1`, `c4k1w1`, `a8k2w1`, `a8k2w1f`; the tiled and capped experiments are not
-    /// parsed). For `HYQ_GEMV_KERNEL`.
+    /// The kernel a label names (`label`'s inverse for the production variants and the
+    /// prefetching and asynchronous experiments: `step`, `s4k2w1`, `c4k1w1`, `s4k2w1p16`,
+    /// `a8k2w1`, `a8k2w1f`; the tiled and capped experiments are not parsed). For
+    /// `HYQ_GEMV_KERNEL`.
     pub fn parse(label: &str) -> Result<Self> {
         let bad = || {
             Error::cuda(format!(
                 "HYQ_GEMV_KERNEL={label}: not a decode kernel (step, s<unroll>k<k_warps>w<waves>, \
-                 c<unroll>k<k_warps>w<waves>, a<depth>k<k_warps>w<waves>[f], e.g. s4k2w1, a8k2w1f)"
+                 c<unroll>k<k_warps>w<waves>, s<unroll>k<k_warps>w<waves>p<prefetch>, \
+                 a<depth>k<k_warps>w<waves>[f], e.g. s4k2w1, s4k2w1p16, a8k2w1f)"
             ))
         };
         if label == "step" {
@@ -178,9 +189,17 @@ impl GemvKernel {
             _ => (rest, false),
         };
         let (first, rest) = rest.split_once('k').ok_or_else(bad)?;
-        let (k_warps, waves) = rest.split_once('w').ok_or_else(bad)?;
+        let (k_warps, rest) = rest.split_once('w').ok_or_else(bad)?;
+        let (waves, prefetch) = match rest.split_once('p') {
+            Some((w, p)) if head == "s" => (w, Some(p)),
+            _ => (rest, None),
+        };
         let num = |v: &str| v.parse::<usize>().map_err(|_| bad());
         let (first, k_warps, waves) = (num(first)?, num(k_warps)?, num(waves)?);
+        let prefetch = match prefetch {
+            Some(p) => u8::try_from(num(p)?).map_err(|_| bad())?,
+            None => 0,
+        };
         match head {
             "s" | "c" => Ok(GemvKernel::Stream {
                 unroll: first,
@@ -189,6 +208,7 @@ impl GemvKernel {
                 cuda_cores: head == "c",
                 tiled: false,
                 reg_cap: 0,
+                prefetch,
             }),
             "a" => Ok(GemvKernel::Async {
                 depth: first,
@@ -206,36 +226,43 @@ impl GemvKernel {
     }
 
     /// The kernel name suffix of an experimental streaming variant in the `gptq_experiments`
-    /// module (`_tiled`, `_cap3`, `_tiled_cap4`, ...; kernels/gptq.cu,
+    /// module (`_tiled`, `_cap3`, `_tiled_cap4`, `_pf16`, ...; kernels/gptq.cu,
     /// GEMV_STREAM_EXPERIMENTS), `None` for a production variant, an error for a combination
     /// that is not instantiated. Instantiated (m = 8 tensor-core kernels only): ring 4 with a
-    /// cap of 3 or 4 blocks, tiled or not, and tiled without a cap; ring 8 tiled without a cap.
+    /// cap of 3 or 4 blocks, tiled or not, and tiled without a cap; ring 8 tiled without a cap;
+    /// ring 4 with a prefetch of 8, 16 or 32 quads (not tiled, not capped).
     fn experiment_suffix(&self) -> Result<Option<String>> {
         let GemvKernel::Stream {
             unroll,
             cuda_cores,
             tiled,
             reg_cap,
+            prefetch,
             ..
         } = *self
         else {
             return Ok(None);
         };
-        if !tiled && reg_cap == 0 {
+        if !tiled && reg_cap == 0 && prefetch == 0 {
             return Ok(None);
         }
         let exists = !cuda_cores
-            && match unroll {
-                4 => matches!(reg_cap, 0 | 3 | 4),
-                8 => tiled && reg_cap == 0,
+            && match (unroll, prefetch) {
+                (4, 0) => matches!(reg_cap, 0 | 3 | 4),
+                (4, 8 | 16 | 32) => !tiled && reg_cap == 0,
+                (8, 0) => tiled && reg_cap == 0,
                 _ => false,
             };
         if !exists {
             return Err(Error::cuda(format!(
                 "no decode experiment kernel for {} (there are: tensor cores, ring 4 tiled and/or \
-                 capped at 3 or 4 blocks, ring 8 tiled)",
+                 capped at 3 or 4 blocks, ring 4 with a prefetch of 8, 16 or 32 quads, ring 8 \
+                 tiled)",
                 self.label()
             )));
+        }
+        if prefetch > 0 {
+            return Ok(Some(format!("_pf{prefetch}")));
         }
         let mut suffix = String::new();
         if tiled {
@@ -672,7 +699,8 @@ impl CudaBackend {
     }
 
     /// The decode launch for `rows` <= 16 rows of x (views into the caller's buffers); `tiled`:
-    /// the column-tiled copy of `w.qweight`, which the tiled experiments read instead.
+    /// the column-tiled copy of `w.qweight`, which the tiled experiments read instead;
+    /// `read_only`: the loads-only twin of the planned kernel (`gemm_gptq_read_only`).
     fn gptq_gemv(
         &self,
         x: &CudaView<'_, u16>,
@@ -680,9 +708,22 @@ impl CudaBackend {
         tiled: Option<&CudaBuf<i32>>,
         rows: usize,
         out: &mut CudaViewMut<'_, f32>,
+        read_only: bool,
     ) -> Result<()> {
         let (n, k) = (w.out_features, w.in_features);
-        let plan = self.gemv_plan(w, rows, self.gemv_kernel(rows)?)?;
+        let mut plan = self.gemv_plan(w, rows, self.gemv_kernel(rows)?)?;
+        if read_only {
+            let base = format!("gptq_gemv_stream_w{}_m8_u4_{}", w.bits, kind_name(w.half));
+            if plan.file.name != compile::GPTQ.name || plan.name != base {
+                return Err(Error::cuda(format!(
+                    "gemm_gptq_read_only: {} has no loads-only twin (only {base}, the production \
+                     ring-4 kernel for up to 8 rows)",
+                    plan.name
+                )));
+            }
+            plan.file = compile::GPTQ_EXPERIMENTS;
+            plan.name = format!("{base}_readonly");
+        }
         let qweight = match (plan.tiled, tiled) {
             (false, None) => &w.qweight,
             (true, Some(t)) => t,
@@ -721,37 +762,43 @@ impl CudaBackend {
             block_dim: (plan.block.0, plan.block.1, 1),
             shared_mem_bytes: as_u32("shared memory", plan.smem)?,
         };
-        let (m_u, n_u, k_u, gl, qps_u) = (
-            as_u32("m", rows)?,
-            as_u32("out_features", n)?,
-            as_u32("in_features", k)?,
-            as_u32("group_len", w.group_len)?,
-            as_u32("quads per split", plan.qps)?,
-        );
-        let null: u64 = 0;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(x)
-            .arg(&qweight.slice)
-            .arg(&w.qzeros.slice)
-            .arg(&w.scales.slice)
-            .arg(out);
-        match &mut part {
-            Some(p) => b.arg(&mut p.slice),
-            None => b.arg(&null),
+        let s = &self.stream;
+        let (xp, _gx) = x.device_ptr(s);
+        let (qp, _gq) = qweight.slice.device_ptr(s);
+        let (zp, _gz) = w.qzeros.slice.device_ptr(s);
+        let (sp, _gs) = w.scales.slice.device_ptr(s);
+        let (op, _go) = out.device_ptr_mut(s);
+        let (pp, _gp) = match &mut part {
+            Some(p) => {
+                let (pp, g) = p.slice.device_ptr_mut(s);
+                (pp, Some(g))
+            }
+            None => (0, None),
         };
-        b.arg(&mut counters.slice)
-            .arg(&m_u)
-            .arg(&n_u)
-            .arg(&k_u)
-            .arg(&gl)
-            .arg(&qps_u);
-        // SAFETY: matches gptq_gemv_w*_m*_* / gptq_gemv_stream_w*_m*_u*_* (the block shape and
-        // dynamic shared memory of `plan`, at most 45 KiB, 256 threads); `gemv_fits` checked
-        // the shapes the kernels rely on (and `gemv_plan` N % 128 == 0 for the tiled ones,
-        // whose copy has as many ints as `w.qweight`, checked by `gemm_gptq_tiled`); `part`
-        // holds splits x rows x n floats; `counters` holds at least `plan.counters` zeroed
-        // words (each launch leaves them zero again).
-        unsafe { b.launch(cfg) }.map_err(Self::launch_err(&plan.name))?;
+        let (cp, _gc) = counters.slice.device_ptr_mut(s);
+        let mut args = launch::RawArgs::default();
+        args.ptr(xp)
+            .ptr(qp)
+            .ptr(zp)
+            .ptr(sp)
+            .ptr(op)
+            .ptr(pp)
+            .ptr(cp)
+            .u32(as_u32("m", rows)?)
+            .u32(as_u32("out_features", n)?)
+            .u32(as_u32("in_features", k)?)
+            .u32(as_u32("group_len", w.group_len)?)
+            .u32(as_u32("quads per split", plan.qps)?);
+        // SAFETY: matches gptq_gemv_w*_m*_* / gptq_gemv_stream_w*_m*_u*_* and their
+        // experiments (7 pointers, 5 u32; the block shape and dynamic shared memory of `plan`,
+        // at most the opt-in limit, 256 threads); `gemv_fits` checked the shapes the kernels
+        // rely on (and `gemv_plan` N % 128 == 0 for the tiled ones, whose copy has as many ints
+        // as `w.qweight`, checked by `gemm_gptq_tiled`); `part` holds splits x rows x n floats
+        // (null with one split, which the kernels never touch); `counters` holds at least
+        // `plan.counters` zeroed words (each launch leaves them zero again). Every decode
+        // kernel calls `pdl_wait` before it reads x, part or counters or writes anything.
+        unsafe { launch::launch(s, &f, cfg, &mut args, self.pdl) }
+            .map_err(Self::launch_err(&plan.name))?;
         Ok(())
     }
 
@@ -839,7 +886,34 @@ impl CudaBackend {
         }
         let xv = x.slice.slice(0..m * k);
         let mut ov = out.slice.slice_mut(0..m * n);
-        self.gptq_gemv(&xv, w, Some(tiled), m, &mut ov)
+        self.gptq_gemv(&xv, w, Some(tiled), m, &mut ov, false)
+    }
+
+    /// A benchmark, never a product: the automatic decode launch for 1 to 8 rows of `w`, with
+    /// the production streaming kernel swapped for its loads-only twin
+    /// (`gptq_gemv_stream_*_readonly`: same grid, lanes, loads, x staging and sums, an XOR
+    /// instead of the math), so its time is what the loads alone cost. `out` gets meaningless
+    /// values. An error when the automatic choice is not the ring-4 streaming kernel.
+    pub fn gemm_gptq_read_only(
+        &self,
+        x: &CudaBuf<u16>,
+        w: &GptqWeight<Self>,
+        m: usize,
+        out: &mut CudaBuf<f32>,
+    ) -> Result<()> {
+        let (n, k) = (w.out_features, w.in_features);
+        check_len("gemm_gptq_read_only", "x", x.len, m * k)?;
+        check_len("gemm_gptq_read_only", "out", out.len, m * n)?;
+        if !(1..=8).contains(&m) || !self.gemv_fits(w) {
+            return Err(Error::cuda(format!(
+                "gemm_gptq_read_only: {m} rows of a {n} x {k} int{} weight take no decode \
+                 kernel (1 to 8 rows and the shapes of the streaming kernel)",
+                w.bits
+            )));
+        }
+        let xv = x.slice.slice(0..m * k);
+        let mut ov = out.slice.slice_mut(0..m * n);
+        self.gptq_gemv(&xv, w, None, m, &mut ov, true)
     }
 
     /// `gptq_dequantize_w*`: W[n0..n0 + n_cols] of `w` as 16-bit rows into `out`.
@@ -914,7 +988,7 @@ impl CudaBackend {
                 let rows = (m - r0).min(16);
                 let xv = x.slice.slice(r0 * k..(r0 + rows) * k);
                 let mut ov = out.slice.slice_mut(r0 * n..(r0 + rows) * n);
-                self.gptq_gemv(&xv, w, None, rows, &mut ov)?;
+                self.gptq_gemv(&xv, w, None, rows, &mut ov, false)?;
             }
             return Ok(());
         }

@@ -7,6 +7,7 @@ pub mod compile;
 mod gptq_linear;
 pub use gptq_linear::GemvKernel;
 mod gptq_solve;
+mod launch;
 pub mod probe;
 mod staging;
 
@@ -49,6 +50,11 @@ pub struct CudaOptions {
     /// stream, which CUDA cannot record graphs on (`Backend::record`). Default: on, unless
     /// the environment sets `HYQ_CUDA_GRAPHS=0`.
     pub own_stream: bool,
+    /// Launch the decode GEMVs as programmatic dependent launches (src/backend/cuda/launch.rs)
+    /// on devices that have them (compute capability 9.0 and later; ignored below), so that
+    /// each starts loading its weights while the small kernel before it runs. Default: on,
+    /// unless the environment sets `HYQ_PDL=0`.
+    pub pdl: bool,
 }
 
 impl Default for CudaOptions {
@@ -57,6 +63,7 @@ impl Default for CudaOptions {
             ordinal: 0,
             kernel_cache: None,
             own_stream: graphs_asked(),
+            pdl: std::env::var_os("HYQ_PDL").is_none_or(|v| v != "0"),
         }
     }
 }
@@ -139,6 +146,9 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     /// `stream` is the backend's own (`CudaOptions::own_stream`), not the legacy default.
     own_stream: bool,
+    /// Decode GEMVs go out as programmatic dependent launches (`CudaOptions::pdl` on a
+    /// device of compute capability 9.0 or later).
+    pdl: bool,
     blas: CudaBlas,
     cc: (i32, i32),
     sm_count: u32,
@@ -249,6 +259,7 @@ impl CudaBackend {
                 ctx,
                 stream,
                 own_stream: opts.own_stream,
+                pdl: opts.pdl && cc.0 >= 9,
                 blas,
                 cc,
                 sm_count,
@@ -279,6 +290,12 @@ impl CudaBackend {
 
     pub fn compute_capability(&self) -> (i32, i32) {
         self.cc
+    }
+
+    /// Whether decode GEMVs go out as programmatic dependent launches (`CudaOptions::pdl`
+    /// and a device of compute capability 9.0 or later).
+    pub fn pdl(&self) -> bool {
+        self.pdl
     }
 
     pub fn total_memory(&self) -> u64 {
