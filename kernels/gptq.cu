@@ -524,6 +524,18 @@ __device__ __forceinline__ u64 stream_weight_offset(u32 qb, u32 tig, u32 n, u32 
     }
 }
 
+// x rows 0..m-1, k = k_base .. k_base + k_len - 1 (a multiple of 8), into xs [m][xstride]
+// halves: thread `tid` of `threads` copies the 16-byte chunks tid, tid + threads, ...
+__device__ __forceinline__ void stage_x_rows(const u16* __restrict__ x, u16* xs, u32 m, u32 k_in, u32 k_base,
+                                             u32 k_len, u32 xstride, u32 tid, u32 threads) {
+    const u32 per_row = k_len / 8u;
+    for (u32 i = tid; i < m * per_row; i += threads) {
+        const u32 b = i / per_row, c = i % per_row;
+        *reinterpret_cast<U32x4*>(xs + b * xstride + c * 8u) =
+            *reinterpret_cast<const U32x4*>(x + (u64)b * k_in + k_base + c * 8u);
+    }
+}
+
 // L2 prefetch of one lane's 16 bytes of a later quad (a hint: nothing comes back to the lane).
 __device__ __forceinline__ void prefetch_l2(const int* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
@@ -622,14 +634,7 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
     pdl_wait();  // x, part and counters belong to the kernels before (see common.cuh)
 
     // x rows 0..m-1 of the block's K slice into shared memory while the ring fills.
-    {
-        const u32 per_row = k_len / 8u;
-        for (u32 i = tid; i < m * per_row; i += threads) {
-            const u32 b = i / per_row, c = i % per_row;
-            *reinterpret_cast<U32x4*>(xs + b * xstride + c * 8u) =
-                *reinterpret_cast<const U32x4*>(x + (u64)b * k_in + k_base + c * 8u);
-        }
-    }
+    stage_x_rows(x, xs, m, k_in, k_base, k_len, xstride, tid, threads);
     __syncthreads();
 
     // Shared-space byte addresses of the lane's x: mma: x row bg*8 + gid (B column gid);
@@ -984,6 +989,243 @@ __device__ __forceinline__ void gptq_gemv_async(const u16* __restrict__ x, const
 GEMV_ASYNC_DEPTH(4)
 GEMV_ASYNC_DEPTH(8)
 GEMV_ASYNC_DEPTH(16)
+#endif
+
+// ------------------------------------------------------------------------------------------
+// Decode through the bulk copy engine (`gptq_gemv_bulk_w<B>_m8_s<S>_*`, an experiment, sm_90
+// and later: in the `gptq_experiments` module only). The streaming kernel's loads-only twin
+// reads a 7B layer at ~2 TB/s (docs/cuda.md): its register ring keeps too few bytes in flight.
+// Here the weights travel by `cp.async.bulk` (the Hopper bulk copy engine, no registers, one
+// instruction per 512-byte row piece) into a ring of S stages in shared memory per K warp
+// group, each stage C = 4 quads: 4 x 4 packed rows x the block's 128 columns (8 KiB) plus the
+// scale and zero rows of every quad that starts a group (or the warp group's range). One
+// producer warp (its lane 0) issues the copies; a stage's `full` mbarrier counts its bytes
+// (expect_tx / complete_tx), its `empty` mbarrier the consumer warps done with it.
+// The consumers are the streaming kernel's warps (4 across 128 columns x KW along K, the same
+// K ranges, quads in the same order, the same dequantization and mma, the same sums), so the
+// output is bit-identical to `gptq_gemv_stream_*` at the same K split; only where the bytes
+// wait differs. The producer starts copying before `pdl_wait` (the weights are constant).
+// Block: 32 * (4 * KW + 1) threads, flat; shared memory: the barriers (256 B), KW * S stages,
+// then the x slice (the per-warp sums reuse the stages).
+#define GB_C 4u                                  // quads per stage
+#define GB_ROW 512u                              // bytes of one packed row of 128 columns
+#define GB_SLOT 384u                             // a quad's scale row (256 B) and zero row (<= 128 B)
+#define GB_STAGE (GB_C * 4u * GB_ROW + GB_C * GB_SLOT)
+#define GB_BARRIERS 256u
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    u32 done;
+    do {
+        asm volatile(
+            "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\tselp.u32 %0, 1, 0, p;\n\t}"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+// `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to shared memory,
+// completing that many bytes of the transaction count of mbarrier `bar`.
+__device__ __forceinline__ void bulk_to_shared(u32 dst, const void* src, u32 bytes, u32 bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+
+template <u32 BITS, u32 KIND, u32 S, bool TILED>
+__device__ __forceinline__ void gptq_gemv_bulk(const u16* __restrict__ x, const int* __restrict__ qweight,
+                                               const int* __restrict__ qzeros, const u16* __restrict__ scales,
+                                               float* __restrict__ out, float* __restrict__ part,
+                                               u32* __restrict__ counters, u32 m, u32 n_out, u32 k_in,
+                                               u32 group_len, u32 quads_per_split) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr u32 PF = 32u / BITS, KQ = 4u * PF, HP = PF / 2u;
+    extern __shared__ __align__(128) unsigned char gb_smem[];
+    __shared__ u32 is_last;
+    const u32 tid = threadIdx.x, threads = blockDim.x, lane = tid & 31u, warp = tid >> 5;
+    const u32 n_kw = (threads / 32u - 1u) / 4u, producer = 4u * n_kw;
+    const u32 gid = lane >> 2, tig = lane & 3u;
+    const u32 quads = k_in / KQ;
+    const u32 q_lo = min(quads, blockIdx.y * quads_per_split);
+    const u32 q_hi = min(quads, q_lo + quads_per_split);
+    const u32 per_warp = (q_hi - q_lo + n_kw - 1u) / n_kw;
+    const u32 nb0 = blockIdx.x * GS_COLS, cols = min(GS_COLS, n_out - nb0);
+    const u32 tiles = cols / GV_COLS;  // active warps per K group (n_out is a multiple of 32)
+    const u32 quads_per_group = group_len / KQ;
+    const u32 k_base = q_lo * KQ, k_len = (q_hi - q_lo) * KQ;
+    const u32 xstride = ((k_len + 63u) & ~63u) + KQ;
+    const u32 smem0 = (u32)__cvta_generic_to_shared(gb_smem);
+    const u32 stage0 = smem0 + GB_BARRIERS;
+    u16* xs = reinterpret_cast<u16*>(gb_smem + GB_BARRIERS + n_kw * S * GB_STAGE);
+    float* red = reinterpret_cast<float*>(gb_smem + GB_BARRIERS);  // [KW][8][GS_COLS], after the loop
+    // Barriers: full[kw][s] at 8 * (kw * S + s), empty[kw][s] 128 bytes further.
+    auto full_bar = [&](u32 kw, u32 st) { return smem0 + 8u * (kw * S + st); };
+    auto empty_bar = [&](u32 kw, u32 st) { return smem0 + 128u + 8u * (kw * S + st); };
+    auto range = [&](u32 kw, u32* qb, u32* qe) {
+        *qb = min(q_hi, q_lo + kw * per_warp);
+        *qe = min(q_hi, *qb + per_warp);
+    };
+    // A quad whose constants are new: the first of its warp group's range or of a group.
+    auto fresh = [&](u32 q, u32 qb) { return q == qb || q % quads_per_group == 0u; };
+
+    if (tid == 0u) {
+        for (u32 i = 0; i < n_kw * S; ++i) {
+            mbar_init(smem0 + 8u * i, 1u);
+            mbar_init(smem0 + 128u + 8u * i, tiles);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+
+    // Producer: stage t of warp group kw (quads qb + C t ...) into ring slot t % S.
+    const u32 row_bytes = cols * 4u, s_bytes = cols * 2u, z_bytes = cols / PF * 4u;
+    auto issue = [&](u32 kw, u32 t) {
+        u32 qb, qe;
+        range(kw, &qb, &qe);
+        const u32 q0 = qb + t * GB_C, cnt = min(GB_C, qe - q0), st = t % S;
+        const u32 dst = stage0 + (kw * S + st) * GB_STAGE, bar = full_bar(kw, st);
+        u32 bytes = cnt * 4u * row_bytes;
+        for (u32 i = 0; i < cnt; ++i)
+            if (fresh(q0 + i, qb)) bytes += s_bytes + z_bytes;
+        mbar_expect_tx(bar, bytes);
+        if constexpr (TILED) {
+            // The column tile's packed rows 4 q0 .. 4 (q0 + cnt) - 1 are one contiguous run.
+            bulk_to_shared(dst, qweight + ((u64)blockIdx.x * (k_in / PF) + 4u * q0) * GS_COLS, cnt * 4u * GB_ROW,
+                           bar);
+        }
+        for (u32 i = 0; i < cnt; ++i) {
+            const u32 q = q0 + i;
+            if constexpr (!TILED) {
+                for (u32 r = 0; r < 4u; ++r)
+                    bulk_to_shared(dst + (i * 4u + r) * GB_ROW, qweight + (u64)(4u * q + r) * n_out + nb0,
+                                   row_bytes, bar);
+            }
+            if (fresh(q, qb)) {
+                const u32 g = q / quads_per_group, slot = dst + GB_C * 4u * GB_ROW + i * GB_SLOT;
+                bulk_to_shared(slot, scales + (u64)g * n_out + nb0, s_bytes, bar);
+                bulk_to_shared(slot + 256u, qzeros + (u64)g * (n_out / PF) + nb0 / PF, z_bytes, bar);
+            }
+        }
+    };
+    auto stages_of = [&](u32 kw) {
+        u32 qb, qe;
+        range(kw, &qb, &qe);
+        return (qe - qb + GB_C - 1u) / GB_C;
+    };
+    if (warp == producer && lane == 0u) {
+        for (u32 t = 0; t < S; ++t)
+            for (u32 kw = 0; kw < n_kw; ++kw)
+                if (t < stages_of(kw)) issue(kw, t);
+    }
+
+    pdl_wait();  // x, part and counters belong to the kernels before (see common.cuh)
+    stage_x_rows(x, xs, m, k_in, k_base, k_len, xstride, tid, threads);
+    __syncthreads();
+
+    float acc[2][4];
+#pragma unroll
+    for (u32 t = 0; t < 2; ++t)
+#pragma unroll
+        for (u32 e = 0; e < 4; ++e) acc[t][e] = 0.0f;
+    const u32 tile = warp % 4u, kw = warp / 4u;
+    if (warp == producer) {
+        if (lane == 0u) {
+            u32 most = 0;
+            for (u32 k = 0; k < n_kw; ++k) most = max(most, stages_of(k));
+            for (u32 t = S; t < most; ++t)
+                for (u32 k = 0; k < n_kw; ++k)
+                    if (t < stages_of(k)) {
+                        mbar_wait(empty_bar(k, t % S), (t / S - 1u) & 1u);
+                        issue(k, t);
+                    }
+        }
+        __syncwarp();
+    } else if (tile < tiles) {
+        u32 qb, qe;
+        range(kw, &qb, &qe);
+        const u32 n = nb0 + tile * GV_COLS + 4u * gid;
+        const u32 zshift = BITS == 4 ? (n % 8u) * 4u : 0u;
+        const u32 bias2 = (KIND == 1u ? 0x43004300u : 0x64006400u) | (group_len >> 31);
+        u32 x_addr = (u32)__cvta_generic_to_shared(xs) + 2u * (min(gid, m - 1u) * xstride + (4u * qb + tig) * PF - k_base);
+        u32 ca[4], cb[4];
+        const u32 lane_w = tig * GB_ROW + (tile * GV_COLS + 4u * gid) * 4u;
+        const u32 lane_s = (tile * GV_COLS + 4u * gid) * 2u;
+        const u32 lane_z = 256u + (tile * GV_COLS + 4u * gid) / PF * 4u;
+        const u32 nst = stages_of(kw);
+        for (u32 t = 0; t < nst; ++t) {
+            const u32 st = t % S, base = stage0 + (kw * S + st) * GB_STAGE;
+            mbar_wait(full_bar(kw, st), (t / S) & 1u);
+            const u32 q0 = qb + t * GB_C, cnt = min(GB_C, qe - q0);
+#pragma unroll
+            for (u32 i = 0; i < GB_C; ++i) {
+                if (i >= cnt) break;
+                if (fresh(q0 + i, qb)) {
+                    const u32 slot = base + GB_C * 4u * GB_ROW + i * GB_SLOT;
+                    U32x2 sr;
+                    u32 zr;
+                    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(sr.x), "=r"(sr.y) : "r"(slot + lane_s));
+                    asm volatile("ld.shared.u32 %0, [%1];" : "=r"(zr) : "r"(slot + lane_z));
+                    gemv_group_consts<BITS, KIND>(sr, zr, zshift, ca, cb);
+                }
+                const U32x4 w = lds_v4(base + i * 4u * GB_ROW + lane_w);
+                u32 h[4][HP];
+                gemv_dequant_quad<BITS, KIND>(w, ca, cb, bias2, h);
+                u32 xv[HP];
+                lds_x<HP>(x_addr, xv);
+                x_addr += 2u * 4u * PF;
+                gemv_mma_quad<BITS, KIND>(h, xv, acc);
+            }
+            __syncwarp();
+            if (lane == 0u) mbar_arrive(empty_bar(kw, st));
+        }
+    }
+    __syncthreads();  // every stage consumed: the stages take the per-warp sums
+    if (warp < producer) {
+        // C fragment: acc[t][e] is x row 2*tig + (e & 1), column 4*gid + 2*t + (e >> 1).
+#pragma unroll
+        for (u32 t = 0; t < 2; ++t)
+#pragma unroll
+            for (u32 e = 0; e < 4; ++e)
+                red[(kw * 8u + 2u * tig + (e & 1u)) * GS_COLS + tile * GV_COLS + 4u * gid + 2u * t + (e >> 1)] =
+                    acc[t][e];
+    }
+    __syncthreads();
+    gemv_store_sums<8>(red, n_kw, GS_COLS, m, nb0, cols, n_out, out, part, counters, &is_last, tid, threads);
+#else
+    __trap();  // the host launches it on sm_90 and later only
+#endif
+}
+
+#define GEMV_BULK_KERNEL(BITS, KIND, S, TILED, NAME)                                                       \
+    extern "C" __global__ void __launch_bounds__(288) gptq_gemv_bulk_w##BITS##_m8_s##S##_##NAME(           \
+        const u16* x, const int* qweight, const int* qzeros, const u16* scales, float* out, float* part,   \
+        u32* counters, u32 m, u32 n_out, u32 k_in, u32 group_len, u32 quads_per_split) {                   \
+        gptq_gemv_bulk<BITS, KIND, S, TILED>(x, qweight, qzeros, scales, out, part, counters, m, n_out,    \
+                                             k_in, group_len, quads_per_split);                            \
+    }
+// `_tiled`: reads the column-tiled copy of qweight (`gptq_tile_qweight`), one bulk copy of up
+// to 8 KiB per stage instead of 16 of 512 bytes (the engine's cost per copy, not bytes, limits
+// the untiled kernel: docs/cuda.md).
+#define GEMV_BULK_STAGES(BITS, S)                       \
+    GEMV_BULK_KERNEL(BITS, 0, S, false, f16)            \
+    GEMV_BULK_KERNEL(BITS, 1, S, false, bf16)           \
+    GEMV_BULK_KERNEL(BITS, 0, S, true, f16_tiled)       \
+    GEMV_BULK_KERNEL(BITS, 1, S, true, bf16_tiled)
+#ifdef GPTQ_EXPERIMENTS
+GEMV_BULK_STAGES(4, 2)
+GEMV_BULK_STAGES(4, 4)
+GEMV_BULK_STAGES(4, 8)
+GEMV_BULK_STAGES(8, 2)
+GEMV_BULK_STAGES(8, 4)
+GEMV_BULK_STAGES(8, 8)
 #endif
 
 #ifndef GPTQ_EXPERIMENTS

@@ -11,15 +11,18 @@
 #            m = 1 goes to /tmp/best_gemv for the e2e part;
 #   prefetch: pdl_chain_matches_cuda (decode GEMVs as programmatic dependent launches against
 #            plain ones), gptq_gemv_experiments_cuda (the prefetching kernels bit-identical to
-#            production), decode_prefetch_sweep (prefetch distances and the loads-only ceiling
+#            production), decode_feed_sweep (prefetch distances, the bulk-copy kernels and the loads-only ceiling
 #            on the fused 7B layer);
+#   profile: Nsight Compute on decode_feed_profile (the production kernel, its loads-only twin,
+#            two bulk-copy kernels on the gate|up shape at m = 1);
 #   e2e:     scripts/bench_decode_e2e.sh (ms per decode step at the 7B shape, batch 1 and 16) per
 #            variant: shipped (the defaults: fused linears and small ops, device picks, CUDA
 #            graphs), plain (HYQ_RUNNER_FUSE_OPS=0 HYQ_CUDA_GRAPHS=0: the defaults before
 #            2026-12-01), fused (HYQ_CUDA_GRAPHS=0), async (the defaults with
 #            HYQ_GEMV_KERNEL=<label>: HYQ_ASYNC_LABEL, else /tmp/best_gemv), nopdl (HYQ_PDL=0),
-#            pf<D> (HYQ_GEMV_KERNEL=s4k2w1p<D>: the L2-prefetching decode kernel).
-#   usage: scripts/gpu_fused_ops.sh BINDIR tests | BINDIR kernels | BINDIR prefetch |
+#            pf<D> (HYQ_GEMV_KERNEL=s4k2w1p<D>: the L2-prefetching decode kernel), k_<label>
+#            (HYQ_GEMV_KERNEL=<label>, e.g. k_b4k2w1: the bulk-copy decode kernel).
+#   usage: scripts/gpu_fused_ops.sh BINDIR tests | BINDIR kernels | BINDIR prefetch | BINDIR profile |
 #          BINDIR e2e [shipped|plain|fused|async|nopdl|pf<D> ...]
 # BINDIR: stripped backend_ops, runner_fused and hy-quant (scripts/stage_gpu_bins.sh). HYQ_PRESET
 # (default hy-mt1.5-7b) and HYQ_DEVICE=cpu try the e2e part without a GPU on a small preset.
@@ -48,12 +51,25 @@ case $part in
     echo "best asynchronous variant at m = 1 (fused layer): $(cat /tmp/best_gemv)"
     ;;
   prefetch)
-    timeout 200 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact pdl_chain_matches_cuda \
-      gptq_gemv_experiments_cuda > "$out/prefetch_tests.log" 2>&1; echo "PDL and prefetch tests rc=$?"
-    timeout 300 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact decode_prefetch_sweep \
-      > "$out/decode_prefetch_sweep.log" 2>&1; echo "decode_prefetch_sweep rc=$?"
+    timeout 120 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact pdl_chain_matches_cuda \
+      gptq_gemv_experiments_cuda > "$out/prefetch_tests.log" 2>&1; rc=$?; echo "PDL and feed tests rc=$rc"
+    [ $rc -eq 0 ] || { tail -20 "$out/prefetch_tests.log"; exit 1; }
+    timeout 300 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact decode_feed_sweep \
+      > "$out/decode_feed_sweep.log" 2>&1; echo "decode_feed_sweep rc=$?"
     grep -hE "^test .*(ok|FAILED)$|panicked|bit-identical|rel err" "$out/prefetch_tests.log"
-    grep -E "^decode_prefetch|^\||^\(|m=1:" "$out/decode_prefetch_sweep.log"
+    grep -E "^decode_feed|^\||^\(|m=1:" "$out/decode_feed_sweep.log"
+    ;;
+  profile)
+    # Nsight Compute on decode_feed_profile's second pass (the first warms up): stall reasons,
+    # occupancy and memory throughput of each way of feeding the decode kernel.
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    timeout 300 "$ncu" --clock-control none -k regex:gptq_gemv_ --launch-skip 4 --launch-count 4 \
+      --section SpeedOfLight --section WarpStateStats --section LaunchStats --section Occupancy \
+      --section MemoryWorkloadAnalysis --section SchedulerStats \
+      "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact decode_feed_profile \
+      > "$out/decode-feed-ncu.txt" 2>&1; echo "ncu rc=$?"
+    grep -E "gptq_gemv_|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Block Limit|Stall|Warp Cycles Per Issued|Issued Warp|No Eligible|Active Warps Per|Eligible Warps" \
+      "$out/decode-feed-ncu.txt" | head -120
     ;;
   e2e)
     # Variants to time (default shipped and plain; split them over calls if one would run past the
@@ -67,6 +83,7 @@ case $part in
         async) env=(HYQ_GEMV_KERNEL="${HYQ_ASYNC_LABEL:-$(cat /tmp/best_gemv)}") ;;
         nopdl) env=(HYQ_PDL=0) ;;
         pf*) env=(HYQ_GEMV_KERNEL="s4k2w1p${v#pf}") ;;
+        k_*) env=(HYQ_GEMV_KERNEL="${v#k_}") ;;
         *) echo "unknown variant $v" >&2; exit 2 ;;
       esac
       echo "== $v: ${env[*]}" >&2
@@ -77,5 +94,6 @@ case $part in
     for v in "${variants[@]}"; do echo "== $v"; cat "$out/e2e-$v.txt"; done
     grep -h "CUDA graphs" "$out"/*/*.log 2>/dev/null | sort | uniq -c
     ;;
-  *) echo "usage: $0 BINDIR tests | BINDIR kernels | BINDIR prefetch | BINDIR e2e [VARIANT ...]" >&2; exit 2 ;;
+  *) echo "usage: $0 BINDIR tests | BINDIR kernels | BINDIR prefetch | BINDIR profile | BINDIR e2e [VARIANT ...]" >&2
+     exit 2 ;;
 esac

@@ -2123,6 +2123,17 @@ fn prefetch_variant(k_warps: usize, d: u8) -> GemvKernel {
     }
 }
 
+/// The bulk-copy decode kernel (an experiment, sm_90): `stages` stages per K warp group,
+/// `tiled`: reading the column-tiled weight.
+fn bulk_variant(stages: usize, k_warps: usize, tiled: bool) -> GemvKernel {
+    GemvKernel::Bulk {
+        stages,
+        k_warps,
+        waves: 1,
+        tiled,
+    }
+}
+
 /// The host side of `CudaBackend::tiled_qweight` for a [rows, n] packed weight: column tile t
 /// (128 columns) holds packed row r of its columns at ints (t * rows + r) * 128.
 fn tile_qweight_host(q: &[i32], n: usize) -> Vec<i32> {
@@ -2183,9 +2194,10 @@ fn gptq_tile_qweight_cuda() {
     assert!(err.contains("multiple of 128"), "{err}");
 }
 
-/// The decode experiments (kernels/gptq.cu, GEMV_STREAM_EXPERIMENTS) compute exactly what the
-/// production streaming kernel computes: at every forced K split size (so the same K slices
-/// and the same summation order) each register-capped, column-tiled and prefetching variant gives output
+/// The decode experiments (kernels/gptq.cu, GEMV_STREAM_EXPERIMENTS, GEMV_BULK_KERNEL) compute
+/// exactly what the production streaming kernel computes: at every forced K split size (so the
+/// same K slices and the same summation order) each register-capped, column-tiled,
+/// prefetching and bulk-copy variant (the last on sm_90 only) gives output
 /// bit-identical to its base variant (same ring and K warps), for int4/int8, f16/bf16, g16 to
 /// per-channel, 1 to 8 rows, 1 to 3 column blocks (and N = 96: capped only), K an odd number
 /// of quads; at the automatic split (which follows each variant's occupancy) all within 1e-5 of
@@ -2197,7 +2209,10 @@ fn gptq_gemv_experiments_cuda() {
     let b = cuda();
     let s = stream_variant;
     let pf = prefetch_variant;
+    let bulk = bulk_variant;
     let missing = [
+        bulk(6, 2, false),
+        bulk(4, 3, true),
         s(8, 2, false, 3),
         s(4, 2, true, 2),
         pf(2, 12),
@@ -2249,11 +2264,24 @@ fn gptq_gemv_experiments_cuda() {
                 pf(2, 8),
                 pf(2, 16),
                 pf(2, 32),
+                bulk(4, 2, false),
+                bulk(8, 2, false),
+                bulk(4, 2, true),
+                bulk(8, 2, true),
             ],
         ),
         (
             s(4, 1, false, 0),
-            vec![s(4, 1, false, 3), s(4, 1, true, 0), pf(1, 16)],
+            vec![
+                s(4, 1, false, 3),
+                s(4, 1, true, 0),
+                pf(1, 16),
+                bulk(4, 1, false),
+                bulk(8, 1, false),
+                bulk(4, 1, true),
+                bulk(8, 1, true),
+                bulk(2, 1, false),
+            ],
         ),
         (s(8, 2, false, 0), vec![s(8, 2, true, 0)]),
         (s(8, 1, false, 0), vec![s(8, 1, true, 0)]),
@@ -2335,7 +2363,7 @@ fn gptq_gemv_experiments_cuda() {
         "decode experiments: {identical} forced-split runs bit-identical to their base variant"
     );
     report(
-        "gptq decode experiments (capped, tiled, prefetching), all K splits",
+        "gptq decode experiments (capped, tiled, prefetching, bulk copy), all K splits",
         &b,
         worst,
         1e-5,
@@ -3086,7 +3114,12 @@ fn async_kernels() -> Vec<GemvKernel> {
 fn gemv_kernel_labels_parse_back() {
     let mut all = gemv_kernels();
     all.extend(async_kernels());
-    all.extend([prefetch_variant(2, 8), prefetch_variant(1, 32)]);
+    all.extend([
+        prefetch_variant(2, 8),
+        prefetch_variant(1, 32),
+        bulk_variant(4, 2, false),
+        bulk_variant(8, 1, false),
+    ]);
     for k in all {
         assert_eq!(GemvKernel::parse(&k.label()).unwrap(), k, "{}", k.label());
     }
@@ -3383,21 +3416,21 @@ fn pdl_chain_matches_cuda() {
     println!("pdl_chain_matches_cuda: {runs} chains bit-identical with PDL on and off");
 }
 
-/// The decode stream's ceiling and the L2 prefetch experiment on the fused 7B layer
-/// (q|k|v, o, gate|up, down), W4A16 g128, m = 1 and 8, cold L2, median of 20: cuBLAS bf16,
-/// the production kernel (`s4k2w1`), its prefetching variants (`s4k2w1p8`, `p16`, `p32`) and
-/// its loads-only twin (`gemm_gptq_read_only`: the same grid and loads, no math), with a plain
+/// How the decode kernel is fed, on the fused 7B layer (q|k|v, o, gate|up, down), W4A16 g128,
+/// m = 1 and 8, cold L2, median of 20: cuBLAS bf16, the production kernel (`s4k2w1`), its
+/// L2-prefetching variants (`s4k2w1p8`, `p16`, `p32`), the bulk-copy kernels (`b<stages>k<K
+/// warps>w1`, sm_90) and the production kernel's loads-only twin (`gemm_gptq_read_only`: the same grid and loads, no math), with a plain
 /// read of the same bytes (`copy_device` of the packed weight, read + write counted) for scale.
 /// Each real variant's output is checked against cuBLAS on the dequantized weight. Run alone:
-/// `./backend_ops --ignored --nocapture --test-threads=1 --exact decode_prefetch_sweep`
+/// `./backend_ops --ignored --nocapture --test-threads=1 --exact decode_feed_sweep`
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn decode_prefetch_sweep() {
+fn decode_feed_sweep() {
     let b = cuda();
     let kind = HalfKind::BF16;
     let copy_bw = copy_bandwidth(&b);
     println!(
-        "decode_prefetch_sweep on {}: copy {:.0} GB/s",
+        "decode_feed_sweep on {}: copy {:.0} GB/s",
         b.name(),
         copy_bw / 1e9
     );
@@ -3407,7 +3440,7 @@ fn decode_prefetch_sweep() {
         ("gate|up", 28672, 4096),
         ("down", 4096, 14336),
     ];
-    let variants: Vec<GemvKernel> = [None, Some(8u8), Some(16), Some(32)]
+    let mut variants: Vec<GemvKernel> = [None, Some(8u8), Some(16), Some(32)]
         .into_iter()
         .map(|p| {
             p.map_or_else(
@@ -3416,6 +3449,20 @@ fn decode_prefetch_sweep() {
             )
         })
         .collect();
+    if b.compute_capability().0 >= 9 {
+        for (stages, k_warps, tiled) in [
+            (4, 1, false),
+            (4, 1, true),
+            (8, 1, true),
+            (4, 2, true),
+            (8, 2, true),
+            (2, 1, false),
+            (2, 1, true),
+            (2, 2, true),
+        ] {
+            variants.push(bulk_variant(stages, k_warps, tiled));
+        }
+    }
     let labels: Vec<String> = ["bf16".to_string()]
         .into_iter()
         .chain(variants.iter().map(|v| v.label()))
@@ -3430,6 +3477,7 @@ fn decode_prefetch_sweep() {
         let mut dense = b.zeros::<u16>(n * k).unwrap();
         b.dequantize_gptq(&w, &mut dense).unwrap();
         let mut copy_dst = b.zeros::<i32>(w.qweight.len()).unwrap();
+        let tiled = b.tiled_qweight(&w).unwrap();
         for (mi, &m) in ms.iter().enumerate() {
             let x = b
                 .upload(&halves(kind, &randn(19 + m as u64, m * k, 1.0)))
@@ -3448,17 +3496,21 @@ fn decode_prefetch_sweep() {
             ));
             for &v in &variants {
                 b.set_gemv_kernel(Some(v)).unwrap();
-                b.gemm_gptq(&x, &w, m, &mut out).unwrap();
+                let call = |out: &mut <CudaBackend as Backend>::Buf<f32>| {
+                    if v.is_tiled() {
+                        b.gemm_gptq_tiled(&x, &w, &tiled, m, out).unwrap()
+                    } else {
+                        b.gemm_gptq(&x, &w, m, out).unwrap()
+                    }
+                };
+                call(&mut out);
                 let err = max_abs_diff(&b.download(&out).unwrap(), &want);
                 assert!(
                     err <= 1e-4 * scale,
                     "{name} m={m} {}: err {err} (scale {scale})",
                     v.label()
                 );
-                times.push((
-                    cold_call_us(&b, 20, &mut || b.gemm_gptq(&x, &w, m, &mut out).unwrap()),
-                    bytes,
-                ));
+                times.push((cold_call_us(&b, 20, &mut || call(&mut out)), bytes));
             }
             b.set_gemv_kernel(None).unwrap();
             times.push((
@@ -3502,4 +3554,46 @@ fn decode_prefetch_sweep() {
         }
     }
     println!("(copy: copy_device of qweight alone, bytes read + written; % roofline = bytes / copy bandwidth)");
+}
+
+/// One launch of each way of feeding the decode kernel on the gate|up shape (28672 x 4096,
+/// W4A16 g128, m = 1), after a warm-up launch of each (kernel compilation, occupancy queries):
+/// the production kernel, its loads-only twin and the bulk-copy kernels with the fewest and
+/// the most stages per SM, for Nsight Compute (`scripts/gpu_fused_ops.sh BINDIR profile`).
+/// Checks only that the real kernels agree with the production one to 1e-4.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn decode_feed_profile() {
+    let b = cuda();
+    let kind = HalfKind::BF16;
+    let (n, k, m) = (28672usize, 4096usize, 1usize);
+    let w = random_gptq(&b, 4, n, k, 72);
+    let tiled = b.tiled_qweight(&w).unwrap();
+    let x = b.upload(&halves(kind, &randn(20, m * k, 1.0))).unwrap();
+    let mut out = b.zeros::<f32>(m * n).unwrap();
+    let mut variants = vec![Some(GemvKernel::parse("s4k2w1").unwrap()), None];
+    if b.compute_capability().0 >= 9 {
+        variants.extend([
+            Some(bulk_variant(4, 1, true)),
+            Some(bulk_variant(8, 2, true)),
+        ]);
+    }
+    let mut reference = None;
+    for _pass in 0..2 {
+        for v in &variants {
+            b.set_gemv_kernel(*v).unwrap();
+            match v {
+                None => b.gemm_gptq_read_only(&x, &w, m, &mut out).unwrap(),
+                Some(v) if v.is_tiled() => b.gemm_gptq_tiled(&x, &w, &tiled, m, &mut out).unwrap(),
+                Some(_) => b.gemm_gptq(&x, &w, m, &mut out).unwrap(),
+            }
+            if v.is_some() {
+                let got = b.download(&out).unwrap();
+                let want = reference.get_or_insert_with(|| got.clone());
+                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+                assert!(max_abs_diff(&got, want) <= 1e-4 * scale);
+            }
+        }
+    }
+    b.set_gemv_kernel(None).unwrap();
 }

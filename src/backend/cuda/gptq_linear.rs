@@ -107,6 +107,19 @@ pub enum GemvKernel {
         waves: usize,
         fold: bool,
     },
+    /// An experiment (`gptq_experiments` module, sm_90 and later; elsewhere, and above 8 rows,
+    /// the automatic choice runs): `gptq_gemv_bulk_w<bits>_m8_s<stages>_*`, the streaming
+    /// kernel's warps and sums fed by the bulk copy engine (`cp.async.bulk`) through a ring of
+    /// `stages` (2, 4 or 8) stages of 4 quads per K warp group in shared memory, filled by a
+    /// producer warp. Bit-identical to `Stream` with the same `k_warps` at the same K split.
+    /// `tiled`: reads the column-tiled copy of the weight (`gemm_gptq_tiled`), one copy per
+    /// stage instead of one per 512-byte row piece.
+    Bulk {
+        stages: usize,
+        k_warps: usize,
+        waves: usize,
+        tiled: bool,
+    },
 }
 
 impl GemvKernel {
@@ -165,19 +178,29 @@ impl GemvKernel {
                 waves,
                 fold,
             } => format!("a{depth}k{k_warps}w{waves}{}", if fold { "f" } else { "" }),
+            GemvKernel::Bulk {
+                stages,
+                k_warps,
+                waves,
+                tiled,
+            } => format!(
+                "b{stages}k{k_warps}w{waves}{}",
+                if tiled { "t" } else { "" }
+            ),
         }
     }
 
     /// The kernel a label names (`label`'s inverse for the production variants and the
-    /// prefetching and asynchronous experiments: `step`, `s4k2w1`, `c4k1w1`, `s4k2w1p16`,
-    /// `a8k2w1`, `a8k2w1f`; the tiled and capped experiments are not parsed). For
-    /// `HYQ_GEMV_KERNEL`.
+    /// prefetching, asynchronous and bulk-copy experiments: `step`, `s4k2w1`, `c4k1w1`,
+    /// `s4k2w1p16`, `a8k2w1`, `a8k2w1f`, `b4k2w1`; the tiled and capped experiments are not
+    /// parsed). For `HYQ_GEMV_KERNEL`.
     pub fn parse(label: &str) -> Result<Self> {
         let bad = || {
             Error::cuda(format!(
                 "HYQ_GEMV_KERNEL={label}: not a decode kernel (step, s<unroll>k<k_warps>w<waves>, \
                  c<unroll>k<k_warps>w<waves>, s<unroll>k<k_warps>w<waves>p<prefetch>, \
-                 a<depth>k<k_warps>w<waves>[f], e.g. s4k2w1, s4k2w1p16, a8k2w1f)"
+                 a<depth>k<k_warps>w<waves>[f], b<stages>k<k_warps>w<waves>, e.g. s4k2w1, \
+                 s4k2w1p16, a8k2w1f, b4k2w1)"
             ))
         };
         if label == "step" {
@@ -216,13 +239,22 @@ impl GemvKernel {
                 waves,
                 fold,
             }),
+            "b" => Ok(GemvKernel::Bulk {
+                stages: first,
+                k_warps,
+                waves,
+                tiled: false,
+            }),
             _ => Err(bad()),
         }
     }
 
     /// Whether the kernel reads the column-tiled copy of the weight (`gemm_gptq_tiled`).
     pub fn is_tiled(&self) -> bool {
-        matches!(self, GemvKernel::Stream { tiled: true, .. })
+        matches!(
+            self,
+            GemvKernel::Stream { tiled: true, .. } | GemvKernel::Bulk { tiled: true, .. }
+        )
     }
 
     /// The kernel name suffix of an experimental streaming variant in the `gptq_experiments`
@@ -277,6 +309,12 @@ impl GemvKernel {
 
 /// Output columns per streaming block (GS_COLS in kernels/gptq.cu: 4 warps of 32 columns).
 const GS_COLS: usize = 128;
+
+/// The bulk-copy decode kernel's shared memory (kernels/gptq.cu, GB_*): the mbarriers, then
+/// per K warp group a ring of stages of 4 quads (4 packed rows of 512 bytes each, and a
+/// 384-byte slot of scale and zero rows per quad), then the x slice.
+const GB_BARRIERS: usize = 256;
+const GB_STAGE: usize = 4 * 4 * 512 + 4 * 384;
 
 /// Dynamic shared memory a decode block may use (x slice, then the per-warp sums): under the
 /// 48 KiB that needs no opt-in, with room for the kernel's static bytes.
@@ -394,6 +432,19 @@ impl CudaBackend {
             if !matches!(depth, 4 | 8 | 16) || !matches!(k_warps, 1 | 2) || waves == 0 {
                 return Err(Error::cuda(format!(
                     "no asynchronous decode kernel with depth {depth}, {k_warps} K warps, {waves} waves"
+                )));
+            }
+        }
+        if let Some(GemvKernel::Bulk {
+            stages,
+            k_warps,
+            waves,
+            ..
+        }) = kernel
+        {
+            if !matches!(stages, 2 | 4 | 8) || !matches!(k_warps, 1 | 2) || waves == 0 {
+                return Err(Error::cuda(format!(
+                    "no bulk-copy decode kernel with {stages} stages, {k_warps} K warps, {waves} waves"
                 )));
             }
         }
@@ -534,7 +585,7 @@ impl CudaBackend {
         col_blocks: usize,
         quads: usize,
         (smem, smem_limit): (&dyn Fn(usize) -> usize, usize),
-        (k_warps, waves): (usize, usize),
+        (threads, waves): (u32, usize),
     ) -> Result<usize> {
         let fits = |qps: usize| smem(qps) <= smem_limit;
         let mut max_qps = 1;
@@ -549,7 +600,6 @@ impl CudaBackend {
         }
         // Registers bound the residency; the shared memory of a 64-quad slice stands in for
         // the final one.
-        let threads = (GS_COLS * k_warps) as u32;
         let resident = self.gemv_blocks_per_sm(f, name, threads, smem(64.min(max_qps)))?
             * self.sm_count as usize;
         let splits = (waves * resident / col_blocks).clamp(1, quads.max(1));
@@ -593,7 +643,7 @@ impl CudaBackend {
                     col_blocks,
                     quads,
                     (&smem, limit),
-                    (k_warps, waves),
+                    ((GS_COLS * k_warps) as u32, waves),
                 )?;
                 Ok(GemvPlan {
                     file: compile::GPTQ_EXPERIMENTS,
@@ -601,6 +651,60 @@ impl CudaBackend {
                     grid: (col_blocks, quads.div_ceil(qps)),
                     block: (GS_COLS as u32, k_warps as u32),
                     smem: smem(qps.min(quads)),
+                    qps,
+                    counters: col_blocks,
+                    name,
+                })
+            }
+            GemvKernel::Bulk { .. } if rows > 8 || self.cc.0 < 9 => {
+                self.gemv_plan(w, rows, GemvKernel::auto(rows))
+            }
+            GemvKernel::Bulk {
+                stages,
+                k_warps,
+                waves,
+                tiled,
+            } => {
+                if tiled && n % GS_COLS != 0 {
+                    return Err(Error::cuda(format!(
+                        "decode experiment {}: the column-tiled weight needs out_features a \
+                         multiple of {GS_COLS}, not {n}",
+                        kernel.label()
+                    )));
+                }
+                let name = format!(
+                    "gptq_gemv_bulk_w{}_m8_s{stages}_{kind}{}",
+                    w.bits,
+                    if tiled { "_tiled" } else { "" }
+                );
+                let f = self.func(&compile::GPTQ_EXPERIMENTS, &name)?;
+                let limit = self.opt_in_smem(&f, &name)?;
+                let ring = GB_BARRIERS + k_warps * stages * GB_STAGE;
+                let x_slice = |qps: usize| rows * x_pitch(qps, kq) * 2;
+                if ring + x_slice(1) > limit {
+                    // The ring does not fit this device's shared memory.
+                    return self.gemv_plan(w, rows, GemvKernel::auto(rows));
+                }
+                let col_blocks = n.div_ceil(GS_COLS);
+                // The streaming kernel's K splits (the same x-slice limit), so that the two
+                // agree bit for bit at a forced split; the ring comes on top.
+                let qps = self.stream_quads_per_split(
+                    &f,
+                    &name,
+                    col_blocks,
+                    quads,
+                    (
+                        &|qps| ring + stream_smem_bytes(rows, mb, qps, kq, k_warps),
+                        ring + GV_SMEM_LIMIT,
+                    ),
+                    ((32 * (4 * k_warps + 1)) as u32, waves),
+                )?;
+                Ok(GemvPlan {
+                    file: compile::GPTQ_EXPERIMENTS,
+                    tiled,
+                    grid: (col_blocks, quads.div_ceil(qps)),
+                    block: ((32 * (4 * k_warps + 1)) as u32, 1),
+                    smem: ring + x_slice(qps.min(quads)),
                     qps,
                     counters: col_blocks,
                     name,
@@ -669,7 +773,7 @@ impl CudaBackend {
                         &|qps| stream_smem_bytes(rows, mb, qps, kq, k_warps),
                         GV_SMEM_LIMIT,
                     ),
-                    (k_warps, waves),
+                    ((GS_COLS * k_warps) as u32, waves),
                 )?;
                 Ok(GemvPlan {
                     file,
