@@ -228,9 +228,11 @@ __device__ __forceinline__ void gemv_dequant_quad(U32x4 w, const u32* ca, const 
 }
 
 // One quad against 8 rows of x on tensor cores: xv the lane's PF halves of x row gid (B column
-// gid), acc the two 16x8 C fragments (columns 4*gid + 2*t + ...) of those 8 rows.
-template <u32 BITS, u32 KIND>
-__device__ __forceinline__ void gemv_mma_quad(const u32 (*h)[16u / BITS], const u32* xv, float (*acc)[4]) {
+// gid), acc the two 16x8 C fragments (columns 4*gid + 2*t + ...) of those 8 rows. SUM_X: one
+// more mma with all-ones A adds the same x to `sum_x` (element e: x row 2*tig + (e & 1)).
+template <u32 BITS, u32 KIND, bool SUM_X = false>
+__device__ __forceinline__ void gemv_mma_quad(const u32 (*h)[16u / BITS], const u32* xv, float (*acc)[4],
+                                              float* sum_x = nullptr) {
     constexpr u32 KSTEPS = 32u / BITS / 4u;  // k16 steps per quad
 #pragma unroll
     for (u32 s = 0; s < KSTEPS; ++s) {
@@ -241,6 +243,10 @@ __device__ __forceinline__ void gemv_mma_quad(const u32 (*h)[16u / BITS], const 
         for (u32 t = 0; t < 2; ++t)
             mma_16816<KIND>(acc[t], h[2 * t][2 * s], h[2 * t + 1][2 * s], h[2 * t][2 * s + 1],
                             h[2 * t + 1][2 * s + 1], b0, b1);
+        if constexpr (SUM_X) {
+            const u32 one2 = KIND == 1u ? 0x3f803f80u : 0x3c003c00u;
+            mma_16816<KIND>(sum_x, one2, one2, one2, one2, b0, b1);
+        }
     }
 }
 
@@ -545,7 +551,15 @@ __device__ __forceinline__ void prefetch_l2(const int* p) { asm volatile("prefet
 // between DRAM and L2 without costing registers; the ring's loads then mostly hit L2.
 // READONLY (a benchmark, never a result): the same grid, lanes, loads and sums, but the math
 // is an XOR of the loaded words, so its time is what the loads alone cost this layout.
-template <u32 BITS, u32 MB, u32 KIND, u32 U, bool FFMA, bool TILED, u32 PFD = 0u, bool READONLY = false>
+// FOLD (an experiment; int4, tensor cores, MB = 8): the asynchronous kernel's folded math on
+// this kernel's loads. Per pair of weights only the magic-number lop3: the mma sums
+// (bias + q) * x over a group in f32, a second mma with all-ones A sums x, and at the group's
+// end s * (sum - (bias + z) * sum_x) joins the lane's total. About 40% fewer instructions per
+// weight; the weights are never rounded to half(s * (q - z)), so the result is the exact
+// product to f32 rounding plus the bias cancellation (the host allows it where
+// group_len * bias <= 2^17, `fold_fits`), not bit-identical to the production kernel.
+template <u32 BITS, u32 MB, u32 KIND, u32 U, bool FFMA, bool TILED, u32 PFD = 0u, bool READONLY = false,
+          bool FOLD = false>
 __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, const int* __restrict__ qweight,
                                                  const int* __restrict__ qzeros, const u16* __restrict__ scales,
                                                  float* __restrict__ out, float* __restrict__ part,
@@ -648,10 +662,59 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
     // One quad from slot u; the slot is refilled (with the quad U further) as soon as its
     // words are dequantized.
     u32 xor_sum = 0u;  // READONLY
+    // FOLD: tot the scaled sums of the finished groups, sum_x the group's sums of x, sf / zf
+    // its scales and bias + zeros (column 4*gid + c); acc holds the group's sums.
+    float tot[2][4], sum_x[4], sf[4], zf[4];
+    if constexpr (FOLD) {
+        static_assert(BITS == 4u && MB == 8u && !FFMA, "the folded math is int4, tensor cores, 8 rows");
+#pragma unroll
+        for (u32 e = 0; e < 4; ++e) {
+            tot[0][e] = tot[1][e] = sum_x[e] = 0.0f;
+            sf[e] = zf[e] = 0.0f;
+        }
+    }
+    // FOLD: the finished group into tot (harmless before the first: everything is zero).
+    auto fold_flush = [&]() {
+#pragma unroll
+        for (u32 t = 0; t < 2; ++t)
+#pragma unroll
+            for (u32 e = 0; e < 4; ++e) {
+                const u32 c = 2u * t + (e >> 1);
+                tot[t][e] = fmaf(sf[c], fmaf(-zf[c], sum_x[e & 1u], acc[0][t][e]), tot[t][e]);
+                acc[0][t][e] = 0.0f;
+            }
+#pragma unroll
+        for (u32 e = 0; e < 4; ++e) sum_x[e] = 0.0f;
+    };
     auto consume = [&](u32 u, bool refill_checked) {
         if constexpr (READONLY) {
             xor_sum ^= wq[u].x ^ wq[u].y ^ wq[u].z ^ wq[u].w ^ (fresh[u] ? sr[u].x ^ zr[u] : 0u);
             load_slot(u, false, refill_checked);
+            return;
+        }
+        if constexpr (FOLD) {
+            if (fresh[u]) {
+                fold_flush();
+                const float bias = KIND == 1u ? 128.0f : 1024.0f;
+                const u32 z4 = zr[u] >> zshift;  // the lane's 4 stored zeros (z - 1)
+                const u32 sw[2] = {sr[u].x, sr[u].y};
+#pragma unroll
+                for (u32 c = 0; c < 4; ++c) {
+                    sf[c] = half_to_f32((u16)(sw[c / 2u] >> (16u * (c % 2u))), KIND);
+                    zf[c] = bias + (float)(((z4 >> (4u * c)) & 15u) + 1u);
+                }
+            }
+            const u32 words[4] = {wq[u].x, wq[u].y, wq[u].z, wq[u].w};
+            u32 h[4][HP];
+#pragma unroll
+            for (u32 c = 0; c < 4; ++c)
+#pragma unroll
+                for (u32 i = 0; i < HP; ++i) h[c][i] = ((words[c] >> (4u * i)) & 0x000f000fu) | bias2;
+            load_slot(u, false, refill_checked);
+            u32 xv[HP];
+            lds_x<HP>(x_addr[0], xv);
+            x_addr[0] += 2u * 4u * PF;
+            gemv_mma_quad<BITS, KIND, true>(h, xv, acc[0], sum_x);
             return;
         }
         if (fresh[u]) gemv_group_consts<BITS, KIND>(sr[u], zr[u], zshift, ca, cb);
@@ -686,6 +749,13 @@ __device__ __forceinline__ void gptq_gemv_stream(const u16* __restrict__ x, cons
     }
     __syncthreads();  // xs is free: the same memory takes the per-warp sums
     if constexpr (READONLY) acc[0][0][0] = accf[0][0] = __uint_as_float(xor_sum);
+    if constexpr (FOLD) {
+        fold_flush();
+#pragma unroll
+        for (u32 t = 0; t < 2; ++t)
+#pragma unroll
+            for (u32 e = 0; e < 4; ++e) acc[0][t][e] = tot[t][e];
+    }
 
     if constexpr (FFMA) {
         // The 4 lanes of a column group hold different packed rows of the same columns.
@@ -1244,17 +1314,18 @@ GEMV_STREAM_BITS(8)
 //   do more bytes in flight between DRAM and L2, at no register cost, speed the stream up?
 // - `_readonly` (ring 4): the loads without the math (READONLY; its output is meaningless),
 //   the ceiling of this grid and lane layout. Reached only through `gemm_gptq_read_only`.
+// - `_fold`: see FOLD at `gptq_gemv_stream`.
 // For ring 4 every combination of the first two, for ring 8 the tiled one only.
-#define GEMV_STREAM_EXPERIMENT_X(BITS, KIND, U, TILED, PFD, RO, BOUNDS, NAME)                           \
+#define GEMV_STREAM_EXPERIMENT_X(BITS, KIND, U, TILED, PFD, RO, FOLD, BOUNDS, NAME)                      \
     extern "C" __global__ void BOUNDS gptq_gemv_stream_w##BITS##_m8_u##U##_##NAME(                      \
         const u16* x, const int* qweight, const int* qzeros, const u16* scales, float* out,             \
         float* part, u32* counters, u32 m, u32 n_out, u32 k_in, u32 group_len, u32 quads_per_split) {    \
-        gptq_gemv_stream<BITS, 8, KIND, U, false, TILED, PFD, RO>(x, qweight, qzeros, scales, out, part,  \
-                                                                  counters, m, n_out, k_in, group_len,    \
-                                                                  quads_per_split);                       \
+        gptq_gemv_stream<BITS, 8, KIND, U, false, TILED, PFD, RO, FOLD>(x, qweight, qzeros, scales, out,  \
+                                                                        part, counters, m, n_out, k_in,   \
+                                                                        group_len, quads_per_split);      \
     }
 #define GEMV_STREAM_EXPERIMENT(BITS, KIND, U, TILED, BOUNDS, NAME) \
-    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, U, TILED, 0u, false, BOUNDS, NAME)
+    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, U, TILED, 0u, false, false, BOUNDS, NAME)
 #define GEMV_STREAM_EXPERIMENTS(BITS, KIND, NAME)                                         \
     GEMV_STREAM_EXPERIMENT(BITS, KIND, 4, false, __launch_bounds__(256, 3), NAME##_cap3)   \
     GEMV_STREAM_EXPERIMENT(BITS, KIND, 4, false, __launch_bounds__(256, 4), NAME##_cap4)   \
@@ -1262,12 +1333,17 @@ GEMV_STREAM_BITS(8)
     GEMV_STREAM_EXPERIMENT(BITS, KIND, 4, true, __launch_bounds__(256, 3), NAME##_tiled_cap3) \
     GEMV_STREAM_EXPERIMENT(BITS, KIND, 4, true, __launch_bounds__(256, 4), NAME##_tiled_cap4) \
     GEMV_STREAM_EXPERIMENT(BITS, KIND, 8, true, __launch_bounds__(256), NAME##_tiled)      \
-    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, 4, false, 8u, false, __launch_bounds__(256), NAME##_pf8)   \
-    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, 4, false, 16u, false, __launch_bounds__(256), NAME##_pf16) \
-    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, 4, false, 32u, false, __launch_bounds__(256), NAME##_pf32) \
-    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, 4, false, 0u, true, __launch_bounds__(256), NAME##_readonly)
+    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, 4, false, 8u, false, false, __launch_bounds__(256), NAME##_pf8)   \
+    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, 4, false, 16u, false, false, __launch_bounds__(256), NAME##_pf16) \
+    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, 4, false, 32u, false, false, __launch_bounds__(256), NAME##_pf32) \
+    GEMV_STREAM_EXPERIMENT_X(BITS, KIND, 4, false, 0u, true, false, __launch_bounds__(256), NAME##_readonly)
 GEMV_STREAM_EXPERIMENTS(4, 0, f16)
 GEMV_STREAM_EXPERIMENTS(4, 1, bf16)
+// `_fold` (int4, ring 4 and 8): the folded math (FOLD), where `fold_fits`.
+GEMV_STREAM_EXPERIMENT_X(4, 0, 4, false, 0u, false, true, __launch_bounds__(256), f16_fold)
+GEMV_STREAM_EXPERIMENT_X(4, 1, 4, false, 0u, false, true, __launch_bounds__(256), bf16_fold)
+GEMV_STREAM_EXPERIMENT_X(4, 0, 8, false, 0u, false, true, __launch_bounds__(256), f16_fold)
+GEMV_STREAM_EXPERIMENT_X(4, 1, 8, false, 0u, false, true, __launch_bounds__(256), bf16_fold)
 GEMV_STREAM_EXPERIMENTS(8, 0, f16)
 GEMV_STREAM_EXPERIMENTS(8, 1, bf16)
 

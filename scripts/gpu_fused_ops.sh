@@ -10,8 +10,9 @@
 #            cuBLAS on the 7B shapes); the fastest asynchronous variant on the fused layer at
 #            m = 1 goes to /tmp/best_gemv for the e2e part;
 #   prefetch: pdl_chain_matches_cuda (decode GEMVs as programmatic dependent launches against
-#            plain ones), gptq_gemv_experiments_cuda (the prefetching kernels bit-identical to
-#            production), decode_feed_sweep (prefetch distances, the bulk-copy kernels and the loads-only ceiling
+#            plain ones), gptq_gemv_experiments_cuda (the prefetching and bulk-copy kernels
+#            bit-identical to production), gptq_gemv_async_cuda (the folded kernels against the
+#            exact product), decode_feed_sweep (prefetch distances, the bulk-copy kernels and the loads-only ceiling
 #            on the fused 7B layer);
 #   profile: Nsight Compute on decode_feed_profile (the production kernel, its loads-only twin,
 #            two bulk-copy kernels on the gate|up shape at m = 1);
@@ -51,12 +52,13 @@ case $part in
     echo "best asynchronous variant at m = 1 (fused layer): $(cat /tmp/best_gemv)"
     ;;
   prefetch)
-    timeout 120 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact pdl_chain_matches_cuda \
-      gptq_gemv_experiments_cuda > "$out/prefetch_tests.log" 2>&1; rc=$?; echo "PDL and feed tests rc=$rc"
+    timeout 200 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact pdl_chain_matches_cuda \
+      gptq_gemv_experiments_cuda gptq_gemv_async_cuda > "$out/prefetch_tests.log" 2>&1; rc=$?
+    echo "PDL and feed tests rc=$rc"
     [ $rc -eq 0 ] || { tail -20 "$out/prefetch_tests.log"; exit 1; }
     timeout 300 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact decode_feed_sweep \
       > "$out/decode_feed_sweep.log" 2>&1; echo "decode_feed_sweep rc=$?"
-    grep -hE "^test .*(ok|FAILED)$|panicked|bit-identical|rel err" "$out/prefetch_tests.log"
+    grep -hE "^test .*(ok|FAILED)$|panicked|bit-identical|rel err|folded" "$out/prefetch_tests.log"
     grep -E "^decode_feed|^\||^\(|m=1:" "$out/decode_feed_sweep.log"
     ;;
   profile)

@@ -84,7 +84,9 @@ pub enum GemvKernel {
     /// `reg_cap` > 0 caps the registers so that `reg_cap` blocks of 256 threads fit per
     /// multiprocessor (`__launch_bounds__(256, reg_cap)`); `prefetch` > 0 (8, 16 or 32, ring 4,
     /// neither tiled nor capped) has each lane prefetch into L2 the quad that many ahead of
-    /// the one it loads. Production: false, 0, 0.
+    /// the one it loads; `fold` (int4, tensor cores, ring 4 or 8, nothing else; up to 8 rows,
+    /// where `fold_fits`, otherwise the unfolded kernel or the automatic choice runs) uses the
+    /// folded math of `Async` on this kernel's loads. Production: false, 0, 0, false.
     Stream {
         unroll: usize,
         k_warps: usize,
@@ -93,6 +95,7 @@ pub enum GemvKernel {
         tiled: bool,
         reg_cap: u8,
         prefetch: u8,
+        fold: bool,
     },
     /// An experiment (`gptq_experiments` module; measured slower than `Stream`, docs/cuda.md):
     /// `gptq_gemv_async_w4_m8_d<depth>[_fold]_*` (int4, up to 8 rows; other launches take
@@ -136,6 +139,7 @@ impl GemvKernel {
                 tiled: false,
                 reg_cap: 0,
                 prefetch: 0,
+                fold: false,
             }
         } else {
             GemvKernel::Step
@@ -156,6 +160,7 @@ impl GemvKernel {
                 tiled,
                 reg_cap,
                 prefetch,
+                fold,
             } => {
                 let mut label = format!(
                     "{}{unroll}k{k_warps}w{waves}",
@@ -169,6 +174,9 @@ impl GemvKernel {
                 }
                 if prefetch > 0 {
                     label += &format!("p{prefetch}");
+                }
+                if fold {
+                    label.push('f');
                 }
                 label
             }
@@ -192,12 +200,12 @@ impl GemvKernel {
 
     /// The kernel a label names (`label`'s inverse for the production variants and the
     /// prefetching, asynchronous and bulk-copy experiments: `step`, `s4k2w1`, `c4k1w1`,
-    /// `s4k2w1p16`, `a8k2w1`, `a8k2w1f`, `b4k2w1`; the tiled and capped experiments are not
+    /// `s4k2w1p16`, `s4k2w1f`, `a8k2w1`, `a8k2w1f`, `b4k2w1`; the tiled and capped experiments are not
     /// parsed). For `HYQ_GEMV_KERNEL`.
     pub fn parse(label: &str) -> Result<Self> {
         let bad = || {
             Error::cuda(format!(
-                "HYQ_GEMV_KERNEL={label}: not a decode kernel (step, s<unroll>k<k_warps>w<waves>, \
+                "HYQ_GEMV_KERNEL={label}: not a decode kernel (step, s<unroll>k<k_warps>w<waves>[f], \
                  c<unroll>k<k_warps>w<waves>, s<unroll>k<k_warps>w<waves>p<prefetch>, \
                  a<depth>k<k_warps>w<waves>[f], b<stages>k<k_warps>w<waves>, e.g. s4k2w1, \
                  s4k2w1p16, a8k2w1f, b4k2w1)"
@@ -208,7 +216,7 @@ impl GemvKernel {
         }
         let (head, rest) = label.split_at(label.len().min(1));
         let (rest, fold) = match rest.strip_suffix('f') {
-            Some(r) if head == "a" => (r, true),
+            Some(r) if head == "a" || head == "s" => (r, true),
             _ => (rest, false),
         };
         let (first, rest) = rest.split_once('k').ok_or_else(bad)?;
@@ -232,6 +240,7 @@ impl GemvKernel {
                 tiled: false,
                 reg_cap: 0,
                 prefetch,
+                fold,
             }),
             "a" => Ok(GemvKernel::Async {
                 depth: first,
@@ -249,6 +258,14 @@ impl GemvKernel {
         }
     }
 
+    /// The same kernel without the folded math (`Stream`'s `fold` off; others unchanged).
+    fn unfolded(mut self) -> Self {
+        if let GemvKernel::Stream { fold, .. } = &mut self {
+            *fold = false;
+        }
+        self
+    }
+
     /// Whether the kernel reads the column-tiled copy of the weight (`gemm_gptq_tiled`).
     pub fn is_tiled(&self) -> bool {
         matches!(
@@ -262,7 +279,8 @@ impl GemvKernel {
     /// GEMV_STREAM_EXPERIMENTS), `None` for a production variant, an error for a combination
     /// that is not instantiated. Instantiated (m = 8 tensor-core kernels only): ring 4 with a
     /// cap of 3 or 4 blocks, tiled or not, and tiled without a cap; ring 8 tiled without a cap;
-    /// ring 4 with a prefetch of 8, 16 or 32 quads (not tiled, not capped).
+    /// ring 4 with a prefetch of 8, 16 or 32 quads (not tiled, not capped); ring 4 or 8
+    /// folded (nothing else).
     fn experiment_suffix(&self) -> Result<Option<String>> {
         let GemvKernel::Stream {
             unroll,
@@ -270,31 +288,36 @@ impl GemvKernel {
             tiled,
             reg_cap,
             prefetch,
+            fold,
             ..
         } = *self
         else {
             return Ok(None);
         };
-        if !tiled && reg_cap == 0 && prefetch == 0 {
+        if !tiled && reg_cap == 0 && prefetch == 0 && !fold {
             return Ok(None);
         }
         let exists = !cuda_cores
-            && match (unroll, prefetch) {
-                (4, 0) => matches!(reg_cap, 0 | 3 | 4),
-                (4, 8 | 16 | 32) => !tiled && reg_cap == 0,
-                (8, 0) => tiled && reg_cap == 0,
+            && match (unroll, prefetch, fold) {
+                (4 | 8, 0, true) => !tiled && reg_cap == 0,
+                (4, 0, false) => matches!(reg_cap, 0 | 3 | 4),
+                (4, 8 | 16 | 32, false) => !tiled && reg_cap == 0,
+                (8, 0, false) => tiled && reg_cap == 0,
                 _ => false,
             };
         if !exists {
             return Err(Error::cuda(format!(
                 "no decode experiment kernel for {} (there are: tensor cores, ring 4 tiled and/or \
                  capped at 3 or 4 blocks, ring 4 with a prefetch of 8, 16 or 32 quads, ring 8 \
-                 tiled)",
+                 tiled, ring 4 or 8 folded)",
                 self.label()
             )));
         }
         if prefetch > 0 {
             return Ok(Some(format!("_pf{prefetch}")));
+        }
+        if fold {
+            return Ok(Some("_fold".to_string()));
         }
         let mut suffix = String::new();
         if tiled {
@@ -409,42 +432,53 @@ impl CudaBackend {
     /// (`GemvKernel::auto`). A `Stream` unroll of 4 with more than 8 rows runs with 8; the
     /// experimental variants (`tiled`, `reg_cap`) run up to 8 rows only.
     pub fn set_gemv_kernel(&self, kernel: Option<GemvKernel>) -> Result<()> {
-        if let Some(GemvKernel::Stream {
-            unroll,
-            k_warps,
-            waves,
-            ..
-        }) = kernel
-        {
-            if !matches!(unroll, 4 | 8) || !matches!(k_warps, 1 | 2) || waves == 0 {
+        // (what, its size, whether that size exists, K warps, waves) of the forced kernel.
+        let shape = match kernel {
+            Some(GemvKernel::Stream {
+                unroll,
+                k_warps,
+                waves,
+                ..
+            }) => Some((
+                "streaming",
+                "unroll",
+                unroll,
+                matches!(unroll, 4 | 8),
+                k_warps,
+                waves,
+            )),
+            Some(GemvKernel::Async {
+                depth,
+                k_warps,
+                waves,
+                ..
+            }) => Some((
+                "asynchronous",
+                "depth",
+                depth,
+                matches!(depth, 4 | 8 | 16),
+                k_warps,
+                waves,
+            )),
+            Some(GemvKernel::Bulk {
+                stages,
+                k_warps,
+                waves,
+                ..
+            }) => Some((
+                "bulk-copy",
+                "stages",
+                stages,
+                matches!(stages, 2 | 4 | 8),
+                k_warps,
+                waves,
+            )),
+            Some(GemvKernel::Step) | None => None,
+        };
+        if let Some((what, size_name, size, size_ok, k_warps, waves)) = shape {
+            if !size_ok || !matches!(k_warps, 1 | 2) || waves == 0 {
                 return Err(Error::cuda(format!(
-                    "no streaming decode kernel with unroll {unroll}, {k_warps} K warps, {waves} waves"
-                )));
-            }
-        }
-        if let Some(GemvKernel::Async {
-            depth,
-            k_warps,
-            waves,
-            ..
-        }) = kernel
-        {
-            if !matches!(depth, 4 | 8 | 16) || !matches!(k_warps, 1 | 2) || waves == 0 {
-                return Err(Error::cuda(format!(
-                    "no asynchronous decode kernel with depth {depth}, {k_warps} K warps, {waves} waves"
-                )));
-            }
-        }
-        if let Some(GemvKernel::Bulk {
-            stages,
-            k_warps,
-            waves,
-            ..
-        }) = kernel
-        {
-            if !matches!(stages, 2 | 4 | 8) || !matches!(k_warps, 1 | 2) || waves == 0 {
-                return Err(Error::cuda(format!(
-                    "no bulk-copy decode kernel with {stages} stages, {k_warps} K warps, {waves} waves"
+                    "no {what} decode kernel with {size_name} {size}, {k_warps} K warps, {waves} waves"
                 )));
             }
         }
@@ -629,32 +663,29 @@ impl CudaBackend {
                     "gptq_gemv_async_w4_m8_d{depth}{}_{kind}",
                     if fold { "_fold" } else { "" }
                 );
-                let f = self.func(&compile::GPTQ_EXPERIMENTS, &name)?;
-                let limit = self.opt_in_smem(&f, &name)?;
                 let smem = |qps: usize| async_smem_bytes(rows, qps, depth, k_warps);
-                if smem(1) > limit {
-                    // The rings alone do not fit this device's shared memory.
-                    return self.gemv_plan(w, rows, GemvKernel::auto(rows));
-                }
-                let col_blocks = n.div_ceil(GS_COLS);
-                let qps = self.stream_quads_per_split(
-                    &f,
-                    &name,
-                    col_blocks,
-                    quads,
-                    (&smem, limit),
-                    ((GS_COLS * k_warps) as u32, waves),
-                )?;
-                Ok(GemvPlan {
-                    file: compile::GPTQ_EXPERIMENTS,
-                    tiled: false,
-                    grid: (col_blocks, quads.div_ceil(qps)),
-                    block: (GS_COLS as u32, k_warps as u32),
-                    smem: smem(qps.min(quads)),
-                    qps,
-                    counters: col_blocks,
+                let block = (GS_COLS as u32, k_warps as u32);
+                match self.split_k_plan(
+                    compile::GPTQ_EXPERIMENTS,
                     name,
-                })
+                    &smem,
+                    (&smem, None),
+                    block,
+                    false,
+                    (n, quads, waves),
+                )? {
+                    Some(plan) => Ok(plan),
+                    // The rings alone do not fit this device's shared memory.
+                    None => self.gemv_plan(w, rows, GemvKernel::auto(rows)),
+                }
+            }
+            GemvKernel::Stream { fold: true, .. } if rows > 8 => {
+                self.gemv_plan(w, rows, GemvKernel::auto(rows))
+            }
+            GemvKernel::Stream { fold: true, .. }
+                if w.bits != 4 || !fold_fits(w.group_len, w.half) =>
+            {
+                self.gemv_plan(w, rows, kernel.unfolded())
             }
             GemvKernel::Bulk { .. } if rows > 8 || self.cc.0 < 9 => {
                 self.gemv_plan(w, rows, GemvKernel::auto(rows))
@@ -677,38 +708,26 @@ impl CudaBackend {
                     w.bits,
                     if tiled { "_tiled" } else { "" }
                 );
-                let f = self.func(&compile::GPTQ_EXPERIMENTS, &name)?;
-                let limit = self.opt_in_smem(&f, &name)?;
                 let ring = GB_BARRIERS + k_warps * stages * GB_STAGE;
-                let x_slice = |qps: usize| rows * x_pitch(qps, kq) * 2;
-                if ring + x_slice(1) > limit {
-                    // The ring does not fit this device's shared memory.
-                    return self.gemv_plan(w, rows, GemvKernel::auto(rows));
-                }
-                let col_blocks = n.div_ceil(GS_COLS);
+                let smem = |qps: usize| ring + rows * x_pitch(qps, kq) * 2;
                 // The streaming kernel's K splits (the same x-slice limit), so that the two
                 // agree bit for bit at a forced split; the ring comes on top.
-                let qps = self.stream_quads_per_split(
-                    &f,
-                    &name,
-                    col_blocks,
-                    quads,
-                    (
-                        &|qps| ring + stream_smem_bytes(rows, mb, qps, kq, k_warps),
-                        ring + GV_SMEM_LIMIT,
-                    ),
-                    ((32 * (4 * k_warps + 1)) as u32, waves),
-                )?;
-                Ok(GemvPlan {
-                    file: compile::GPTQ_EXPERIMENTS,
-                    tiled,
-                    grid: (col_blocks, quads.div_ceil(qps)),
-                    block: ((32 * (4 * k_warps + 1)) as u32, 1),
-                    smem: ring + x_slice(qps.min(quads)),
-                    qps,
-                    counters: col_blocks,
+                let split = |qps: usize| ring + stream_smem_bytes(rows, mb, qps, kq, k_warps);
+                let block = ((32 * (4 * k_warps + 1)) as u32, 1);
+                let limit = Some(ring + GV_SMEM_LIMIT);
+                match self.split_k_plan(
+                    compile::GPTQ_EXPERIMENTS,
                     name,
-                })
+                    &smem,
+                    (&split, limit),
+                    block,
+                    tiled,
+                    (n, quads, waves),
+                )? {
+                    Some(plan) => Ok(plan),
+                    // The ring does not fit this device's shared memory.
+                    None => self.gemv_plan(w, rows, GemvKernel::auto(rows)),
+                }
             }
             GemvKernel::Step => {
                 let name = format!("gptq_gemv_w{}_m{mb}_{kind}", w.bits);
@@ -762,31 +781,64 @@ impl CudaBackend {
                     let name = format!("gptq_gemv_stream_w{}_m{mb}_u{unroll}_{kind}", w.bits);
                     (compile::GPTQ, mb, name)
                 };
-                let f = self.func(&file, &name)?;
-                let col_blocks = n.div_ceil(GS_COLS);
-                let qps = self.stream_quads_per_split(
-                    &f,
-                    &name,
-                    col_blocks,
-                    quads,
-                    (
-                        &|qps| stream_smem_bytes(rows, mb, qps, kq, k_warps),
-                        GV_SMEM_LIMIT,
-                    ),
-                    ((GS_COLS * k_warps) as u32, waves),
-                )?;
-                Ok(GemvPlan {
+                let smem = |qps: usize| stream_smem_bytes(rows, mb, qps, kq, k_warps);
+                let block = (GS_COLS as u32, k_warps as u32);
+                let limit = Some(GV_SMEM_LIMIT);
+                let plan = self.split_k_plan(
                     file,
-                    tiled,
-                    grid: (col_blocks, quads.div_ceil(qps)),
-                    block: ((GS_COLS) as u32, k_warps as u32),
-                    smem: stream_smem_bytes(rows, mb, qps.min(quads), kq, k_warps),
-                    qps,
-                    counters: col_blocks,
                     name,
-                })
+                    &smem,
+                    (&smem, limit),
+                    block,
+                    tiled,
+                    (n, quads, waves),
+                )?;
+                // Under the 48 KiB every device has, so always Some.
+                plan.ok_or_else(|| Error::cuda("decode kernel: no room for its shared memory"))
             }
         }
+    }
+
+    /// The launch of a decode kernel with the streaming kernel's grid (`Stream`, `Async`,
+    /// `Bulk`): kernel `name` of `file` with `smem(qps)` bytes of dynamic shared memory for a
+    /// K slice of qps quads and a block of `block` threads; the K split by
+    /// `stream_quads_per_split` with `split` = (shared memory per K slice, limit; `None`: the
+    /// device's opt-in maximum). `None` when one quad's worth does not fit the device.
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn split_k_plan(
+        &self,
+        file: KernelFile,
+        name: String,
+        smem: &dyn Fn(usize) -> usize,
+        split: (&dyn Fn(usize) -> usize, Option<usize>),
+        block: (u32, u32),
+        tiled: bool,
+        (n, quads, waves): (usize, usize, usize),
+    ) -> Result<Option<GemvPlan>> {
+        let f = self.func(&file, &name)?;
+        let limit = self.opt_in_smem(&f, &name)?;
+        if smem(1) > limit {
+            return Ok(None);
+        }
+        let col_blocks = n.div_ceil(GS_COLS);
+        let qps = self.stream_quads_per_split(
+            &f,
+            &name,
+            col_blocks,
+            quads,
+            (split.0, split.1.unwrap_or(limit)),
+            (block.0 * block.1, waves),
+        )?;
+        Ok(Some(GemvPlan {
+            file,
+            tiled,
+            grid: (col_blocks, quads.div_ceil(qps)),
+            block,
+            smem: smem(qps.min(quads)),
+            qps,
+            counters: col_blocks,
+            name,
+        }))
     }
 
     /// The decode launch `gemm_gptq` would make for `rows` <= 16 rows of `w` now (kernel,
@@ -977,20 +1029,8 @@ impl CudaBackend {
         m: usize,
         out: &mut CudaBuf<f32>,
     ) -> Result<()> {
-        let (n, k) = (w.out_features, w.in_features);
-        check_len("gemm_gptq_tiled", "x", x.len, m * k)?;
-        check_len("gemm_gptq_tiled", "out", out.len, m * n)?;
         check_len("gemm_gptq_tiled", "tiled", tiled.len, w.qweight.len)?;
-        if !(1..=8).contains(&m) || !self.gemv_fits(w) {
-            return Err(Error::cuda(format!(
-                "gemm_gptq_tiled: {m} rows of a {n} x {k} int{} weight take no decode kernel \
-                 (1 to 8 rows and the shapes of the streaming kernel)",
-                w.bits
-            )));
-        }
-        let xv = x.slice.slice(0..m * k);
-        let mut ov = out.slice.slice_mut(0..m * n);
-        self.gptq_gemv(&xv, w, Some(tiled), m, &mut ov, false)
+        self.gemv_only("gemm_gptq_tiled", x, w, Some(tiled), m, out, false)
     }
 
     /// A benchmark, never a product: the automatic decode launch for 1 to 8 rows of `w`, with
@@ -1005,19 +1045,35 @@ impl CudaBackend {
         m: usize,
         out: &mut CudaBuf<f32>,
     ) -> Result<()> {
+        self.gemv_only("gemm_gptq_read_only", x, w, None, m, out, true)
+    }
+
+    /// A decode launch for 1 to 8 rows, with no fallback to the dequantize path: the entry of
+    /// the experiments' calls (`gemm_gptq_tiled`, `gemm_gptq_read_only`, named `op` in errors).
+    #[allow(clippy::too_many_arguments)]
+    fn gemv_only(
+        &self,
+        op: &str,
+        x: &CudaBuf<u16>,
+        w: &GptqWeight<Self>,
+        tiled: Option<&CudaBuf<i32>>,
+        m: usize,
+        out: &mut CudaBuf<f32>,
+        read_only: bool,
+    ) -> Result<()> {
         let (n, k) = (w.out_features, w.in_features);
-        check_len("gemm_gptq_read_only", "x", x.len, m * k)?;
-        check_len("gemm_gptq_read_only", "out", out.len, m * n)?;
+        check_len(op, "x", x.len, m * k)?;
+        check_len(op, "out", out.len, m * n)?;
         if !(1..=8).contains(&m) || !self.gemv_fits(w) {
             return Err(Error::cuda(format!(
-                "gemm_gptq_read_only: {m} rows of a {n} x {k} int{} weight take no decode \
-                 kernel (1 to 8 rows and the shapes of the streaming kernel)",
+                "{op}: {m} rows of a {n} x {k} int{} weight take no decode kernel \
+                 (1 to 8 rows and the shapes of the streaming kernel)",
                 w.bits
             )));
         }
         let xv = x.slice.slice(0..m * k);
         let mut ov = out.slice.slice_mut(0..m * n);
-        self.gptq_gemv(&xv, w, None, m, &mut ov, true)
+        self.gptq_gemv(&xv, w, tiled, m, &mut ov, read_only)
     }
 
     /// `gptq_dequantize_w*`: W[n0..n0 + n_cols] of `w` as 16-bit rows into `out`.
