@@ -25,6 +25,7 @@ attention_half(const float* __restrict__ q, const u16* __restrict__ kc, const u1
                const u32* __restrict__ slots, const u32* __restrict__ pos, float* __restrict__ out,
                float* __restrict__ part, u32 heads, u32 kv_heads, u32 head_dim, u32 max_len,
                u32 n_slots, float scale, u32 chunk, u32 kind) {
+    pdl_start();
     __shared__ float sm[ATT_WARPS], sl[ATT_WARPS];
     __shared__ float sacc[ATT_WARPS][256];
     const u32 h = blockIdx.x, r = blockIdx.y;
@@ -103,6 +104,7 @@ attention_half(const float* __restrict__ q, const u16* __restrict__ kc, const u1
 // One block per (head, row): combines the splits of attention_half in split order.
 extern "C" __global__ void attention_merge_f32(const float* __restrict__ part, float* __restrict__ out,
                                                u32 heads, u32 head_dim, u32 splits) {
+    pdl_start();
     const u32 h = blockIdx.x, r = blockIdx.y;
     const float* p = part + ((u64)r * heads + h) * splits * (head_dim + 2);
     float big = -__int_as_float(0x7f800000);

@@ -60,6 +60,14 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #endif
 }
 
+// The first thing a decode step's small kernel does (the host may launch it as a programmatic
+// dependent launch, `CudaOptions::pdl_small`): let the next kernel start, then wait for the
+// kernels before (it reads and writes nothing before that).
+__device__ __forceinline__ void pdl_start() {
+    pdl_launch_dependents();
+    pdl_wait();
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -202,7 +202,7 @@ extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS) argmax_f32(const fl
 }
 
 extern "C" __global__ void to_half_f32(const float* __restrict__ x, u16* __restrict__ out, u64 n, u32 kind) {
-    pdl_launch_dependents();
+    pdl_start();
     const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = f32_to_half(x[i], kind);
 }
@@ -219,6 +219,7 @@ extern "C" __global__ void kv_append_half(const float* __restrict__ k, const flo
                                           const u32* __restrict__ slots, const u32* __restrict__ pos,
                                           u16* __restrict__ kc, u16* __restrict__ vc, u32 rows,
                                           u32 kvd, u32 max_len, u32 n_slots, u32 kind) {
+    pdl_start();
     const u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (u64)rows * kvd) return;
     const u32 r = (u32)(idx / kvd), j = (u32)(idx % kvd);
@@ -261,7 +262,7 @@ template <bool ADD>
 __device__ __forceinline__ void add_rms_norm_half_row(float* __restrict__ x, const float* __restrict__ y,
                                                       const float* __restrict__ w, u16* __restrict__ out,
                                                       u32 rows, u32 dim, float eps, u32 kind) {
-    pdl_launch_dependents();  // a decode GEMV launched next may start loading its weights
+    pdl_start();
     const u32 row = blockIdx.x;
     if (row >= rows) return;
     float* xr = x + (u64)row * dim;
@@ -286,7 +287,7 @@ extern "C" __global__ void rms_norm_half(float* __restrict__ x, const float* __r
 // silu_mul_fused_f32 with a 16-bit output (n = rows * inter).
 extern "C" __global__ void silu_mul_fused_half(const float* __restrict__ gu, u16* __restrict__ out, u64 n,
                                                u32 inter, u32 kind) {
-    pdl_launch_dependents();
+    pdl_start();
     const u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = f32_to_half(silu_mul_fused_at(gu, i, inter), kind);
 }
@@ -302,6 +303,7 @@ extern "C" __global__ void qkv_rope_norm_f32(const float* __restrict__ qkv, cons
                                              const float* __restrict__ k_norm, float* __restrict__ q,
                                              float* __restrict__ k, float* __restrict__ v, u32 heads,
                                              u32 kv_heads, u32 head_dim, float eps, u32 has_norm) {
+    pdl_start();
     const u32 r = blockIdx.x, h = blockIdx.y, i = threadIdx.x;
     const u64 qw = (u64)heads * head_dim, kvw = (u64)kv_heads * head_dim;
     const float* src = qkv + (u64)r * (qw + 2 * kvw) + (u64)h * head_dim;

@@ -5,7 +5,8 @@
 # (every step of a run decodes all its segments unless one finishes early: the JSON lines say).
 # Everything a step does is in it: 32 layers of norms, RoPE, attention, the seven linears, the
 # lm_head, the logits download and the host-side sampling.
-#   usage: scripts/bench_decode_e2e.sh WORKDIR [PRESET]      (HYQ_BIN overrides the binary)
+#   usage: scripts/bench_decode_e2e.sh WORKDIR [PRESET]      (HYQ_BIN overrides the binary;
+#          HYQ_E2E_MODELS, e.g. "rtn4", times only those of synth-PRESET, rtn8, rtn4)
 set -uo pipefail
 bin=${HYQ_BIN:-target/release/hy-quant}
 device=${HYQ_DEVICE:-cuda}   # HYQ_DEVICE=cpu checks the script without a GPU
@@ -14,7 +15,9 @@ out=${OUT:-/tmp/out}; mkdir -p "$work" "$out"
 model=$work/synth-$preset
 [ -f "$model/config.json" ] || "$bin" synth --arch hunyuan-dense --preset "$preset" --dtype bf16 --seed 1 \
   --out "$model" --force > /dev/null
+models=${HYQ_E2E_MODELS:-synth-$preset rtn8 rtn4}
 for bits in 8 4; do
+  case " $models " in *" rtn$bits "*) ;; *) continue ;; esac
   [ -f "$work/rtn$bits/config.json" ] || "$bin" quantize --model "$model" --out "$work/rtn$bits" --method rtn \
     --bits "$bits" --group-size 128 --device "$device" --force > "$out/e2e-quantize-rtn$bits.log" 2>&1
 done
@@ -23,7 +26,7 @@ for _ in $(seq 16); do
   s=""; for _ in $(seq 12); do s+="w$((6 + RANDOM % 1000)) "; done; echo "${s% }"
 done > "$work/segments.txt"
 rows=()
-for name in "synth-$preset" rtn8 rtn4; do
+for name in $models; do
   for batch in 1 16; do
     log=$out/e2e-$name-b$batch
     "$bin" translate --model "$work/$name" --device "$device" --input "$work/segments.txt" --limit "$batch" \

@@ -14,6 +14,8 @@
 #            bit-identical to production), gptq_gemv_async_cuda (the folded kernels against the
 #            exact product), decode_feed_sweep (prefetch distances, the bulk-copy kernels and the loads-only ceiling
 #            on the fused 7B layer);
+#   pdlall:  every GPU op test and runner_fused with HYQ_PDL=all (the decode step's small kernels
+#            as programmatic dependent launches too), runner_fused with the defaults;
 #   profile: Nsight Compute on decode_feed_profile (the production kernel, its loads-only twin,
 #            two bulk-copy kernels on the gate|up shape at m = 1);
 #   e2e:     scripts/bench_decode_e2e.sh (ms per decode step at the 7B shape, batch 1 and 16) per
@@ -21,9 +23,10 @@
 #            graphs), plain (HYQ_RUNNER_FUSE_OPS=0 HYQ_CUDA_GRAPHS=0: the defaults before
 #            2026-12-01), fused (HYQ_CUDA_GRAPHS=0), async (the defaults with
 #            HYQ_GEMV_KERNEL=<label>: HYQ_ASYNC_LABEL, else /tmp/best_gemv), nopdl (HYQ_PDL=0),
+#            pdlgemv / pdlall (HYQ_PDL=gemv / all: PDL for the GEMVs only / the small kernels too),
 #            pf<D> (HYQ_GEMV_KERNEL=s4k2w1p<D>: the L2-prefetching decode kernel), k_<label>
 #            (HYQ_GEMV_KERNEL=<label>, e.g. k_b4k2w1: the bulk-copy decode kernel).
-#   usage: scripts/gpu_fused_ops.sh BINDIR tests | BINDIR kernels | BINDIR prefetch | BINDIR profile |
+#   usage: scripts/gpu_fused_ops.sh BINDIR tests | BINDIR kernels | BINDIR pdlall | BINDIR prefetch | BINDIR profile |
 #          BINDIR e2e [shipped|plain|fused|async|nopdl|pf<D> ...]
 # BINDIR: stripped backend_ops, runner_fused and hy-quant (scripts/stage_gpu_bins.sh). HYQ_PRESET
 # (default hy-mt1.5-7b) and HYQ_DEVICE=cpu try the e2e part without a GPU on a small preset.
@@ -50,6 +53,18 @@ case $part in
     awk -F'|' '$2 ~ /^ 1 $/ && $3 ~ /^ a/ {split($5, t, " "); print t[1], $3}' "$out/decode_async_sweep.log" |
       sort -n | head -1 | awk '{print $2}' > /tmp/best_gemv
     echo "best asynchronous variant at m = 1 (fused layer): $(cat /tmp/best_gemv)"
+    ;;
+  pdlall)
+    # The whole GPU op suite and runner_fused with the decode step's small kernels launched as
+    # programmatic dependent launches too (HYQ_PDL=all), then runner_fused with the defaults.
+    HYQ_PDL=all timeout 300 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --skip bench \
+      --skip sweep --skip timings --skip experiments > "$out/pdl_all_backend_ops.log" 2>&1
+    echo "HYQ_PDL=all backend_ops GPU tests rc=$?"
+    HYQ_PDL=all timeout 200 "$bindir/runner_fused" --ignored --test-threads=1 --nocapture \
+      > "$out/pdl_all_runner_fused.log" 2>&1; echo "HYQ_PDL=all runner_fused rc=$?"
+    timeout 200 "$bindir/runner_fused" --ignored --test-threads=1 --nocapture > "$out/runner_fused.log" 2>&1
+    echo "runner_fused rc=$?"
+    grep -hE "^test result|FAILED|panicked|chains bit-identical" "$out"/pdl_all_*.log "$out/runner_fused.log"
     ;;
   prefetch)
     timeout 200 "$bindir/backend_ops" --ignored --test-threads=1 --nocapture --exact pdl_chain_matches_cuda \
@@ -84,6 +99,8 @@ case $part in
         fused) env=(HYQ_CUDA_GRAPHS=0) ;;
         async) env=(HYQ_GEMV_KERNEL="${HYQ_ASYNC_LABEL:-$(cat /tmp/best_gemv)}") ;;
         nopdl) env=(HYQ_PDL=0) ;;
+        pdlgemv) env=(HYQ_PDL=gemv) ;;
+        pdlall) env=(HYQ_PDL=all) ;;
         pf*) env=(HYQ_GEMV_KERNEL="s4k2w1p${v#pf}") ;;
         k_*) env=(HYQ_GEMV_KERNEL="${v#k_}") ;;
         *) echo "unknown variant $v" >&2; exit 2 ;;

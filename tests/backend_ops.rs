@@ -3373,28 +3373,31 @@ fn decode_async_sweep() {
 }
 
 /// Decode GEMVs launched as programmatic dependent launches (`CudaOptions::pdl`, the default
-/// on sm_90) wait for the kernel before them: a decoder-like chain with no synchronization in
-/// between (x += y, RMS norm to 16 bits, GEMV into y; then y to 16 bits, GEMV again; 12
-/// rounds, each GEMV's input written by the kernel just before it) ends bit-identical with PDL
-/// on and off, for the ring-4 streaming kernel (1 and 8 rows), the step kernel (12 rows), a
-/// prefetching experiment, int4 and int8.
+/// on sm_90), and with `pdl_small` the small kernels too, wait for the kernel before them: a
+/// decoder-like chain with no synchronization in between (x += y, RMS norm to 16 bits, GEMV
+/// into y; then y to 16 bits, GEMV again; 12 rounds, each kernel's input written by the kernel
+/// just before it) ends bit-identical with PDL off, on for the GEMVs, and on for all, for the
+/// ring-4 streaming kernel (1 and 8 rows), the step kernel (12 rows), a prefetching
+/// experiment, int4 and int8.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn pdl_chain_matches_cuda() {
-    let open = |pdl: bool| {
+    let open = |pdl: bool, pdl_small: bool| {
         CudaBackend::new(&CudaOptions {
             pdl,
+            pdl_small,
             ..CudaOptions::default()
         })
         .unwrap()
     };
-    let (on, off) = (open(true), open(false));
-    assert!(!off.pdl());
+    let (on, off, all) = (open(true, false), open(false, false), open(true, true));
+    assert!(!off.pdl() && !off.pdl_small() && !on.pdl_small());
     if on.compute_capability().0 >= 9 {
         assert!(
             on.pdl(),
             "sm_90 device without programmatic dependent launch"
         );
+        assert!(all.pdl() && all.pdl_small());
     } else {
         println!("pdl_chain_matches_cuda: no PDL below sm_90, both runs launch plainly");
     }
@@ -3425,6 +3428,7 @@ fn pdl_chain_matches_cuda() {
             upload_sample(&on, &ql, kind),
             upload_sample(&off, &ql, kind),
         );
+        let w_all = upload_sample(&all, &ql, kind);
         for m in [1usize, 8, 12] {
             let mut kernels = vec![None];
             if bits == 4 && m <= 8 {
@@ -3437,6 +3441,7 @@ fn pdl_chain_matches_cuda() {
                 );
                 let (xa, ya) = chain(&on, &w_on, m, kernel);
                 let (xb, yb) = chain(&off, &w_off, m, kernel);
+                let (xc, yc) = chain(&all, &w_all, m, kernel);
                 assert!(ya.iter().all(|v| v.is_finite()), "{what}: not finite");
                 let same =
                     |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits());
@@ -3444,11 +3449,17 @@ fn pdl_chain_matches_cuda() {
                     same(&xa, &xb) && same(&ya, &yb),
                     "{what}: PDL on and off differ"
                 );
+                assert!(
+                    same(&xc, &xb) && same(&yc, &yb),
+                    "{what}: PDL on for all kernels and off differ"
+                );
                 runs += 1;
             }
         }
     }
-    println!("pdl_chain_matches_cuda: {runs} chains bit-identical with PDL on and off");
+    println!(
+        "pdl_chain_matches_cuda: {runs} chains bit-identical with PDL off, for the GEMVs, for all"
+    );
 }
 
 /// How the decode kernel is fed, on the fused 7B layer (q|k|v, o, gate|up, down), W4A16 g128,

@@ -31,6 +31,18 @@ impl RawArgs {
         self.0.push(u64::from(v));
         self
     }
+
+    /// A 64-bit unsigned value.
+    pub(crate) fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.push(v);
+        self
+    }
+
+    /// A 32-bit float (its bits in the low half).
+    pub(crate) fn f32(&mut self, v: f32) -> &mut Self {
+        self.0.push(u64::from(v.to_bits()));
+        self
+    }
 }
 
 /// Launches `f` on `stream` with `args`; `programmatic`: as a programmatic dependent launch.

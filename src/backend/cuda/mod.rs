@@ -55,6 +55,10 @@ pub struct CudaOptions {
     /// each starts loading its weights while the small kernel before it runs. Default: on,
     /// unless the environment sets `HYQ_PDL=0`.
     pub pdl: bool,
+    /// Launch the small kernels of a decode step (norms, QKV split with RoPE, KV append,
+    /// attention, conversions, SwiGLU) that way too, so that a chain of them, and the GEMV
+    /// after it, start early. Default: `HYQ_PDL=all`.
+    pub pdl_small: bool,
 }
 
 impl Default for CudaOptions {
@@ -64,6 +68,7 @@ impl Default for CudaOptions {
             kernel_cache: None,
             own_stream: graphs_asked(),
             pdl: std::env::var_os("HYQ_PDL").is_none_or(|v| v != "0"),
+            pdl_small: std::env::var_os("HYQ_PDL").is_some_and(|v| v == "all"),
         }
     }
 }
@@ -149,6 +154,8 @@ pub struct CudaBackend {
     /// Decode GEMVs go out as programmatic dependent launches (`CudaOptions::pdl` on a
     /// device of compute capability 9.0 or later).
     pdl: bool,
+    /// So do the decode step's small kernels (`CudaOptions::pdl_small`, same condition).
+    pdl_small: bool,
     blas: CudaBlas,
     cc: (i32, i32),
     sm_count: u32,
@@ -260,6 +267,7 @@ impl CudaBackend {
                 stream,
                 own_stream: opts.own_stream,
                 pdl: opts.pdl && cc.0 >= 9,
+                pdl_small: opts.pdl_small && cc.0 >= 9,
                 blas,
                 cc,
                 sm_count,
@@ -296,6 +304,35 @@ impl CudaBackend {
     /// and a device of compute capability 9.0 or later).
     pub fn pdl(&self) -> bool {
         self.pdl
+    }
+
+    /// Whether the decode step's small kernels go out that way too (`CudaOptions::pdl_small`).
+    pub fn pdl_small(&self) -> bool {
+        self.pdl_small
+    }
+
+    /// The device address of `b`, for `launch::RawArgs` (the context tracks no events, so
+    /// there is nothing to record when the address is used).
+    fn dptr<T: Elem>(&self, b: &CudaBuf<T>) -> u64 {
+        b.slice.device_ptr(&self.stream).0
+    }
+
+    /// Launches one of the decode step's small kernels (each calls `pdl_launch_dependents` and
+    /// `pdl_wait` first, kernels/common.cuh), as a programmatic dependent launch when
+    /// `pdl_small`.
+    ///
+    /// # Safety
+    /// As `launch::launch`.
+    unsafe fn launch_small(
+        &self,
+        f: &cudarc::driver::CudaFunction,
+        cfg: LaunchConfig,
+        args: &mut launch::RawArgs,
+        name: &str,
+    ) -> Result<()> {
+        // SAFETY: the caller's contract.
+        unsafe { launch::launch(&self.stream, f, cfg, args, self.pdl_small) }
+            .map_err(Self::launch_err(name))
     }
 
     pub fn total_memory(&self) -> u64 {
@@ -815,11 +852,10 @@ impl Backend for CudaBackend {
         }
         let f = self.func(&compile::ELEMENTWISE, "to_half_f32")?;
         let (n, kind) = (x.len as u64, half.code());
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&x.slice).arg(&mut out.slice).arg(&n).arg(&kind);
+        let mut a = launch::RawArgs::default();
+        a.ptr(self.dptr(x)).ptr(self.dptr(out)).u64(n).u32(kind);
         // SAFETY: matches to_half_f32.
-        unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("to_half_f32"))?;
-        Ok(())
+        unsafe { self.launch_small(&f, grid_1d(n, 256)?, &mut a, "to_half_f32") }
     }
 
     fn widen_half(&self, x: &CudaBuf<u16>, half: HalfKind, out: &mut CudaBuf<f32>) -> Result<()> {
@@ -915,22 +951,21 @@ impl Backend for CudaBackend {
             as_u32("slots", n_slots)?,
             half.code(),
         );
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&k.slice)
-            .arg(&v.slice)
-            .arg(&slots.slice)
-            .arg(&positions.slice)
-            .arg(&mut k_cache.slice)
-            .arg(&mut v_cache.slice)
-            .arg(&rows_u)
-            .arg(&kvd_u)
-            .arg(&ml)
-            .arg(&ns)
-            .arg(&kind);
+        let mut a = launch::RawArgs::default();
+        a.ptr(self.dptr(k))
+            .ptr(self.dptr(v))
+            .ptr(self.dptr(slots))
+            .ptr(self.dptr(positions))
+            .ptr(self.dptr(k_cache))
+            .ptr(self.dptr(v_cache))
+            .u32(rows_u)
+            .u32(kvd_u)
+            .u32(ml)
+            .u32(ns)
+            .u32(kind);
+        let cfg = grid_1d((rows * kvd) as u64, 256)?;
         // SAFETY: matches kv_append_half; out-of-range rows are skipped by the kernel.
-        unsafe { b.launch(grid_1d((rows * kvd) as u64, 256)?) }
-            .map_err(Self::launch_err("kv_append_half"))?;
-        Ok(())
+        unsafe { self.launch_small(&f, cfg, &mut a, "kv_append_half") }
     }
 
     fn attention(
@@ -976,7 +1011,7 @@ impl Backend for CudaBackend {
         let by_parallelism = (4 * self.sm_count as usize).div_ceil(blocks);
         let splits = by_parallelism.min(shape.max_len.div_ceil(256)).max(1);
         let chunk = as_u32("chunk", shape.max_len.div_ceil(splits))?;
-        let mut part = if splits > 1 {
+        let part = if splits > 1 {
             Some(self.scratch::<f32>(rows * shape.heads * splits * (shape.head_dim + 2))?)
         } else {
             None
@@ -986,29 +1021,25 @@ impl Backend for CudaBackend {
             block_dim: (ATT_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let null: u64 = 0;
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&q.slice)
-            .arg(&k_cache.slice)
-            .arg(&v_cache.slice)
-            .arg(&slots.slice)
-            .arg(&positions.slice)
-            .arg(&mut out.slice);
-        match &mut part {
-            Some(p) => b.arg(&mut p.slice),
-            None => b.arg(&null),
-        };
-        b.arg(&heads)
-            .arg(&kvh)
-            .arg(&hd)
-            .arg(&ml)
-            .arg(&ns)
-            .arg(&scale)
-            .arg(&chunk)
-            .arg(&kind);
-        // SAFETY: matches attention_half (4 warps); shapes checked above; `part` holds
-        // rows x heads x splits x (head_dim + 2) floats when there are several splits.
-        unsafe { b.launch(cfg) }.map_err(Self::launch_err("attention_half"))?;
+        let mut a = launch::RawArgs::default();
+        a.ptr(self.dptr(q))
+            .ptr(self.dptr(k_cache))
+            .ptr(self.dptr(v_cache))
+            .ptr(self.dptr(slots))
+            .ptr(self.dptr(positions))
+            .ptr(self.dptr(out))
+            .ptr(part.as_ref().map_or(0, |p| self.dptr(p)))
+            .u32(heads)
+            .u32(kvh)
+            .u32(hd)
+            .u32(ml)
+            .u32(ns)
+            .f32(scale)
+            .u32(chunk)
+            .u32(kind);
+        // SAFETY: matches attention_half (ATT_THREADS threads); shapes checked above; `part`
+        // holds rows x heads x splits x (head_dim + 2) floats when there are several splits.
+        unsafe { self.launch_small(&f, cfg, &mut a, "attention_half") }?;
         if let Some(p) = &part {
             let f = self.func(&compile::ATTENTION, "attention_merge_f32")?;
             let sp = as_u32("splits", splits)?;
@@ -1017,14 +1048,14 @@ impl Backend for CudaBackend {
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let mut b = self.stream.launch_builder(&f);
-            b.arg(&p.slice)
-                .arg(&mut out.slice)
-                .arg(&heads)
-                .arg(&hd)
-                .arg(&sp);
+            let mut a = launch::RawArgs::default();
+            a.ptr(self.dptr(p))
+                .ptr(self.dptr(out))
+                .u32(heads)
+                .u32(hd)
+                .u32(sp);
             // SAFETY: matches attention_merge_f32.
-            unsafe { b.launch(cfg) }.map_err(Self::launch_err("attention_merge_f32"))?;
+            unsafe { self.launch_small(&f, cfg, &mut a, "attention_merge_f32") }?;
         }
         Ok(())
     }
@@ -1113,21 +1144,20 @@ impl Backend for CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&mut x.slice);
+        let mut a = launch::RawArgs::default();
+        a.ptr(self.dptr(x));
         if let Some(y) = y {
-            b.arg(&y.slice);
+            a.ptr(self.dptr(y));
         }
-        b.arg(&w.slice)
-            .arg(&mut out.slice)
-            .arg(&rows_u)
-            .arg(&dim)
-            .arg(&eps)
-            .arg(&kind);
+        a.ptr(self.dptr(w))
+            .ptr(self.dptr(out))
+            .u32(rows_u)
+            .u32(dim)
+            .f32(eps)
+            .u32(kind);
         // SAFETY: argument types and order match add_rms_norm_half (x, y, w, out, rows, dim,
         // eps, kind) or rms_norm_half (the same without y); lengths checked above.
-        unsafe { b.launch(cfg) }.map_err(Self::launch_err(name))?;
-        Ok(())
+        unsafe { self.launch_small(&f, cfg, &mut a, name) }
     }
 
     fn silu_mul_fused_half(
@@ -1143,15 +1173,14 @@ impl Backend for CudaBackend {
         }
         let f = self.func(&compile::ELEMENTWISE, "silu_mul_fused_half")?;
         let (n, inter_u, kind) = (out.len as u64, as_u32("inter", inter)?, half.code());
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&gu.slice)
-            .arg(&mut out.slice)
-            .arg(&n)
-            .arg(&inter_u)
-            .arg(&kind);
+        let mut a = launch::RawArgs::default();
+        a.ptr(self.dptr(gu))
+            .ptr(self.dptr(out))
+            .u64(n)
+            .u32(inter_u)
+            .u32(kind);
         // SAFETY: matches silu_mul_fused_half; shapes checked above.
-        unsafe { b.launch(grid_1d(n, 256)?) }.map_err(Self::launch_err("silu_mul_fused_half"))?;
-        Ok(())
+        unsafe { self.launch_small(&f, grid_1d(n, 256)?, &mut a, "silu_mul_fused_half") }
     }
 
     fn qkv_rope_norm(
@@ -1192,27 +1221,26 @@ impl Backend for CudaBackend {
         };
         // Without QK-norm the weights are not read; inv_freq stands in for their pointers.
         let (qn, kn, has_norm) = match qk_norm {
-            Some((a, b)) => (&a.slice, &b.slice, 1u32),
-            None => (&inv_freq.slice, &inv_freq.slice, 0u32),
+            Some((a, b)) => (a, b, 1u32),
+            None => (inv_freq, inv_freq, 0u32),
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&qkv.slice)
-            .arg(&positions.slice)
-            .arg(&inv_freq.slice)
-            .arg(qn)
-            .arg(kn)
-            .arg(&mut q.slice)
-            .arg(&mut k.slice)
-            .arg(&mut v.slice)
-            .arg(&heads)
-            .arg(&kv_heads)
-            .arg(&hd)
-            .arg(&eps)
-            .arg(&has_norm);
+        let mut a = launch::RawArgs::default();
+        a.ptr(self.dptr(qkv))
+            .ptr(self.dptr(positions))
+            .ptr(self.dptr(inv_freq))
+            .ptr(self.dptr(qn))
+            .ptr(self.dptr(kn))
+            .ptr(self.dptr(q))
+            .ptr(self.dptr(k))
+            .ptr(self.dptr(v))
+            .u32(heads)
+            .u32(kv_heads)
+            .u32(hd)
+            .f32(eps)
+            .u32(has_norm);
         // SAFETY: matches qkv_rope_norm_f32; shapes checked above (head_dim even, <= 256, the
         // block size).
-        unsafe { b.launch(cfg) }.map_err(Self::launch_err("qkv_rope_norm_f32"))?;
-        Ok(())
+        unsafe { self.launch_small(&f, cfg, &mut a, "qkv_rope_norm_f32") }
     }
 
     fn gather_rows(
