@@ -57,7 +57,8 @@ pub struct CudaOptions {
     pub pdl: bool,
     /// Launch the small kernels of a decode step (norms, QKV split with RoPE, KV append,
     /// attention, conversions, SwiGLU) that way too, so that a chain of them, and the GEMV
-    /// after it, start early. Default: `HYQ_PDL=all`.
+    /// after it, start early. Verified but measured no faster on the H200 (docs/cuda.md), so
+    /// off unless the environment sets `HYQ_PDL=all`.
     pub pdl_small: bool,
 }
 
